@@ -1,0 +1,97 @@
+"""`delta.App`: what a deployment runs, the handlers and the namespaces they run in."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from delta_actors.config import DEFAULT_NAMESPACE, Namespace
+from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
+from delta_actors.job import Job
+from delta_actors.kinds import kind_of
+from delta_actors.names import validate_name
+
+JobHandler = Callable[[Any], Awaitable[None]] | Callable[[Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRegistration:
+    """A job kind with its type, handler and how to run it."""
+
+    kind: str
+    type: type[Job]
+    handler: JobHandler
+    is_async: bool
+    timeout: float
+    decoder: msgspec.json.Decoder[Any]
+
+
+class App:
+    """The job handlers and namespaces a deployment runs.
+
+    Args:
+        jobs: job type -> handler (`async def` or a plain `def`, which runs off the event loop).
+        namespaces: name -> Namespace; defaults to one namespace, "default".
+    """
+
+    def __init__(
+        self,
+        *,
+        jobs: Mapping[type[Job], JobHandler] | None = None,
+        namespaces: Mapping[str, Namespace] | None = None,
+    ) -> None:
+        self.namespaces: dict[str, Namespace] = {}
+        for name, namespace in (namespaces or {DEFAULT_NAMESPACE: Namespace()}).items():
+            validate_name(name, "namespace")
+            if not isinstance(namespace, Namespace):
+                raise ConfigError(
+                    f"namespace {name!r} must be a delta.Namespace, got {type(namespace).__name__}"
+                )
+            self.namespaces[name] = namespace
+        self.jobs: dict[str, JobRegistration] = {}
+        for job_type, handler in (jobs or {}).items():
+            self._register_job(job_type, handler)
+
+    def _register_job(self, job_type: type[Job], handler: JobHandler) -> None:
+        if not (isinstance(job_type, type) and issubclass(job_type, Job)):
+            raise ConfigError(f"jobs keys must be delta.Job subclasses, got {job_type!r}")
+        kind = kind_of(job_type)
+        if kind in self.jobs:
+            raise ConfigError(
+                f"job kind {kind!r} is registered twice: "
+                f"{self.jobs[kind].type.__qualname__} and {job_type.__qualname__}"
+            )
+        if not callable(handler):
+            raise ConfigError(f"handler for job kind {kind!r} is not callable: {handler!r}")
+        self.jobs[kind] = JobRegistration(
+            kind=kind,
+            type=job_type,
+            handler=handler,
+            is_async=inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),  # noqa: B004
+            timeout=job_type.timeout,
+            decoder=msgspec.json.Decoder(job_type),
+        )
+
+    def namespace(self, name: str) -> Namespace:
+        """Return the configuration of namespace `name`, or raise UnknownNamespaceError."""
+        try:
+            return self.namespaces[name]
+        except KeyError:
+            raise UnknownNamespaceError(
+                f"unknown namespace {name!r} (configured: {', '.join(sorted(self.namespaces))})"
+            ) from None
+
+    def job(self, kind: str) -> JobRegistration:
+        """Return the registration of job kind `kind`, or raise UnknownKindError."""
+        try:
+            return self.jobs[kind]
+        except KeyError:
+            registered = ", ".join(sorted(self.jobs)) or "none"
+            raise UnknownKindError(
+                f"unknown job kind {kind!r} (registered: {registered})"
+            ) from None

@@ -1,0 +1,306 @@
+"""`delta.Client` and `delta.AsyncClient`: what application code imports.
+
+Twins like psycopg's Connection and AsyncConnection: the same methods, blocking or awaited.
+A client owns a connection pool (`Client.connect(dsn)`) or uses one it is given
+(`Client(pool)`). Every `*_tx` method runs in the caller's connection and transaction, so
+the work it creates commits or rolls back with the caller's own writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from delta_actors import queries
+from delta_actors.app import App
+from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.database import connect, connect_async, resolve_dsn, translate_errors
+from delta_actors.errors import ConfigError
+from delta_actors.job import Job
+from delta_actors.queue.insert import (
+    InsertOptions,
+    JobSpec,
+    build_batch,
+    insert_jobs,
+    insert_jobs_async,
+)
+from delta_actors.queue.rows import EnqueuedJob, JobRow, job_row
+from delta_actors.schema import check_schema, check_schema_async
+
+
+def _require_dsn(dsn: str | None) -> str:
+    resolved = resolve_dsn(dsn)
+    if resolved is None:
+        raise ConfigError("no database given: pass a DSN or set DELTA_DATABASE_URL")
+    return resolved
+
+
+def _options(
+    namespace: str,
+    priority: int,
+    scheduled_at: datetime | None,
+    unique_key: str | None,
+    max_attempts: int,
+) -> InsertOptions:
+    return InsertOptions(
+        namespace=namespace,
+        priority=priority,
+        scheduled_at=scheduled_at,
+        unique_key=unique_key,
+        max_attempts=max_attempts,
+    )
+
+
+class Client:
+    """Enqueue jobs and read their state (blocking).
+
+    Args:
+        pool: a psycopg_pool.ConnectionPool to borrow connections from.
+        app: when given, kinds and namespaces are checked against it before writing.
+    """
+
+    def __init__(self, pool: ConnectionPool, *, app: App | None = None) -> None:
+        self._pool = pool
+        self._owns_pool = False
+        self.app = app
+
+    @classmethod
+    def connect(
+        cls, dsn: str | None = None, *, app: App | None = None, max_size: int = 4
+    ) -> Client:
+        """Connect to `dsn` (default `$DELTA_DATABASE_URL`), checking it and its schema."""
+        dsn = _require_dsn(dsn)
+        with connect(dsn, action="connect client") as probe:
+            check_schema(probe)
+        pool = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+        )
+        with translate_errors("open client pool", dsn):
+            pool.open(wait=True, timeout=30)
+        client = cls(pool, app=app)
+        client._owns_pool = True
+        return client
+
+    def close(self) -> None:
+        """Close the pool if this client opened it."""
+        if self._owns_pool:
+            self._pool.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        unique_key: str | None = None,
+        max_attempts: int = 25,
+    ) -> EnqueuedJob:
+        """Enqueue one job in its own transaction.
+
+        Args:
+            job: the job's arguments.
+            namespace: the queue whose workers run it.
+            priority: 1 (first) to 4 (last).
+            scheduled_at: an aware datetime before which it does not run; None: now.
+            unique_key: while a live job of this kind holds the key, return that job instead.
+            max_attempts: failed attempts before the job is discarded.
+        """
+        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        batch = build_batch([job], options, self.app)
+        with translate_errors("enqueue"), self._pool.connection() as conn:
+            return insert_jobs(conn, batch)[0]
+
+    def enqueue_tx(
+        self,
+        conn: psycopg.Connection,
+        job: Job,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        unique_key: str | None = None,
+        max_attempts: int = 25,
+    ) -> EnqueuedJob:
+        """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
+        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        batch = build_batch([job], options, self.app)
+        with translate_errors("enqueue"):
+            return insert_jobs(conn, batch)[0]
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[Job | JobSpec],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        max_attempts: int = 25,
+    ) -> list[EnqueuedJob]:
+        """Enqueue many jobs atomically, in input order; a JobSpec overrides options per job."""
+        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        batch = build_batch(jobs, options, self.app)
+        with translate_errors("enqueue"), self._pool.connection() as conn:
+            return insert_jobs(conn, batch)
+
+    def enqueue_many_tx(
+        self,
+        conn: psycopg.Connection,
+        jobs: Iterable[Job | JobSpec],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        max_attempts: int = 25,
+    ) -> list[EnqueuedJob]:
+        """Enqueue many jobs in `conn`'s transaction."""
+        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        batch = build_batch(jobs, options, self.app)
+        with translate_errors("enqueue"):
+            return insert_jobs(conn, batch)
+
+    def get_job(self, job_id: int) -> JobRow | None:
+        """Return the job with id `job_id`, or None."""
+        with translate_errors("get job"), self._pool.connection() as conn:
+            row = conn.execute(queries.GET_JOB, (job_id,)).fetchone()
+        return job_row(row) if row else None
+
+    def cancel_job(self, job_id: int) -> JobRow | None:
+        """Cancel a job that is waiting to run; return it as it now is (None if unknown).
+
+        A running job finishes its current attempt; a finished one stays as it is.
+        """
+        with translate_errors("cancel job"), self._pool.connection() as conn:
+            row = conn.execute(queries.CANCEL_JOB, (job_id,)).fetchone()
+            if row is None:
+                row = conn.execute(queries.GET_JOB, (job_id,)).fetchone()
+        return job_row(row) if row else None
+
+
+class AsyncClient:
+    """Enqueue jobs and read their state (async twin of Client)."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, app: App | None = None) -> None:
+        self._pool = pool
+        self._owns_pool = False
+        self.app = app
+
+    @classmethod
+    async def connect(
+        cls, dsn: str | None = None, *, app: App | None = None, max_size: int = 4
+    ) -> AsyncClient:
+        """Connect to `dsn` (default `$DELTA_DATABASE_URL`), checking it and its schema."""
+        dsn = _require_dsn(dsn)
+        async with await connect_async(dsn, action="connect client") as probe:
+            await check_schema_async(probe)
+        pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+        )
+        with translate_errors("open client pool", dsn):
+            await pool.open(wait=True, timeout=30)
+        client = cls(pool, app=app)
+        client._owns_pool = True
+        return client
+
+    async def close(self) -> None:
+        """Close the pool if this client opened it."""
+        if self._owns_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def enqueue(
+        self,
+        job: Job,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        unique_key: str | None = None,
+        max_attempts: int = 25,
+    ) -> EnqueuedJob:
+        """Enqueue one job in its own transaction (see Client.enqueue)."""
+        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        batch = build_batch([job], options, self.app)
+        with translate_errors("enqueue"):
+            async with self._pool.connection() as conn:
+                return (await insert_jobs_async(conn, batch))[0]
+
+    async def enqueue_tx(
+        self,
+        conn: psycopg.AsyncConnection,
+        job: Job,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        unique_key: str | None = None,
+        max_attempts: int = 25,
+    ) -> EnqueuedJob:
+        """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
+        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        batch = build_batch([job], options, self.app)
+        with translate_errors("enqueue"):
+            return (await insert_jobs_async(conn, batch))[0]
+
+    async def enqueue_many(
+        self,
+        jobs: Iterable[Job | JobSpec],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        max_attempts: int = 25,
+    ) -> list[EnqueuedJob]:
+        """Enqueue many jobs atomically, in input order; a JobSpec overrides options per job."""
+        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        batch = build_batch(jobs, options, self.app)
+        with translate_errors("enqueue"):
+            async with self._pool.connection() as conn:
+                return await insert_jobs_async(conn, batch)
+
+    async def enqueue_many_tx(
+        self,
+        conn: psycopg.AsyncConnection,
+        jobs: Iterable[Job | JobSpec],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        priority: int = 1,
+        scheduled_at: datetime | None = None,
+        max_attempts: int = 25,
+    ) -> list[EnqueuedJob]:
+        """Enqueue many jobs in `conn`'s transaction."""
+        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        batch = build_batch(jobs, options, self.app)
+        with translate_errors("enqueue"):
+            return await insert_jobs_async(conn, batch)
+
+    async def get_job(self, job_id: int) -> JobRow | None:
+        """Return the job with id `job_id`, or None."""
+        with translate_errors("get job"):
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute(queries.GET_JOB, (job_id,))).fetchone()
+        return job_row(row) if row else None
+
+    async def cancel_job(self, job_id: int) -> JobRow | None:
+        """Cancel a job that is waiting to run (see Client.cancel_job)."""
+        with translate_errors("cancel job"):
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute(queries.CANCEL_JOB, (job_id,))).fetchone()
+                if row is None:
+                    row = await (await conn.execute(queries.GET_JOB, (job_id,))).fetchone()
+        return job_row(row) if row else None

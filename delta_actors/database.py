@@ -1,0 +1,71 @@
+"""The one seam where psycopg errors become delta_actors errors, and DSN handling."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from delta_actors.errors import DatabaseError, SchemaError
+
+DSN_ENV = "DELTA_DATABASE_URL"
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+_PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return `dsn` with any password replaced by `***`, for messages and logs."""
+    return _PASSWORD_IN_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", dsn))
+
+
+def resolve_dsn(dsn: str | None) -> str | None:
+    """Return the DSN given, else `$DELTA_DATABASE_URL`, else None."""
+    return dsn or os.environ.get(DSN_ENV) or None
+
+
+def _redact_message(message: str, dsn: str | None) -> str:
+    """Keep libpq's message but never a password that it may echo back."""
+    if dsn:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        if password:
+            message = message.replace(str(password), "***")
+    return message
+
+
+@contextmanager
+def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
+    """Turn psycopg errors raised inside into DatabaseError/SchemaError naming `action`."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise SchemaError(
+            f"{action}: the delta_actors schema is missing ({exc.diag.message_primary}); "
+            "run `delta-actors migrate` against this database"
+        ) from exc
+    except psycopg.errors.UndefinedObject as exc:
+        raise SchemaError(
+            f"{action}: the delta_actors schema is incomplete ({exc.diag.message_primary}); "
+            "run `delta-actors migrate` against this database"
+        ) from exc
+    except psycopg.OperationalError as exc:
+        where = f" at {redact_dsn(dsn)}" if dsn else ""
+        detail = _redact_message(str(exc).strip(), dsn)
+        raise DatabaseError(f"{action}: cannot use PostgreSQL{where}: {detail}") from exc
+
+
+def connect(dsn: str, *, autocommit: bool = True, action: str = "connect") -> psycopg.Connection:
+    """Open a sync connection, translating failures into DatabaseError."""
+    with translate_errors(action, dsn):
+        return psycopg.Connection.connect(dsn, autocommit=autocommit)
+
+
+async def connect_async(
+    dsn: str, *, autocommit: bool = True, action: str = "connect"
+) -> psycopg.AsyncConnection:
+    """Open an async connection, translating failures into DatabaseError."""
+    with translate_errors(action, dsn):
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)

@@ -1,0 +1,137 @@
+"""Batched, fenced completion of jobs.
+
+Results queue up in memory and are written by one task with one `UPDATE ... FROM unnest`
+per batch. Only one write is in flight at a time, so batches grow by themselves under load
+(group commit) while a lone result is written at once. The UPDATE is fenced on (state,
+attempt, actor): a claim that was rescued or handed back meanwhile matches no row, and is
+reported as stale rather than overwriting a newer result.
+
+A failed write keeps its batch and is retried with backoff; a result is only dropped when
+the owner gives up at its stop deadline, and then rescue runs the job again (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors import queries
+from delta_actors.queue.rows import JobState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """The outcome of one claim, to be written."""
+
+    id: int
+    attempt: int
+    state: JobState
+    delay: float | None = None  # seconds until it is due again (retry or snooze)
+    error: str | None = None  # an encoded JobError
+    give_back: bool = False  # a snooze: the attempt does not count
+
+
+class Completer:
+    """Writes job results in batches for one actor."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        actor_id: int,
+        *,
+        max_pending: int,
+        on_written: Callable[[list[JobResult], set[int]], None],
+    ) -> None:
+        self._pool = pool
+        self._actor_id = actor_id
+        self._max_pending = max_pending
+        self._on_written = on_written
+        self._pending: list[JobResult] = []
+        self._has_pending = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._writing = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def backlog(self) -> int:
+        """Results not yet written."""
+        return len(self._pending) + self._writing
+
+    async def add(self, result: JobResult) -> None:
+        """Queue `result`; waits while the backlog is full (backpressure on claiming)."""
+        self._pending.append(result)
+        self._has_pending.set()
+        self._idle.clear()
+        if len(self._pending) >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+
+    async def run(self) -> None:
+        """Write results until cancelled (after flush() has emptied the backlog)."""
+        while True:
+            await self._has_pending.wait()
+            await self._write_pending()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued result is written, at most `timeout` seconds.
+
+        run() does the writing; a write is never interrupted halfway, so a result is
+        either written or still pending, never lost in between.
+        """
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _write_pending(self) -> None:
+        delay = 0.05
+        while self._pending:
+            batch, self._pending = self._pending, []
+            self._has_pending.clear()
+            self._writing = len(batch)
+            try:
+                stale = await self._write(batch)
+            except (psycopg.Error, OSError) as exc:
+                # Keep the batch, in front of what came since, and try again.
+                self._pending = batch + self._pending
+                self._has_pending.set()
+                logger.warning(
+                    "writing %d job results failed, retrying in %.2fs: %s",
+                    len(batch), delay, exc, extra={"event": "completer.retry"},
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            finally:
+                self._writing = 0
+            if len(self._pending) < self._max_pending:
+                self._room.set()
+            self._on_written(batch, stale)
+        self._idle.set()
+
+    async def _write(self, batch: list[JobResult]) -> set[int]:
+        params = (
+            [r.id for r in batch],
+            [r.attempt for r in batch],
+            [self._actor_id] * len(batch),
+            [r.state.value for r in batch],
+            [r.delay for r in batch],
+            [r.error for r in batch],
+            [r.give_back for r in batch],
+        )
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.COMPLETE_JOBS, params)
+            if cur.rowcount == len(batch):
+                return set()
+            written = {row[0] for row in await cur.fetchall()}
+            return {r.id for r in batch} - written

@@ -1,0 +1,265 @@
+"""Inserting jobs: one statement per batch, in the caller's connection and transaction.
+
+The statement inserts every row with `unnest`, skips rows whose unique key a live job
+holds, and sends one NOTIFY per queue that got available work (Postgres folds identical
+notifications of a transaction into one, and delivers them only at commit). Duplicates
+are then looked up and reported as the existing job. Sync and async twins share every
+step but the two `execute` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+import psycopg
+
+from delta_actors import queries
+from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.errors import ConfigError, EncodeError
+from delta_actors.job import Job
+from delta_actors.kinds import kind_of
+from delta_actors.names import validate_name
+from delta_actors.queue.rows import EnqueuedJob, JobState
+
+if TYPE_CHECKING:
+    from delta_actors.app import App
+
+# Rows per statement: large enough to amortize the round trip, small enough that one
+# statement's parameters stay a few MB.
+INSERT_CHUNK = 10_000
+_MAX_ATTEMPTS_LIMIT = 32_767
+_encoder = msgspec.json.Encoder()
+_T = TypeVar("_T")
+
+
+class JobSpec(msgspec.Struct, frozen=True):
+    """One job with per-job options for `enqueue_many`; None takes the call's default."""
+
+    job: Job
+    namespace: str | None = None
+    priority: int | None = None
+    scheduled_at: datetime | None = None
+    unique_key: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertOptions:
+    """The defaults of one enqueue call."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    priority: int = 1
+    scheduled_at: datetime | None = None
+    unique_key: str | None = None
+    max_attempts: int = 25
+
+
+@dataclass(slots=True)
+class InsertBatch:
+    """Column arrays for INSERT_JOBS, one entry per job, in input order."""
+
+    kinds: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    args: list[bytes] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    unique_keys: list[str | None] = field(default_factory=list)
+    scheduled_at: list[datetime | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def params(self, start: int, stop: int) -> tuple[list[Any], ...]:
+        """Return the statement parameters for rows start..stop."""
+        return (
+            self.kinds[start:stop],
+            self.queues[start:stop],
+            self.args[start:stop],
+            self.priorities[start:stop],
+            self.max_attempts[start:stop],
+            self.unique_keys[start:stop],
+            self.scheduled_at[start:stop],
+        )
+
+
+def build_batch(
+    jobs: Iterable[Job | JobSpec], options: InsertOptions, app: App | None
+) -> InsertBatch:
+    """Validate and encode `jobs`; raise before anything is written if one is bad."""
+    batch = InsertBatch()
+    checked_namespaces: set[str] = set()
+    checked_types: set[type] = set()
+    for position, item in enumerate(jobs):
+        spec = item if isinstance(item, JobSpec) else None
+        job = spec.job if spec else item
+        if not isinstance(job, Job):
+            raise ConfigError(
+                f"item {position} is {type(job).__name__}, not a delta.Job (or delta.JobSpec)"
+            )
+        job_type = type(job)
+        kind = kind_of(job_type)
+        if job_type not in checked_types:
+            if app is not None:
+                app.job(kind)
+            checked_types.add(job_type)
+        namespace = _pick(spec.namespace if spec else None, options.namespace)
+        if namespace not in checked_namespaces:
+            validate_name(namespace, "namespace")
+            if app is not None:
+                app.namespace(namespace)
+            checked_namespaces.add(namespace)
+        priority = _pick(spec.priority if spec else None, options.priority)
+        if not (isinstance(priority, int) and 1 <= priority <= 4):
+            raise ConfigError(f"priority must be 1 (first) to 4 (last), got {priority!r}")
+        max_attempts = _pick(spec.max_attempts if spec else None, options.max_attempts)
+        if not (isinstance(max_attempts, int) and 1 <= max_attempts <= _MAX_ATTEMPTS_LIMIT):
+            raise ConfigError(
+                f"max_attempts must be 1..{_MAX_ATTEMPTS_LIMIT}, got {max_attempts!r}"
+            )
+        scheduled_at = spec.scheduled_at if spec and spec.scheduled_at else options.scheduled_at
+        if scheduled_at is not None and scheduled_at.tzinfo is None:
+            raise ConfigError(
+                f"scheduled_at {scheduled_at.isoformat()} has no time zone: pass an aware "
+                "datetime, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+            )
+        unique_key = spec.unique_key if spec and spec.unique_key else options.unique_key
+        try:
+            encoded = _encoder.encode(job)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise EncodeError(f"job {position} of kind {kind!r} does not encode: {exc}") from exc
+        batch.kinds.append(kind)
+        batch.queues.append(namespace)
+        batch.args.append(encoded)
+        batch.priorities.append(priority)
+        batch.max_attempts.append(max_attempts)
+        batch.unique_keys.append(unique_key)
+        batch.scheduled_at.append(scheduled_at)
+    return batch
+
+
+def _pick(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _match(
+    batch: InsertBatch, start: int, stop: int, inserted: Sequence[tuple[Any, ...]]
+) -> tuple[list[EnqueuedJob | None], list[int]]:
+    """Pair inserted rows with inputs; return results (None for duplicates) and their indexes.
+
+    Rows come back ordered by id, which follows input order; an input with a unique key
+    that no returned row carries lost to a live job.
+    """
+    inserted_keys = {(row[1], row[4]) for row in inserted if row[4] is not None}
+    results: list[EnqueuedJob | None] = []
+    duplicates: list[int] = []
+    rows = iter(inserted)
+    for index in range(start, stop):
+        key = batch.unique_keys[index]
+        if key is not None:
+            pair = (batch.kinds[index], key)
+            if pair not in inserted_keys:
+                results.append(None)
+                duplicates.append(index)
+                continue
+            inserted_keys.discard(pair)  # a repeat within the batch is a duplicate of this one
+        row = next(rows)
+        results.append(_enqueued(row, duplicate=False))
+    return results, duplicates
+
+
+def _enqueued(row: Sequence[Any], *, duplicate: bool) -> EnqueuedJob:
+    return EnqueuedJob(
+        id=row[0], kind=row[1], namespace=row[2], state=JobState(row[3]), duplicate=duplicate
+    )
+
+
+def _duplicate_params(batch: InsertBatch, indexes: list[int]) -> tuple[list[str], list[str]]:
+    return [batch.kinds[i] for i in indexes], [batch.unique_keys[i] or "" for i in indexes]
+
+
+def _resolve_duplicates(
+    batch: InsertBatch,
+    results: list[EnqueuedJob | None],
+    indexes: list[int],
+    offset: int,
+    live: Sequence[tuple[Any, ...]],
+) -> list[int]:
+    """Fill in duplicates from live rows; return the indexes whose live job has finished."""
+    by_key = {(row[1], row[4]): row for row in live}
+    missing = []
+    for index in indexes:
+        row = by_key.get((batch.kinds[index], batch.unique_keys[index]))
+        if row is None:
+            missing.append(index)
+        else:
+            results[index - offset] = _enqueued(row, duplicate=True)
+    return missing
+
+
+def _needs_transaction(batch: InsertBatch) -> bool:
+    # One statement is atomic by itself; chunks and duplicate look-ups are several.
+    return len(batch) > INSERT_CHUNK or any(key is not None for key in batch.unique_keys)
+
+
+def _atomic(conn: psycopg.Connection, batch: InsertBatch) -> AbstractContextManager[Any]:
+    return conn.transaction() if _needs_transaction(batch) else nullcontext()
+
+
+def _atomic_async(
+    conn: psycopg.AsyncConnection, batch: InsertBatch
+) -> AbstractAsyncContextManager[Any]:
+    return conn.transaction() if _needs_transaction(batch) else nullcontext()
+
+
+def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
+    """Insert `batch` in the connection's current transaction (or its own, in autocommit)."""
+    out: list[EnqueuedJob] = []
+    with _atomic(conn, batch):
+        for start in range(0, len(batch), INSERT_CHUNK):
+            stop = min(start + INSERT_CHUNK, len(batch))
+            inserted = conn.execute(queries.INSERT_JOBS, batch.params(start, stop)).fetchall()
+            results, duplicates = _match(batch, start, stop, inserted)
+            # A live duplicate may finish between the insert and the lookup: insert again.
+            while duplicates:
+                live = conn.execute(
+                    queries.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
+                ).fetchall()
+                missing = _resolve_duplicates(batch, results, duplicates, start, live)
+                duplicates = []
+                for index in missing:
+                    row = conn.execute(queries.INSERT_JOBS, batch.params(index, index + 1))
+                    retried, again = _match(batch, index, index + 1, row.fetchall())
+                    results[index - start] = retried[0]
+                    duplicates.extend(again)
+            out.extend(r for r in results if r is not None)
+    return out
+
+
+async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
+    """Async twin of insert_jobs."""
+    out: list[EnqueuedJob] = []
+    async with _atomic_async(conn, batch):
+        for start in range(0, len(batch), INSERT_CHUNK):
+            stop = min(start + INSERT_CHUNK, len(batch))
+            cur = await conn.execute(queries.INSERT_JOBS, batch.params(start, stop))
+            results, duplicates = _match(batch, start, stop, await cur.fetchall())
+            while duplicates:
+                cur = await conn.execute(
+                    queries.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
+                )
+                missing = _resolve_duplicates(
+                    batch, results, duplicates, start, await cur.fetchall()
+                )
+                duplicates = []
+                for index in missing:
+                    cur = await conn.execute(queries.INSERT_JOBS, batch.params(index, index + 1))
+                    retried, again = _match(batch, index, index + 1, await cur.fetchall())
+                    results[index - start] = retried[0]
+                    duplicates.extend(again)
+            out.extend(r for r in results if r is not None)
+    return out

@@ -1,0 +1,55 @@
+"""LISTEN on the job channel and wake the producer of one queue.
+
+The listener owns one dedicated connection (LISTEN cannot share a pooled one). When that
+connection breaks it reconnects with backoff and wakes the producer once it is back, since
+notifications sent meanwhile are lost; polling covers the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from delta_actors import queries
+
+logger = logging.getLogger(__name__)
+
+
+class Listener:
+    """Calls `on_notify` for every notification on the job channel naming `queue`."""
+
+    def __init__(self, dsn: str, queue: str, on_notify: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._queue = queue
+        self._on_notify = on_notify
+        self.is_listening = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting after failures."""
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True
+                ) as conn:
+                    await conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(queries.JOB_CHANNEL))
+                    )
+                    self.is_listening.set()
+                    delay = 0.1
+                    self._on_notify()  # anything sent while we were not listening
+                    async for notify in conn.notifies():
+                        if notify.payload == self._queue:
+                            self._on_notify()
+            except (psycopg.Error, OSError) as exc:
+                self.is_listening.clear()
+                logger.warning(
+                    "listen connection failed, reconnecting in %.1fs: %s",
+                    delay, exc, extra={"event": "listener.reconnect"},
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
