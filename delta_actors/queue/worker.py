@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,7 @@ class Worker:
         actor_id: the `delta_actor` row this worker claims as; None registers a new one.
         run_scheduler: promote due jobs from this worker (the leader does it in a cluster).
         heartbeat_interval: seconds between heartbeats of the actor row.
+        retry_policy: attempt number -> seconds before the next attempt after a failure.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Worker:
         actor_id: int | None = None,
         run_scheduler: bool = True,
         heartbeat_interval: float = 2.0,
+        retry_policy: Callable[[int], float] = retry_delay,
     ) -> None:
         self._app = app
         self._dsn = dsn
@@ -125,6 +128,7 @@ class Worker:
         self.actor_id = actor_id
         self._owns_actor = actor_id is None
         self._heartbeat_interval = heartbeat_interval
+        self._retry_policy = retry_policy
         self.stats = WorkerStats()
         self._pool = AsyncConnectionPool(
             dsn,
@@ -373,7 +377,7 @@ class Worker:
                 extra={"event": "job.discarded", "job_id": claim.id, "kind": claim.kind},
             )  # fmt: skip
             return JobResult(claim.id, claim.attempt, JobState.DISCARDED, error=error)
-        delay = retry_delay(claim.attempt)
+        delay = self._retry_policy(claim.attempt)
         logger.info(
             "job %d (%s) failed attempt %d of %d, retrying in %.1fs: %s",
             claim.id, claim.kind, claim.attempt, claim.max_attempts, delay, message or exc,
