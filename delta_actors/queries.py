@@ -68,6 +68,21 @@ ORDER BY i.id
 """
 )
 
+# Bulk path (no unique keys): reserve ids and read the transaction's clock, COPY the
+# rows in, then wake each queue once.
+RESERVE_JOB_IDS: LiteralString = """
+SELECT now(), array(SELECT nextval('delta_job_id_seq') FROM generate_series(1, %s))
+"""
+
+COPY_JOBS: LiteralString = """
+COPY delta_job (id, kind, queue, args, priority, max_attempts, state, scheduled_at)
+FROM STDIN
+"""
+
+NOTIFY_QUEUES: LiteralString = """
+SELECT count(pg_notify('delta_jobs', q)) FROM unnest(%s::text[]) AS q
+"""
+
 SELECT_LIVE_UNIQUE_JOBS: LiteralString = """
 SELECT id, kind, queue, state::text, unique_key
 FROM delta_job

@@ -1,10 +1,12 @@
-"""Inserting jobs: one statement per batch, in the caller's connection and transaction.
+"""Inserting jobs, in the caller's connection and transaction.
 
-The statement inserts every row with `unnest`, skips rows whose unique key a live job
-holds, and sends one NOTIFY per queue that got available work (Postgres folds identical
-notifications of a transaction into one, and delivers them only at commit). Duplicates
-are then looked up and reported as the existing job. Sync and async twins share every
-step but the two `execute` calls.
+Small batches, and batches with unique keys, are one INSERT over `unnest` that skips rows
+whose unique key a live job holds and sends one NOTIFY per queue that got available work
+(Postgres folds identical notifications of a transaction into one and delivers them only
+at commit). Duplicates are then looked up and reported as the existing job. Large batches
+without unique keys reserve their ids from the sequence, read the transaction's clock,
+are COPYed in, and notify each queue once. Sync and async twins share every step but the
+I/O calls.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from delta_actors.queue.rows import EnqueuedJob, JobState
 if TYPE_CHECKING:
     from delta_actors.app import App
 
+# Batches at least this large and without unique keys are COPYed in, twice as fast as
+# the INSERT (they need no conflict handling).
+COPY_THRESHOLD = 256
 # Rows per statement: large enough to amortize the round trip, small enough that one
 # statement's parameters stay a few MB.
 INSERT_CHUNK = 10_000
@@ -216,8 +221,64 @@ def _atomic_async(
     return conn.transaction() if _needs_transaction(batch) else nullcontext()
 
 
+def _use_copy(batch: InsertBatch) -> bool:
+    return len(batch) >= COPY_THRESHOLD and all(key is None for key in batch.unique_keys)
+
+
+def _copy_rows(
+    batch: InsertBatch, now: datetime, ids: list[int]
+) -> tuple[list[tuple[Any, ...]], list[EnqueuedJob], list[str]]:
+    """Rows for COPY_JOBS with reserved ids and states decided on the database's clock."""
+    rows: list[tuple[Any, ...]] = []
+    results: list[EnqueuedJob] = []
+    woken: set[str] = set()
+    for index, job_id in enumerate(ids):
+        at = batch.scheduled_at[index]
+        state = JobState.AVAILABLE if at is None or at <= now else JobState.SCHEDULED
+        queue = batch.queues[index]
+        if state is JobState.AVAILABLE:
+            woken.add(queue)
+        kind = batch.kinds[index]
+        rows.append(
+            (
+                job_id, kind, queue, batch.args[index], batch.priorities[index],
+                batch.max_attempts[index], state.value, at or now,
+            )
+        )  # fmt: skip
+        results.append(EnqueuedJob(id=job_id, kind=kind, namespace=queue, state=state))
+    return rows, results, sorted(woken)
+
+
+def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
+    with conn.transaction():
+        reserved = conn.execute(queries.RESERVE_JOB_IDS, (len(batch),)).fetchone()
+        assert reserved is not None
+        rows, results, woken = _copy_rows(batch, *reserved)
+        with conn.cursor().copy(queries.COPY_JOBS) as copy:
+            for row in rows:
+                copy.write_row(row)
+        if woken:
+            conn.execute(queries.NOTIFY_QUEUES, (woken,))
+    return results
+
+
+async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
+    async with conn.transaction():
+        reserved = await (await conn.execute(queries.RESERVE_JOB_IDS, (len(batch),))).fetchone()
+        assert reserved is not None
+        rows, results, woken = _copy_rows(batch, *reserved)
+        async with conn.cursor().copy(queries.COPY_JOBS) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        if woken:
+            await conn.execute(queries.NOTIFY_QUEUES, (woken,))
+    return results
+
+
 def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Insert `batch` in the connection's current transaction (or its own, in autocommit)."""
+    if _use_copy(batch):
+        return _copy_jobs(conn, batch)
     out: list[EnqueuedJob] = []
     with _atomic(conn, batch):
         for start in range(0, len(batch), INSERT_CHUNK):
@@ -242,6 +303,8 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
 
 async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Async twin of insert_jobs."""
+    if _use_copy(batch):
+        return await _copy_jobs_async(conn, batch)
     out: list[EnqueuedJob] = []
     async with _atomic_async(conn, batch):
         for start in range(0, len(batch), INSERT_CHUNK):
