@@ -92,7 +92,8 @@ WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 
 # ---------------------------------------------------------------- worker (queue/worker.py)
 
-# Never more rows than free slots (LIMIT), skipping rows other claimers hold.
+# Never more rows than free slots (LIMIT), skipping rows other claimers hold. `= ANY(ARRAY
+# (...))` pins the update to primary-key lookups; a join let the planner hash the table.
 CLAIM_JOBS: LiteralString = """
 WITH locked AS (
     SELECT id FROM delta_job
@@ -103,13 +104,13 @@ WITH locked AS (
 )
 UPDATE delta_job AS j
 SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
-FROM locked
-WHERE j.id = locked.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
 RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts
 """
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
-# finished; a rescued or handed-back claim matches nothing and is reported stale.
+# finished; a rescued or handed-back claim matches nothing and is reported stale. The
+# `= ANY` keeps the plan to primary-key lookups whatever the statistics say.
 COMPLETE_JOBS: LiteralString = """
 UPDATE delta_job AS j
 SET state = u.state,
@@ -121,11 +122,11 @@ SET state = u.state,
                         THEN now() END,
     errors = CASE WHEN u.error IS NULL THEN j.errors
                   ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
-FROM unnest(%s::bigint[], %s::smallint[], %s::bigint[], %s::delta_job_state[],
-            %s::float8[], %s::jsonb[], %s::boolean[])
-     AS u(id, attempt, claimed_by, state, delay, error, give_back)
-WHERE j.id = u.id
-  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = u.claimed_by
+FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
+            %(delays)s::float8[], %(errors)s::jsonb[], %(give_backs)s::boolean[])
+     AS u(id, attempt, state, delay, error, give_back)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
 RETURNING j.id
 """
 

@@ -120,15 +120,15 @@ class Completer:
         self._idle.set()
 
     async def _write(self, batch: list[JobResult]) -> set[int]:
-        params = (
-            [r.id for r in batch],
-            [r.attempt for r in batch],
-            [self._actor_id] * len(batch),
-            [r.state.value for r in batch],
-            [r.delay for r in batch],
-            [r.error for r in batch],
-            [r.give_back for r in batch],
-        )
+        params = {
+            "ids": [r.id for r in batch],
+            "attempts": [r.attempt for r in batch],
+            "states": [r.state.value for r in batch],
+            "delays": [r.delay for r in batch],
+            "errors": [r.error for r in batch],
+            "give_backs": [r.give_back for r in batch],
+            "actor": self._actor_id,
+        }
         async with self._pool.connection() as conn:
             cur = await conn.execute(queries.COMPLETE_JOBS, params)
             if cur.rowcount == len(batch):

@@ -5,7 +5,8 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
 - producer: claims jobs, at most the free slots, one claim in flight at a time;
 - completer: writes results in fenced batches;
 - scheduler (optional): promotes due scheduled/retryable jobs;
-- heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives.
+- heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
+- deadline watch: cancels runs that exceed their kind's timeout (a failed attempt).
 Job runs are tasks outside the group: a job failing is an outcome, not a worker failure.
 
 Slots and wake-ups: `max_workers` slots. The producer sleeps on one event, set by a
@@ -82,6 +83,8 @@ class _Claim:
     attempt: int
     max_attempts: int
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    deadline: float = float("inf")  # loop time after which the run counts as timed out
+    timed_out: bool = False
 
 
 def _error_entry(attempt: int, exc: BaseException, message: str | None = None) -> str:
@@ -258,6 +261,7 @@ class Worker:
                 group.create_task(self._heartbeat(), name=f"worker:{self.namespace}:heartbeat")
             if self._scheduler is not None:
                 group.create_task(self._scheduler.run(), name=f"worker:{self.namespace}:scheduler")
+            group.create_task(self._watch_deadlines(), name=f"worker:{self.namespace}:deadlines")
 
     # ------------------------------------------------------------------ claiming
 
@@ -331,14 +335,13 @@ class Worker:
                 f"{registration.type.__qualname__}: {exc}"
             )
             return self._failed(claim, exc, message)
-        timeout = asyncio.timeout(registration.timeout)
+        claim.deadline = asyncio.get_running_loop().time() + registration.timeout
         try:
-            async with timeout:
-                if registration.is_async:
-                    await registration.handler(job)  # type: ignore[misc]
-                else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self._threads, registration.handler, job)
+            if registration.is_async:
+                await registration.handler(job)  # type: ignore[misc]
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._threads, registration.handler, job)
         except Requeue as outcome:
             self.stats.snoozed += 1
             state = JobState.AVAILABLE if outcome.after <= 0 else JobState.SCHEDULED
@@ -355,12 +358,14 @@ class Worker:
                 claim.id, claim.attempt, JobState.DISCARDED,
                 error=_error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
             )  # fmt: skip
-        except TimeoutError as exc:
-            if timeout.expired():
-                return self._failed(claim, exc, f"timed out after {registration.timeout:g}s")
-            return self._failed(claim, exc)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if self._cancelling or not claim.timed_out:
+                raise
+            # Cancelled by the deadline watch, not by anyone above us.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return self._failed(claim, exc, f"timed out after {registration.timeout:g}s")
         except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
             return self._failed(claim, exc)
         self.stats.completed += 1
@@ -417,6 +422,20 @@ class Worker:
             self._scheduler.poke()
         if any(r.state is JobState.AVAILABLE for r in results):
             self._notified()
+
+    async def _watch_deadlines(self) -> None:
+        # One periodic sweep instead of a timer per job: per-job timers cost more than
+        # a no-op job itself. Precision is a quarter of the shortest timeout.
+        shortest = min((r.timeout for r in self._app.jobs.values()), default=60.0)
+        interval = min(1.0, max(0.01, shortest / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for claim in self._running.values():
+                if claim.deadline <= now and not claim.timed_out and claim.task is not None:
+                    claim.timed_out = True
+                    claim.task.cancel()
 
     # ------------------------------------------------------------------ bookkeeping
 
