@@ -8,6 +8,7 @@ from __future__ import annotations
 from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
 from delta_actors.config import Namespace
+from delta_actors.controller import Controller, InformOptions
 from delta_actors.errors import (
     ClusterError,
     ConfigError,
@@ -21,10 +22,13 @@ from delta_actors.errors import (
     UnknownNamespaceError,
 )
 from delta_actors.job import Job
-from delta_actors.outcomes import Cancel, Outcome, PermanentError, Requeue
+from delta_actors.object import Object
+from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
 from delta_actors.queue.insert import JobSpec
 from delta_actors.queue.rows import EnqueuedJob, JobError, JobRow, JobState
-from delta_actors.queue.worker import Worker, WorkerStats
+from delta_actors.queue.runner import WorkerStats
+from delta_actors.queue.worker import Worker
+from delta_actors.resource import InformOutcome, InformResult, Resource, State
 
 __all__ = [
     "App",
@@ -33,22 +37,30 @@ __all__ = [
     "Client",
     "ClusterError",
     "ConfigError",
+    "Controller",
     "DatabaseError",
     "DecodeError",
+    "Delete",
     "DeltaError",
     "EncodeError",
     "EnqueuedJob",
+    "InformOptions",
+    "InformOutcome",
+    "InformResult",
     "Job",
     "JobError",
     "JobRow",
     "JobSpec",
     "JobState",
     "Namespace",
+    "Object",
     "Outcome",
     "PermanentError",
     "ProtocolError",
     "Requeue",
+    "Resource",
     "SchemaError",
+    "State",
     "UnknownKindError",
     "UnknownNamespaceError",
     "Worker",

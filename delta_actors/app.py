@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from delta_actors.config import DEFAULT_NAMESPACE, Namespace
+from delta_actors.controller import Controller, object_type_of
 from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
 from delta_actors.job import Job
 from delta_actors.kinds import kind_of
 from delta_actors.names import validate_name
+from delta_actors.object import Object, has_compare
 
 JobHandler = Callable[[Any], Awaitable[None]] | Callable[[Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerRegistration:
+    """A kind with its controller, object type and how to run its work."""
+
+    kind: str
+    controller: Controller[Any]
+    object_type: type[Object]
+    is_async: bool
+    timeout: float
+    max_attempts: int
+    namespace: str
+    has_compare: bool
+    decoder: msgspec.json.Decoder[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +51,7 @@ class App:
     """The job handlers and namespaces a deployment runs.
 
     Args:
+        controllers: one delta.Controller per kind.
         jobs: job type -> handler (`async def` or a plain `def`, which runs off the event loop).
         namespaces: name -> Namespace; defaults to one namespace, "default".
     """
@@ -41,6 +59,7 @@ class App:
     def __init__(
         self,
         *,
+        controllers: Sequence[Controller[Any]] = (),
         jobs: Mapping[type[Job], JobHandler] | None = None,
         namespaces: Mapping[str, Namespace] | None = None,
     ) -> None:
@@ -52,9 +71,43 @@ class App:
                     f"namespace {name!r} must be a delta.Namespace, got {type(namespace).__name__}"
                 )
             self.namespaces[name] = namespace
+        self.controllers: dict[str, ControllerRegistration] = {}
+        for controller in controllers:
+            self._register_controller(controller)
         self.jobs: dict[str, JobRegistration] = {}
         for job_type, handler in (jobs or {}).items():
             self._register_job(job_type, handler)
+
+    def _register_controller(self, controller: Controller[Any]) -> None:
+        if not isinstance(controller, Controller):
+            raise ConfigError(f"controllers must be delta.Controller instances, got {controller!r}")
+        object_type = object_type_of(controller)
+        kind = kind_of(object_type)
+        if kind in self.controllers:
+            raise ConfigError(
+                f"kind {kind!r} has two controllers: "
+                f"{type(self.controllers[kind].controller).__qualname__} and "
+                f"{type(controller).__qualname__}"
+            )
+        name = type(controller).__qualname__
+        if not controller.timeout > 0:
+            raise ConfigError(f"{name}.timeout must be > 0 seconds, got {controller.timeout!r}")
+        if not (isinstance(controller.max_attempts, int) and 1 <= controller.max_attempts <= 32767):
+            raise ConfigError(
+                f"{name}.max_attempts must be 1..32767, got {controller.max_attempts!r}"
+            )
+        self.namespace(validate_name(controller.namespace, f"namespace of {name}"))
+        self.controllers[kind] = ControllerRegistration(
+            kind=kind,
+            controller=controller,
+            object_type=object_type,
+            is_async=inspect.iscoroutinefunction(controller.work),
+            timeout=float(controller.timeout),
+            max_attempts=controller.max_attempts,
+            namespace=controller.namespace,
+            has_compare=has_compare(object_type),
+            decoder=msgspec.json.Decoder(object_type),
+        )
 
     def _register_job(self, job_type: type[Job], handler: JobHandler) -> None:
         if not (isinstance(job_type, type) and issubclass(job_type, Job)):
@@ -95,3 +148,11 @@ class App:
             raise UnknownKindError(
                 f"unknown job kind {kind!r} (registered: {registered})"
             ) from None
+
+    def controller(self, kind: str) -> ControllerRegistration:
+        """Return the controller registration of `kind`, or raise UnknownKindError."""
+        try:
+            return self.controllers[kind]
+        except KeyError:
+            registered = ", ".join(sorted(self.controllers)) or "none"
+            raise UnknownKindError(f"unknown kind {kind!r} (registered: {registered})") from None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -20,7 +21,10 @@ from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import connect, connect_async, resolve_dsn, translate_errors
 from delta_actors.errors import ConfigError
+from delta_actors.inform import InformParams, drive, drive_async, inform, prepare
 from delta_actors.job import Job
+from delta_actors.kinds import kind_of
+from delta_actors.object import Object
 from delta_actors.queue.insert import (
     InsertOptions,
     JobSpec,
@@ -29,7 +33,29 @@ from delta_actors.queue.insert import (
     insert_jobs_async,
 )
 from delta_actors.queue.rows import EnqueuedJob, JobRow, job_row
+from delta_actors.resource import InformResult, Resource, resource_from_row
 from delta_actors.schema import check_schema, check_schema_async
+
+T = TypeVar("T", bound=Object)
+
+
+def _inform_params(
+    namespace: str | None,
+    tags: Iterable[str],
+    metadata: dict[str, Any] | None,
+    max_attempts: int | None,
+) -> InformParams:
+    if isinstance(tags, str):
+        raise ConfigError(f"tags must be a list of strings, got the string {tags!r}")
+    return InformParams(
+        namespace=namespace, tags=tuple(tags), metadata=metadata, max_attempts=max_attempts
+    )
+
+
+def _resource(object_type: type[T], row: tuple[Any, ...] | None) -> Resource[T] | None:
+    if row is None:
+        return None
+    return resource_from_row(row, msgspec.json.decode(row[15], type=object_type))
 
 
 def _require_dsn(dsn: str | None) -> str:
@@ -186,6 +212,99 @@ class Client:
                 row = conn.execute(queries.GET_JOB, (job_id,)).fetchone()
         return job_row(row) if row else None
 
+    # ------------------------------------------------------------------ resources
+
+    def inform(
+        self,
+        obj: T,
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> InformResult[T]:
+        """Store `obj` as a resource and queue its work if it changed (its own transaction).
+
+        Args:
+            obj: the object, a delta.Object.
+            namespace: where the resource lives; default: its controller's, else "default".
+            tags: labels stored with the resource (set with each change).
+            metadata: a JSON object stored with the resource (set with each change).
+            max_attempts: failed attempts of one generation before it is degraded;
+                default: its controller's, else 10.
+        """
+        return self.inform_many(
+            [obj], namespace=namespace, tags=tags, metadata=metadata, max_attempts=max_attempts
+        )[0]
+
+    def inform_tx(
+        self,
+        conn: psycopg.Connection,
+        obj: T,
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> InformResult[T]:
+        """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
+        return self.inform_many_tx(
+            conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
+            max_attempts=max_attempts,
+        )[0]  # fmt: skip
+
+    def inform_many(
+        self,
+        objects: Iterable[T],
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[InformResult[T]]:
+        """Inform about many objects atomically; results come in input order."""
+        params = _inform_params(namespace, tags, metadata, max_attempts)
+        items = prepare(objects, params, self.app)
+        if not items:
+            return []
+        with translate_errors("inform"), self._pool.connection() as conn, conn.transaction():
+            return drive(conn, inform(items, params))
+
+    def inform_many_tx(
+        self,
+        conn: psycopg.Connection,
+        objects: Iterable[T],
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[InformResult[T]]:
+        """Inform about many objects in `conn`'s transaction."""
+        params = _inform_params(namespace, tags, metadata, max_attempts)
+        items = prepare(objects, params, self.app)
+        if not items:
+            return []
+        with translate_errors("inform"):
+            return drive(conn, inform(items, params))
+
+    def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Return the resource of `object_type` with id `object_id`, or None."""
+        with translate_errors("get resource"), self._pool.connection() as conn:
+            row = conn.execute(queries.GET_RESOURCE, (kind_of(object_type), object_id)).fetchone()
+        return _resource(object_type, row)
+
+    def invalidate(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Work the resource again with its stored object; return it (None if unknown).
+
+        A deleted resource stays deleted: only a newer change brings it back.
+        """
+        kind = kind_of(object_type)
+        with translate_errors("invalidate"), self._pool.connection() as conn:
+            conn.execute(queries.INVALIDATE_RESOURCE, (kind, object_id))
+            row = conn.execute(queries.GET_RESOURCE, (kind, object_id)).fetchone()
+        return _resource(object_type, row)
+
 
 class AsyncClient:
     """Enqueue jobs and read their state (async twin of Client)."""
@@ -304,3 +423,94 @@ class AsyncClient:
                 if row is None:
                     row = await (await conn.execute(queries.GET_JOB, (job_id,))).fetchone()
         return job_row(row) if row else None
+
+    # ------------------------------------------------------------------ resources
+
+    async def inform(
+        self,
+        obj: T,
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> InformResult[T]:
+        """Store `obj` as a resource and queue its work if it changed (see Client.inform)."""
+        return (
+            await self.inform_many(
+                [obj], namespace=namespace, tags=tags, metadata=metadata,
+                max_attempts=max_attempts,
+            )
+        )[0]  # fmt: skip
+
+    async def inform_tx(
+        self,
+        conn: psycopg.AsyncConnection,
+        obj: T,
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> InformResult[T]:
+        """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
+        return (
+            await self.inform_many_tx(
+                conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
+                max_attempts=max_attempts,
+            )
+        )[0]  # fmt: skip
+
+    async def inform_many(
+        self,
+        objects: Iterable[T],
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[InformResult[T]]:
+        """Inform about many objects atomically; results come in input order."""
+        params = _inform_params(namespace, tags, metadata, max_attempts)
+        items = prepare(objects, params, self.app)
+        if not items:
+            return []
+        with translate_errors("inform"):
+            async with self._pool.connection() as conn, conn.transaction():
+                return await drive_async(conn, inform(items, params))
+
+    async def inform_many_tx(
+        self,
+        conn: psycopg.AsyncConnection,
+        objects: Iterable[T],
+        *,
+        namespace: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[InformResult[T]]:
+        """Inform about many objects in `conn`'s transaction."""
+        params = _inform_params(namespace, tags, metadata, max_attempts)
+        items = prepare(objects, params, self.app)
+        if not items:
+            return []
+        with translate_errors("inform"):
+            return await drive_async(conn, inform(items, params))
+
+    async def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Return the resource of `object_type` with id `object_id`, or None."""
+        with translate_errors("get resource"):
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(queries.GET_RESOURCE, (kind_of(object_type), object_id))
+                row = await cur.fetchone()
+        return _resource(object_type, row)
+
+    async def invalidate(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Work the resource again with its stored object (see Client.invalidate)."""
+        kind = kind_of(object_type)
+        with translate_errors("invalidate"):
+            async with self._pool.connection() as conn:
+                await conn.execute(queries.INVALIDATE_RESOURCE, (kind, object_id))
+                cur = await conn.execute(queries.GET_RESOURCE, (kind, object_id))
+                row = await cur.fetchone()
+        return _resource(object_type, row)

@@ -35,3 +35,11 @@ class PermanentError(Outcome):
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Delete(Outcome):
+    """The resource is gone: mark it deleted; it stays so until a newer change is informed."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason

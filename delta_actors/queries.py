@@ -12,6 +12,29 @@ from typing import Final, LiteralString
 # The one LISTEN/NOTIFY channel; the payload is the queue (namespace) that has work.
 JOB_CHANNEL: Final = "delta_jobs"
 
+# ---------------------------------------------------------------- shared column lists
+
+
+# The columns of a Resource (resource.Resource's fields, `object` excepted), with `state`
+# computed: `running` while a work of the resource runs.
+def _resource_columns(state: LiteralString) -> LiteralString:
+    return (
+        """
+r.id, r.kind, r.object_id, r.namespace, """
+        + state
+        + """ AS state,
+r.generation, r.attempt, r.max_attempts, array_to_json(r.errors)::text AS errors, r.tags,
+r.metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at
+"""
+    )
+
+
+RESOURCE_COLUMNS: LiteralString = _resource_columns(
+    """CASE WHEN EXISTS (
+    SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running')
+THEN 'running' ELSE r.state::text END"""
+)
+
 # ---------------------------------------------------------------- schema (schema.py)
 
 CREATE_MIGRATION_TABLE: LiteralString = """
@@ -92,21 +115,38 @@ WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 
 # ---------------------------------------------------------------- worker (queue/worker.py)
 
-# Never more rows than free slots (LIMIT), skipping rows other claimers hold. `= ANY(ARRAY
-# (...))` pins the update to primary-key lookups; a join let the planner hash the table.
-CLAIM_JOBS: LiteralString = """
+# Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
+# the queued work of a resource whose previous work still runs (coalescing: runs of one
+# resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
+# join let the planner hash the whole table. A resource work comes back with its
+# resource as stored now, read without a lock (claims never wait on informs).
+CLAIM_JOBS: LiteralString = (
+    """
 WITH locked AS (
-    SELECT id FROM delta_job
-    WHERE state = 'available' AND queue = %(queue)s
-    ORDER BY priority, scheduled_at, id
+    SELECT j.id FROM delta_job AS j
+    WHERE j.state = 'available' AND j.queue = %(queue)s
+      AND (j.resource_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM delta_job AS busy
+            WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+    ORDER BY j.priority, j.scheduled_at, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE delta_job AS j
+    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
 )
-UPDATE delta_job AS j
-SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
-WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
-RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts
+SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
+FROM claimed AS c
+LEFT JOIN LATERAL (
+    SELECT """
+    + _resource_columns("'running'")
+    + """, r.object FROM delta_resource AS r WHERE r.id = c.resource_id
+) AS res ON true
 """
+)
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
 # finished; a rescued or handed-back claim matches nothing and is reported stale. The
@@ -128,6 +168,72 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_s
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
   AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
 RETURNING j.id
+"""
+
+# Results of resource works, fenced like COMPLETE_JOBS. A resource work's job is always
+# finished here, never put back in the queue: a retry or requeue is a new queued work,
+# inserted ON CONFLICT DO NOTHING, because an inform may have queued one meanwhile (which
+# reads the newest object anyway). The resource takes the outcome only if its generation
+# is still the one the work saw; a newer change keeps its own state and queued work.
+COMPLETE_WORKS: LiteralString = """
+WITH u AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::smallint[], %(generations)s::bigint[],
+        %(job_states)s::delta_job_state[], %(resource_states)s::delta_resource_state[],
+        %(count_attempts)s::boolean[], %(delays)s::float8[], %(errors)s::jsonb[])
+    AS u(id, attempt, generation, job_state, resource_state, count_attempt, delay, error)
+),
+finished AS (
+    UPDATE delta_job AS j
+    SET state = u.job_state, claimed_by = NULL, finalized_at = now(),
+        errors = CASE WHEN u.error IS NULL THEN j.errors
+                      ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
+    FROM u
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+      AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
+    RETURNING j.id, j.resource_id, j.attempted_at
+),
+locked AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.id IN (SELECT resource_id FROM finished)
+    ORDER BY r.id
+    FOR UPDATE
+),
+resources AS (
+    UPDATE delta_resource AS r
+    SET state = CASE
+            WHEN u.resource_state IS NULL OR r.generation <> u.generation THEN r.state
+            WHEN u.count_attempt AND r.attempt + 1 >= r.max_attempts THEN 'degraded'
+            ELSE u.resource_state END,
+        attempt = CASE WHEN u.count_attempt AND r.generation = u.generation
+                       THEN r.attempt + 1 ELSE r.attempt END,
+        synced_at = CASE WHEN u.resource_state = 'synced' AND r.generation = u.generation
+                         THEN now() ELSE r.synced_at END,
+        attempted_at = f.attempted_at,
+        errors = CASE WHEN u.error IS NULL THEN r.errors
+                      ELSE (r.errors || u.error)[greatest(1, cardinality(r.errors) - 8):] END,
+        updated_at = now()
+    FROM finished AS f JOIN u ON u.id = f.id
+    WHERE r.id = f.resource_id AND r.id IN (SELECT id FROM locked)
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts, r.state, u.delay
+),
+followups AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts, state, scheduled_at)
+    SELECT x.kind, x.namespace, '\\x', x.id, x.max_attempts,
+           CASE WHEN x.delay <= 0 THEN 'available' ELSE 'scheduled' END::delta_job_state,
+           now() + make_interval(secs => greatest(x.delay, 0))
+    FROM resources AS x
+    WHERE x.delay IS NOT NULL AND x.state <> 'degraded'
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO NOTHING
+    RETURNING queue, state
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM followups WHERE state = 'available') AS q
+)
+SELECT f.id, (SELECT n FROM notified) FROM finished AS f
 """
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
@@ -199,4 +305,116 @@ RETURNING """
 
 COUNT_JOBS_BY_STATE: LiteralString = """
 SELECT state::text, count(*) FROM delta_job WHERE queue = %s GROUP BY state
+"""
+
+# ---------------------------------------------------------------- resources (inform.py)
+#
+# Lock order, to keep informs, completions and claims free of deadlocks: a statement that
+# writes resources locks them first, in id order (a `FOR UPDATE ... ORDER BY id` CTE),
+# and only then writes the queued work. Claims never lock resources.
+
+# Phase 1 of an inform: what is stored for these identities (the object only for kinds
+# whose change detection needs it, compare()).
+SELECT_STORED_RESOURCES: LiteralString = (
+    """
+SELECT """
+    + RESOURCE_COLUMNS
+    + """, r.hash, CASE WHEN i.with_object THEN r.object END
+FROM unnest(%(kinds)s::text[], %(object_ids)s::text[], %(with_objects)s::boolean[])
+     AS i(kind, object_id, with_object)
+JOIN delta_resource AS r ON r.kind = i.kind AND r.object_id = i.object_id
+"""
+)
+
+# Phase 2: write the changes, fenced on the generation phase 1 saw (NULL: not stored), and
+# fold each into the resource's queued work. An identity that changed meanwhile is not
+# returned, and the caller runs phase 1 again for it.
+WRITE_RESOURCES: LiteralString = (
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        %(kinds)s::text[], %(object_ids)s::text[], %(namespaces)s::text[], %(objects)s::bytea[],
+        %(hashes)s::bytea[], %(expected)s::bigint[], %(max_attempts)s::smallint[],
+        %(tags)s::jsonb[], %(metadata)s::jsonb[])
+    AS i(kind, object_id, namespace, object, hash, expected, max_attempts, tags, metadata)
+),
+inserted AS (
+    INSERT INTO delta_resource AS r
+        (kind, object_id, namespace, object, hash, max_attempts, tags, metadata)
+    SELECT i.kind, i.object_id, i.namespace, i.object, i.hash, i.max_attempts,
+           ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.metadata
+    FROM input AS i WHERE i.expected IS NULL
+    ON CONFLICT (kind, object_id) DO NOTHING
+    RETURNING """
+    + RESOURCE_COLUMNS
+    + """
+),
+locked AS (
+    SELECT r.id FROM delta_resource AS r
+    JOIN input AS i ON r.kind = i.kind AND r.object_id = i.object_id AND i.expected IS NOT NULL
+    ORDER BY r.id
+    FOR UPDATE OF r
+),
+updated AS (
+    UPDATE delta_resource AS r
+    SET object = i.object, hash = i.hash, generation = r.generation + 1, state = 'scheduled',
+        attempt = 0, namespace = i.namespace, max_attempts = i.max_attempts,
+        tags = ARRAY(SELECT jsonb_array_elements_text(i.tags)), metadata = i.metadata,
+        updated_at = now()
+    FROM input AS i
+    WHERE r.id IN (SELECT id FROM locked)
+      AND r.kind = i.kind AND r.object_id = i.object_id AND r.generation = i.expected
+    RETURNING """
+    + RESOURCE_COLUMNS
+    + """
+),
+written AS (
+    SELECT * FROM inserted UNION ALL SELECT * FROM updated
+),
+works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM written AS w
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now(), queue = excluded.queue
+    RETURNING queue
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM works) AS q
+)
+SELECT w.*, (SELECT n FROM notified) FROM written AS w
+"""
+)
+
+# ---------------------------------------------------------------- resources (client.py)
+
+GET_RESOURCE: LiteralString = (
+    "SELECT "
+    + RESOURCE_COLUMNS
+    + ", r.object FROM delta_resource AS r WHERE r.kind = %s AND r.object_id = %s"
+)
+
+# Re-work a resource with its stored object: attempts reset, generation kept. A deleted
+# resource stays deleted (only a newer change revives it).
+INVALIDATE_RESOURCE: LiteralString = """
+WITH target AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.kind = %s AND r.object_id = %s AND r.state <> 'deleted'
+    FOR UPDATE
+),
+marked AS (
+    UPDATE delta_resource AS r SET state = 'scheduled', attempt = 0, updated_at = now()
+    FROM target WHERE r.id = target.id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts
+),
+works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now()
+    RETURNING queue
+)
+SELECT count(pg_notify('delta_jobs', w.queue)) FROM works AS w
 """

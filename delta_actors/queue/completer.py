@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -38,6 +39,23 @@ class JobResult:
     give_back: bool = False  # a snooze: the attempt does not count
 
 
+@dataclass(frozen=True, slots=True)
+class WorkResult:
+    """The outcome of one resource work, to be written (see queries.COMPLETE_WORKS)."""
+
+    id: int
+    attempt: int
+    generation: int  # the generation the work saw
+    job_state: JobState  # completed, cancelled or discarded: a work's job always finishes
+    resource_state: str | None  # what the resource becomes; None leaves it as it is
+    count_attempt: bool = False  # a failed attempt of this generation
+    delay: float | None = None  # queue a follow-up work after this many seconds
+    error: str | None = None  # an encoded JobError
+
+
+Result = JobResult | WorkResult
+
+
 class Completer:
     """Writes job results in batches for one actor."""
 
@@ -47,13 +65,13 @@ class Completer:
         actor_id: int,
         *,
         max_pending: int,
-        on_written: Callable[[list[JobResult], set[int]], None],
+        on_written: Callable[[list[Result], set[int]], None],
     ) -> None:
         self._pool = pool
         self._actor_id = actor_id
         self._max_pending = max_pending
         self._on_written = on_written
-        self._pending: list[JobResult] = []
+        self._pending: list[Result] = []
         self._has_pending = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -66,7 +84,7 @@ class Completer:
         """Results not yet written."""
         return len(self._pending) + self._writing
 
-    async def add(self, result: JobResult) -> None:
+    async def add(self, result: Result) -> None:
         """Queue `result`; waits while the backlog is full (backpressure on claiming)."""
         self._pending.append(result)
         self._has_pending.set()
@@ -119,8 +137,21 @@ class Completer:
             self._on_written(batch, stale)
         self._idle.set()
 
-    async def _write(self, batch: list[JobResult]) -> set[int]:
-        params = {
+    async def _write(self, batch: list[Result]) -> set[int]:
+        jobs = [r for r in batch if isinstance(r, JobResult)]
+        works = [r for r in batch if isinstance(r, WorkResult)]
+        stale: set[int] = set()
+        async with self._pool.connection() as conn:
+            if jobs:
+                cur = await conn.execute(queries.COMPLETE_JOBS, self._job_params(jobs))
+                stale |= await _not_written(cur, jobs)
+            if works:
+                cur = await conn.execute(queries.COMPLETE_WORKS, self._work_params(works))
+                stale |= await _not_written(cur, works)
+        return stale
+
+    def _job_params(self, batch: list[JobResult]) -> dict[str, object]:
+        return {
             "ids": [r.id for r in batch],
             "attempts": [r.attempt for r in batch],
             "states": [r.state.value for r in batch],
@@ -129,9 +160,24 @@ class Completer:
             "give_backs": [r.give_back for r in batch],
             "actor": self._actor_id,
         }
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(queries.COMPLETE_JOBS, params)
-            if cur.rowcount == len(batch):
-                return set()
-            written = {row[0] for row in await cur.fetchall()}
-            return {r.id for r in batch} - written
+
+    def _work_params(self, batch: list[WorkResult]) -> dict[str, object]:
+        return {
+            "ids": [r.id for r in batch],
+            "attempts": [r.attempt for r in batch],
+            "generations": [r.generation for r in batch],
+            "job_states": [r.job_state.value for r in batch],
+            "resource_states": [r.resource_state for r in batch],
+            "count_attempts": [r.count_attempt for r in batch],
+            "delays": [r.delay for r in batch],
+            "errors": [r.error for r in batch],
+            "actor": self._actor_id,
+        }
+
+
+async def _not_written(cur: psycopg.AsyncCursor[Any], batch: list[Any]) -> set[int]:
+    """Return the ids of `batch` that the fenced statement did not write (stale claims)."""
+    if cur.rowcount == len(batch):
+        return set()
+    written = {row[0] for row in await cur.fetchall()}
+    return {r.id for r in batch} - written

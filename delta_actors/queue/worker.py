@@ -1,4 +1,4 @@
-"""The worker: runs the jobs of one namespace on one event loop.
+"""The worker: runs the jobs and resource works of one namespace on one event loop.
 
 Components (each a named task in one TaskGroup; the first to fail stops the worker):
 - listener: LISTEN/NOTIFY wake-ups for the namespace;
@@ -29,70 +29,26 @@ import contextlib
 import logging
 import os
 import socket
-import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
-from delta_actors.app import App, JobRegistration
+from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import translate_errors
-from delta_actors.outcomes import Cancel, PermanentError, Requeue
-from delta_actors.queue.completer import Completer, JobResult
+from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
-from delta_actors.queue.rows import JobError, JobState
+from delta_actors.queue.runner import Claim, Invoker, JobRunner, WorkerStats
 from delta_actors.queue.scheduler import Scheduler
+from delta_actors.reconciler import Reconciler
 from delta_actors.schema import check_schema_async
 
 logger = logging.getLogger(__name__)
-
-UNKNOWN_KIND_DELAY = 60.0  # seconds before a job of an unregistered kind is offered again
-_TRACE_LIMIT = 4000
-_error_encoder = msgspec.json.Encoder()
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counters of one worker since it started."""
-
-    claimed: int = 0
-    completed: int = 0
-    failed: int = 0
-    snoozed: int = 0
-    cancelled: int = 0
-    discarded: int = 0
-    handed_back: int = 0
-    stale: int = 0
-    unknown_kind: int = 0
-    claims: int = 0
-
-
-@dataclass(slots=True)
-class _Claim:
-    id: int
-    kind: str
-    args: bytes
-    attempt: int
-    max_attempts: int
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-    deadline: float = float("inf")  # loop time after which the run counts as timed out
-    timed_out: bool = False
-
-
-def _error_entry(attempt: int, exc: BaseException, message: str | None = None) -> str:
-    trace = "".join(traceback.format_exception(exc))[-_TRACE_LIMIT:]
-    text = message or f"{type(exc).__qualname__}: {exc}"
-    return _error_encoder.encode(
-        JobError(at=time.time(), attempt=attempt, error=text, trace=trace)
-    ).decode()
 
 
 class Worker:
@@ -145,12 +101,12 @@ class Worker:
         self._listener = Listener(dsn, namespace, self._notified)
         self._completer: Completer | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._running: dict[int, _Claim] = {}
+        self._running: dict[int, Claim] = {}
         self._wake = asyncio.Event()
         self._maybe_more = True
         self._claiming = True
         self._cancelling = False
-        self._handed_back: list[_Claim] = []
+        self._handed_back: list[Claim] = []
         self._main: asyncio.Task[None] | None = None
         self._producer: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -186,6 +142,9 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             max_workers=self.max_workers, thread_name_prefix=f"delta-{self.namespace}"
         )
+        invoker = Invoker(self._threads, lambda: self._cancelling)
+        self._jobs = JobRunner(self._app, invoker, self.stats, self._retry_policy)
+        self._works = Reconciler(self._app, invoker, self.stats, self._retry_policy)
         self._main = asyncio.create_task(self._run_components(), name=f"worker:{self.namespace}")
         logger.info(
             "worker started for namespace %s with %d slots (actor %d)",
@@ -293,24 +252,24 @@ class Worker:
                 self._running[claim.id] = claim
                 claim.task = asyncio.create_task(self._run_job(claim), name=f"job:{claim.id}")
 
-    async def _claim(self, limit: int) -> list[_Claim]:
+    async def _claim(self, limit: int) -> list[Claim]:
         params = {"queue": self.namespace, "limit": limit, "actor": self.actor_id}
         async with self._pool.connection() as conn:
             cur = await conn.execute(queries.CLAIM_JOBS, params)
             rows = await cur.fetchall()
         self.stats.claims += 1
         self.stats.claimed += len(rows)
-        return [_Claim(*row) for row in rows]
+        return [Claim.from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ running
 
-    async def _run_job(self, claim: _Claim) -> None:
-        registration = self._app.jobs.get(claim.kind)
+    async def _run_job(self, claim: Claim) -> None:
         try:
-            if registration is None:
-                result = self._unknown_kind(claim)
+            result: Result
+            if claim.resource_id is None:
+                result = await self._jobs.run(claim)
             else:
-                result = await self._call_handler(claim, registration)
+                result = await self._works.run(claim)
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise
@@ -326,89 +285,7 @@ class Worker:
             if self._maybe_more:
                 self._wake.set()
 
-    async def _call_handler(self, claim: _Claim, registration: JobRegistration) -> JobResult:
-        try:
-            job = registration.decoder.decode(claim.args)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            message = (
-                f"stored args of job {claim.id} no longer decode into "
-                f"{registration.type.__qualname__}: {exc}"
-            )
-            return self._failed(claim, exc, message)
-        claim.deadline = asyncio.get_running_loop().time() + registration.timeout
-        try:
-            if registration.is_async:
-                await registration.handler(job)  # type: ignore[misc]
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._threads, registration.handler, job)
-        except Requeue as outcome:
-            self.stats.snoozed += 1
-            state = JobState.AVAILABLE if outcome.after <= 0 else JobState.SCHEDULED
-            return JobResult(claim.id, claim.attempt, state, delay=outcome.after, give_back=True)
-        except Cancel as outcome:
-            self.stats.cancelled += 1
-            return JobResult(
-                claim.id, claim.attempt, JobState.CANCELLED,
-                error=_error_entry(claim.attempt, outcome, f"cancelled: {outcome.reason}"),
-            )  # fmt: skip
-        except PermanentError as exc:
-            self.stats.discarded += 1
-            return JobResult(
-                claim.id, claim.attempt, JobState.DISCARDED,
-                error=_error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
-            )  # fmt: skip
-        except asyncio.CancelledError as exc:
-            if self._cancelling or not claim.timed_out:
-                raise
-            # Cancelled by the deadline watch, not by anyone above us.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            return self._failed(claim, exc, f"timed out after {registration.timeout:g}s")
-        except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
-            return self._failed(claim, exc)
-        self.stats.completed += 1
-        return JobResult(claim.id, claim.attempt, JobState.COMPLETED)
-
-    def _failed(self, claim: _Claim, exc: BaseException, message: str | None = None) -> JobResult:
-        error = _error_entry(claim.attempt, exc, message)
-        self.stats.failed += 1
-        if claim.attempt >= claim.max_attempts:
-            self.stats.discarded += 1
-            logger.warning(
-                "job %d (%s) failed attempt %d of %d, discarding: %s",
-                claim.id, claim.kind, claim.attempt, claim.max_attempts, message or exc,
-                extra={"event": "job.discarded", "job_id": claim.id, "kind": claim.kind},
-            )  # fmt: skip
-            return JobResult(claim.id, claim.attempt, JobState.DISCARDED, error=error)
-        delay = self._retry_policy(claim.attempt)
-        logger.info(
-            "job %d (%s) failed attempt %d of %d, retrying in %.1fs: %s",
-            claim.id, claim.kind, claim.attempt, claim.max_attempts, delay, message or exc,
-            extra={"event": "job.failed", "job_id": claim.id, "kind": claim.kind},
-        )  # fmt: skip
-        return JobResult(claim.id, claim.attempt, JobState.RETRYABLE, delay=delay, error=error)
-
-    def _unknown_kind(self, claim: _Claim) -> JobResult:
-        # Not the job's fault and nothing to lose: offer it again later, uncounted, so a
-        # deploy that registers the kind picks it up.
-        self.stats.unknown_kind += 1
-        registered = ", ".join(sorted(self._app.jobs)) or "none"
-        message = (
-            f"no handler for job kind {claim.kind!r} in this worker (registered: {registered}); "
-            f"offered again in {UNKNOWN_KIND_DELAY:g}s"
-        )
-        logger.error(message, extra={"event": "job.unknown_kind", "job_id": claim.id})
-        error = _error_encoder.encode(
-            JobError(at=time.time(), attempt=claim.attempt, error=message)
-        ).decode()
-        return JobResult(
-            claim.id, claim.attempt, JobState.SCHEDULED,
-            delay=UNKNOWN_KIND_DELAY, error=error, give_back=True,
-        )  # fmt: skip
-
-    def _results_written(self, results: list[JobResult], stale: set[int]) -> None:
+    def _results_written(self, results: list[Result], stale: set[int]) -> None:
         if stale:
             self.stats.stale += len(stale)
             logger.warning(
@@ -416,11 +293,10 @@ class Worker:
                 len(stale), sorted(stale)[:20], extra={"event": "worker.stale_results"},
             )  # fmt: skip
         if self._scheduler is not None and any(
-            r.delay is not None and r.delay < 1.0 and r.state is not JobState.AVAILABLE
-            for r in results
+            r.delay is not None and 0 < r.delay < 1.0 for r in results
         ):
             self._scheduler.poke()
-        if any(r.state is JobState.AVAILABLE for r in results):
+        if any(r.delay is not None and r.delay <= 0 for r in results):
             self._notified()
 
     async def _watch_deadlines(self) -> None:
@@ -440,7 +316,14 @@ class Worker:
     # ------------------------------------------------------------------ bookkeeping
 
     async def _hand_back(self) -> None:
-        claims, self._handed_back = self._handed_back, []
+        handed_back, self._handed_back = self._handed_back, []
+        assert self._completer is not None
+        for claim in handed_back:
+            if claim.resource_id is not None:
+                # A work's job row never goes back to the queue (see COMPLETE_WORKS).
+                await self._completer.add(Reconciler.hand_back(claim))
+                self.stats.handed_back += 1
+        claims = [c for c in handed_back if c.resource_id is None]
         if not claims:
             return
         params = ([c.id for c in claims], [c.attempt for c in claims], self.actor_id)

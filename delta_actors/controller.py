@@ -1,0 +1,83 @@
+"""`delta.Controller[T]`: the control loop of one kind."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.errors import ConfigError
+from delta_actors.object import Object
+from delta_actors.resource import Resource
+
+T = TypeVar("T", bound=Object)
+
+
+class InformOptions(msgspec.Struct, frozen=True):
+    """What an informer is asked to list.
+
+    `after` is the cursor: list changes after it (None: everything). `full` is True when
+    everything is asked for; after a successful full listing, resources that were not
+    listed may be marked deleted (when the controller sets `tombstones = True`).
+    """
+
+    after: datetime | None = None
+    full: bool = True
+
+
+class Controller(Generic[T]):
+    """Reconciles the resources of one kind; subclass as `Controller[MyObject]`.
+
+    Override `work` (async, or a plain def for blocking or CPU-heavy code, which runs off
+    the event loop) and optionally `inform`. Class attributes tune it:
+
+    - `namespace`: where its resources live unless an inform says otherwise;
+    - `timeout`: seconds one `work` may run before it counts as a failed attempt (60);
+    - `max_attempts`: failed attempts of one generation before it is degraded (10);
+    - `inform_interval`: seconds between informer runs (3600; None disables);
+    - `tombstones`: mark unlisted resources deleted after a full listing (False).
+    """
+
+    object_type: ClassVar[type[Object]]
+    namespace: ClassVar[str] = DEFAULT_NAMESPACE
+    timeout: ClassVar[float] = 60.0
+    max_attempts: ClassVar[int] = 10
+    inform_interval: ClassVar[float | None] = 3600.0
+    tombstones: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Controller:
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type) and issubclass(arg, Object):
+                    cls.object_type = arg
+
+    def work(self, resource: Resource[T]) -> Any:
+        """Reconcile one resource; return normally when it is in sync."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement work()")
+
+    def inform(self, options: InformOptions) -> AsyncIterator[T]:
+        """List objects from the external system (changes after `options.after`)."""
+        raise NotImplementedError(f"{type(self).__qualname__} has no informer")
+
+
+def object_type_of(controller: Controller[Any]) -> type[Object]:
+    """Return the object type a controller reconciles, or raise ConfigError naming the fix."""
+    object_type = getattr(type(controller), "object_type", None)
+    if not (isinstance(object_type, type) and issubclass(object_type, Object)):
+        name = type(controller).__qualname__
+        raise ConfigError(
+            f"controller {name} does not say which object it reconciles: "
+            f"declare it as `class {name}(delta.Controller[MyObject])`"
+        )
+    return object_type
+
+
+def has_informer(controller: Controller[Any]) -> bool:
+    """Return whether the controller overrides inform()."""
+    return type(controller).inform is not Controller.inform

@@ -1,0 +1,208 @@
+"""Running one claimed job: the user's handler under a deadline, its outcome as a result.
+
+Deadlines are enforced by the worker's deadline watch, which marks the claim timed out and
+cancels its task; `invoke` turns that cancellation into `HandlerTimeout`. A cancellation
+from anyone else (the stop deadline) passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from delta_actors.app import App
+from delta_actors.outcomes import Cancel, PermanentError, Requeue
+from delta_actors.queue.completer import JobResult
+from delta_actors.queue.rows import JobError, JobState
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_KIND_DELAY = 60.0  # seconds before work of an unregistered kind is offered again
+_TRACE_LIMIT = 4000
+_error_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters of one worker since it started."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    snoozed: int = 0
+    cancelled: int = 0
+    discarded: int = 0
+    deleted: int = 0
+    handed_back: int = 0
+    stale: int = 0
+    unknown_kind: int = 0
+    claims: int = 0
+
+
+@dataclass(slots=True)
+class Claim:
+    """A job this worker holds: the row CLAIM_JOBS returned, and its run."""
+
+    id: int
+    kind: str
+    args: bytes
+    attempt: int
+    max_attempts: int
+    resource_id: int | None
+    resource: tuple[Any, ...] | None  # a resource work's row (RESOURCE_COLUMNS + object)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    deadline: float = float("inf")  # loop time after which the run counts as timed out
+    timed_out: bool = False
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Claim:
+        """Build a Claim from a CLAIM_JOBS row."""
+        resource = row[6:] if row[5] is not None else None
+        return cls(row[0], row[1], row[2], row[3], row[4], row[5], resource)
+
+
+class HandlerTimeout(Exception):  # noqa: N818 (internal signal)
+    """A handler ran past its deadline."""
+
+
+def error_entry(attempt: int, exc: BaseException | None, message: str | None = None) -> str:
+    """Encode one error history entry (a JobError) as JSON text."""
+    trace = "".join(traceback.format_exception(exc))[-_TRACE_LIMIT:] if exc else ""
+    text = message or f"{type(exc).__qualname__}: {exc}"
+    return _error_encoder.encode(
+        JobError(at=time.time(), attempt=attempt, error=text, trace=trace)
+    ).decode()
+
+
+class Invoker:
+    """Calls user code for claims: async on the loop, sync on a thread, under a deadline."""
+
+    def __init__(self, threads: ThreadPoolExecutor, is_stopping: Callable[[], bool]) -> None:
+        self._threads = threads
+        self._is_stopping = is_stopping
+
+    async def invoke(
+        self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
+    ) -> None:
+        """Run fn(arg); raise HandlerTimeout once `timeout` seconds pass."""
+        loop = asyncio.get_running_loop()
+        claim.deadline = loop.time() + timeout
+        try:
+            if is_async:
+                await fn(arg)
+            else:
+                await loop.run_in_executor(self._threads, fn, arg)
+        except asyncio.CancelledError as exc:
+            if self._is_stopping() or not claim.timed_out:
+                raise
+            # Cancelled by the deadline watch, not by anyone above us.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise HandlerTimeout(f"timed out after {timeout:g}s") from exc
+
+
+class JobRunner:
+    """Runs plain jobs and maps their outcomes to JobResults."""
+
+    def __init__(
+        self,
+        app: App,
+        invoker: Invoker,
+        stats: WorkerStats,
+        retry_policy: Callable[[int], float],
+    ) -> None:
+        self._app = app
+        self._invoker = invoker
+        self._stats = stats
+        self._retry_policy = retry_policy
+
+    async def run(self, claim: Claim) -> JobResult:
+        """Run one claimed job and return what to write."""
+        registration = self._app.jobs.get(claim.kind)
+        if registration is None:
+            return self._unknown_kind(claim)
+        try:
+            job = registration.decoder.decode(claim.args)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message = (
+                f"stored args of job {claim.id} no longer decode into "
+                f"{registration.type.__qualname__}: {exc}"
+            )
+            return self._failed(claim, exc, message)
+        try:
+            await self._invoker.invoke(
+                claim, registration.handler, job,
+                is_async=registration.is_async, timeout=registration.timeout,
+            )  # fmt: skip
+        except Requeue as outcome:
+            self._stats.snoozed += 1
+            state = JobState.AVAILABLE if outcome.after <= 0 else JobState.SCHEDULED
+            return JobResult(claim.id, claim.attempt, state, delay=outcome.after, give_back=True)
+        except Cancel as outcome:
+            self._stats.cancelled += 1
+            return JobResult(
+                claim.id, claim.attempt, JobState.CANCELLED,
+                error=error_entry(claim.attempt, None, f"cancelled: {outcome.reason}"),
+            )  # fmt: skip
+        except PermanentError as exc:
+            self._stats.discarded += 1
+            return JobResult(
+                claim.id, claim.attempt, JobState.DISCARDED,
+                error=error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
+            )  # fmt: skip
+        except HandlerTimeout as exc:
+            return self._failed(claim, exc, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
+            return self._failed(claim, exc)
+        self._stats.completed += 1
+        return JobResult(claim.id, claim.attempt, JobState.COMPLETED)
+
+    def _failed(self, claim: Claim, exc: BaseException, message: str | None = None) -> JobResult:
+        error = error_entry(claim.attempt, exc, message)
+        self._stats.failed += 1
+        if claim.attempt >= claim.max_attempts:
+            self._stats.discarded += 1
+            logger.warning(
+                "job %d (%s) failed attempt %d of %d, discarding: %s",
+                claim.id, claim.kind, claim.attempt, claim.max_attempts, message or exc,
+                extra={"event": "job.discarded", "job_id": claim.id, "kind": claim.kind},
+            )  # fmt: skip
+            return JobResult(claim.id, claim.attempt, JobState.DISCARDED, error=error)
+        delay = self._retry_policy(claim.attempt)
+        logger.info(
+            "job %d (%s) failed attempt %d of %d, retrying in %.1fs: %s",
+            claim.id, claim.kind, claim.attempt, claim.max_attempts, delay, message or exc,
+            extra={"event": "job.failed", "job_id": claim.id, "kind": claim.kind},
+        )  # fmt: skip
+        return JobResult(claim.id, claim.attempt, JobState.RETRYABLE, delay=delay, error=error)
+
+    def _unknown_kind(self, claim: Claim) -> JobResult:
+        # Not the job's fault and nothing to lose: offer it again later, uncounted, so a
+        # deploy that registers the kind picks it up.
+        self._stats.unknown_kind += 1
+        message = unknown_kind_message("job kind", claim.kind, self._app.jobs)
+        logger.error(message, extra={"event": "job.unknown_kind", "job_id": claim.id})
+        return JobResult(
+            claim.id, claim.attempt, JobState.SCHEDULED, delay=UNKNOWN_KIND_DELAY,
+            error=error_entry(claim.attempt, None, message), give_back=True,
+        )  # fmt: skip
+
+
+def unknown_kind_message(what: str, kind: str, registered: dict[str, Any]) -> str:
+    """Say that this worker has no code for `kind`, and when it is offered again."""
+    names = ", ".join(sorted(registered)) or "none"
+    return (
+        f"no handler for {what} {kind!r} in this worker (registered: {names}); "
+        f"offered again in {UNKNOWN_KIND_DELAY:g}s"
+    )
