@@ -243,8 +243,8 @@ def _write(
         "hashes": [i.hash for i in chosen],
         "expected": [expected for _, expected in writes],
         "max_attempts": [i.max_attempts for i in chosen],
-        "tags": [tags] * len(chosen),
-        "metadata": [metadata] * len(chosen),
+        "tags": tags,
+        "metadata": metadata,
     }
 
 

@@ -334,16 +334,20 @@ WRITE_RESOURCES: LiteralString = (
 WITH input AS (
     SELECT * FROM unnest(
         %(kinds)s::text[], %(object_ids)s::text[], %(namespaces)s::text[], %(objects)s::bytea[],
-        %(hashes)s::bytea[], %(expected)s::bigint[], %(max_attempts)s::smallint[],
-        %(tags)s::jsonb[], %(metadata)s::jsonb[])
-    AS i(kind, object_id, namespace, object, hash, expected, max_attempts, tags, metadata)
+        %(hashes)s::bytea[], %(expected)s::bigint[], %(max_attempts)s::smallint[])
+    AS i(kind, object_id, namespace, object, hash, expected, max_attempts)
+),
+-- Tags and metadata are options of the whole call: one value, not one per row.
+options AS (
+    SELECT ARRAY(SELECT jsonb_array_elements_text(%(tags)s::jsonb)) AS tags,
+           %(metadata)s::jsonb AS metadata
 ),
 inserted AS (
     INSERT INTO delta_resource AS r
         (kind, object_id, namespace, object, hash, max_attempts, tags, metadata)
     SELECT i.kind, i.object_id, i.namespace, i.object, i.hash, i.max_attempts,
-           ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.metadata
-    FROM input AS i WHERE i.expected IS NULL
+           o.tags, o.metadata
+    FROM input AS i, options AS o WHERE i.expected IS NULL
     ON CONFLICT (kind, object_id) DO NOTHING
     RETURNING """
     + RESOURCE_COLUMNS
@@ -359,9 +363,8 @@ updated AS (
     UPDATE delta_resource AS r
     SET object = i.object, hash = i.hash, generation = r.generation + 1, state = 'scheduled',
         attempt = 0, namespace = i.namespace, max_attempts = i.max_attempts,
-        tags = ARRAY(SELECT jsonb_array_elements_text(i.tags)), metadata = i.metadata,
-        updated_at = now()
-    FROM input AS i
+        tags = o.tags, metadata = o.metadata, updated_at = now()
+    FROM input AS i, options AS o
     WHERE r.id IN (SELECT id FROM locked)
       AND r.kind = i.kind AND r.object_id = i.object_id AND r.generation = i.expected
     RETURNING """
@@ -371,13 +374,22 @@ updated AS (
 written AS (
     SELECT * FROM inserted UNION ALL SELECT * FROM updated
 ),
-works AS (
+-- A new resource has no work yet: a plain insert, without the cost of conflict checks.
+new_works AS (
     INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
-    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM written AS w
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM inserted AS w
+    RETURNING queue
+),
+changed_works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM updated AS w
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO UPDATE SET state = 'available', scheduled_at = now(), queue = excluded.queue
     RETURNING queue
+),
+works AS (
+    SELECT queue FROM new_works UNION ALL SELECT queue FROM changed_works
 ),
 notified AS (
     SELECT count(pg_notify('delta_jobs', q.queue)) AS n

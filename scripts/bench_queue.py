@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import uvloop
@@ -42,16 +43,38 @@ async def _noop(job: Noop) -> None:
 # ---------------------------------------------------------------- worker subprocess
 
 
-def worker_main(dsn: str, concurrency: int, count: int, latency: bool) -> None:
-    """Run one worker until `count` jobs completed; print a JSON result line."""
+class Item(delta.Object, kind="item"):
+    """The object of the resource benchmarks (see bench_inform.py)."""
+
+    key: str
+    value: int = 0
+
+    def id(self) -> str:
+        return self.key
+
+
+class ItemController(delta.Controller[Item]):
+    async def work(self, resource: delta.Resource[Item]) -> None:
+        return None
+
+
+def worker_main(dsn: str, concurrency: int, count: int, mode: str) -> None:
+    """Run one worker until `count` jobs completed; print a JSON result line.
+
+    mode: "noop" (no-op jobs), "latency" (jobs that record enqueue-to-start time) or
+    "resources" (resource works of a no-op controller).
+    """
     latencies: list[float] = []
 
     async def record(job: Noop) -> None:
         latencies.append(time.time() - job.sent_at)
 
-    app = delta.App(jobs={Noop: record if latency else _noop})
+    app = delta.App(
+        jobs={Noop: record if mode == "latency" else _noop},
+        controllers=[ItemController()] if mode == "resources" else [],
+    )
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, object]:
         worker = delta.Worker(app, dsn, max_workers=concurrency, poll_interval=0.5)
         await worker.start()
         await worker.wait_listening()
@@ -62,17 +85,17 @@ def worker_main(dsn: str, concurrency: int, count: int, latency: bool) -> None:
                 started = time.perf_counter()
             await asyncio.sleep(0.0005 if started is None else 0.002)
         elapsed = time.perf_counter() - (started or time.perf_counter())
+        finished_at = time.time()
         stats = dataclasses.asdict(worker.stats)
         await worker.stop()
-        return {"elapsed": elapsed, "latencies": latencies, **stats}
+        return {"elapsed": elapsed, "finished_at": finished_at, "latencies": latencies, **stats}
 
     print(json.dumps(uvloop.run(main())), flush=True)
 
 
-def start_worker(dsn: str, concurrency: int, count: int, latency: bool) -> subprocess.Popen[str]:
-    argv = [sys.executable, __file__, "_worker", dsn, str(concurrency), str(count)]
-    if latency:
-        argv.append("latency")
+def start_worker(dsn: str, concurrency: int, count: int, mode: str) -> subprocess.Popen[str]:
+    """Start a benchmark worker process and wait until it listens."""
+    argv = [sys.executable, __file__, "_worker", dsn, str(concurrency), str(count), mode]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -82,7 +105,8 @@ def start_worker(dsn: str, concurrency: int, count: int, latency: bool) -> subpr
     return proc
 
 
-def finish_worker(proc: subprocess.Popen[str]) -> dict[str, object]:
+def finish_worker(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Wait for a benchmark worker and return its result line."""
     out, _ = proc.communicate(timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker exited {proc.returncode}")
@@ -94,7 +118,7 @@ def finish_worker(proc: subprocess.Popen[str]) -> dict[str, object]:
 
 def reset(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE delta_job, delta_actor")
+        conn.execute("TRUNCATE delta_job, delta_actor, delta_resource")
         conn.execute("VACUUM ANALYZE delta_job")
 
 
@@ -111,18 +135,18 @@ def bench_drain(client: delta.Client, dsn: str, count: int, concurrency: int) ->
     client.enqueue_many([Noop() for _ in range(count)])
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE delta_job")
-    result = finish_worker(start_worker(dsn, concurrency, count, latency=False))
+    result = finish_worker(start_worker(dsn, concurrency, count, "noop"))
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FROM delta_job"
         ).fetchone()
     assert row == (count, count), f"not every job completed exactly once: {row}"
-    return count / float(result["elapsed"])  # type: ignore[arg-type]
+    return count / float(result["elapsed"])
 
 
 def bench_latency(client: delta.Client, dsn: str, count: int, rate: float) -> tuple[float, float]:
     reset(dsn)
-    proc = start_worker(dsn, 10, count, latency=True)
+    proc = start_worker(dsn, 10, count, "latency")
     interval = 1.0 / rate
     next_at = time.perf_counter()
     for _ in range(count):
@@ -132,7 +156,7 @@ def bench_latency(client: delta.Client, dsn: str, count: int, rate: float) -> tu
         if delay > 0:
             time.sleep(delay)
     result = finish_worker(proc)
-    latencies = sorted(float(x) * 1000 for x in result["latencies"])  # type: ignore[attr-defined]
+    latencies = sorted(float(x) * 1000 for x in result["latencies"])
     return percentile(latencies, 50), percentile(latencies, 99)
 
 
@@ -208,6 +232,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5)
+        worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()
