@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,3 +159,28 @@ class App:
         except KeyError:
             registered = ", ".join(sorted(self.controllers)) or "none"
             raise UnknownKindError(f"unknown kind {kind!r} (registered: {registered})") from None
+
+
+def load_app(path: str) -> App:
+    """Import `module:attr` and return the delta.App it names, or raise ConfigError."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app {path!r} is not of the form module:attr, e.g. myapp.main:app")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"--app {path!r}: cannot import module {module_name!r} ({exc}); check the name "
+            "and that it is importable from the current directory or PYTHONPATH"
+        ) from exc
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(
+            f"--app {path!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from None
+    if not isinstance(app, App):
+        raise ConfigError(f"--app {path!r} is a {type(app).__name__}, not a delta.App")
+    return app

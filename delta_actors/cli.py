@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from delta_actors.database import DSN_ENV, connect, redact_dsn, resolve_dsn
 from delta_actors.errors import DeltaError
+
+DATA_DIR_HELP = "Embedded database folder (default: $DELTA_DATA_DIR or ./.delta/postgres)."
 
 
 def _dsn_or_exit(dsn: str | None) -> str:
@@ -44,3 +47,126 @@ def migrate(dsn: str | None) -> None:
     for migration in applied:
         click.echo(f"applied {migration.version:04d}_{migration.name}")
     click.echo(f"schema is at version {version} ({where})")
+
+
+@main.command()
+@click.option("--app", "app_path", required=True, help="The delta.App to run, as module:attr.")
+@click.option(
+    "--dsn",
+    help=f"PostgreSQL URL (default: ${DSN_ENV}; without either, the embedded database).",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+@click.option(
+    "--shutdown-timeout", type=float, default=30.0, show_default=True,
+    help="Seconds running works get to finish on SIGTERM.",
+)  # fmt: skip
+@click.option(
+    "--heartbeat-interval", type=float, default=2.0, show_default=True,
+    help="Seconds between actor heartbeats.",
+)  # fmt: skip
+@click.option(
+    "--hang-timeout", type=float, default=15.0, show_default=True,
+    help="Seconds without a heartbeat before an actor is killed and restarted.",
+)  # fmt: skip
+@click.option(
+    "--rescue-ttl", type=float, default=10.0, show_default=True,
+    help="Seconds without a database heartbeat before an actor's work is rescued.",
+)  # fmt: skip
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+    show_default=True,
+)  # fmt: skip
+def supervise(  # noqa: PLR0917 (click passes every option)
+    app_path: str,
+    dsn: str | None,
+    data_dir: Path | None,
+    shutdown_timeout: float,
+    heartbeat_interval: float,
+    hang_timeout: float,
+    rescue_ttl: float,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run an app: one actor process per namespace (times its processes), plus a leader."""
+    from delta_actors.app import load_app
+    from delta_actors.logs import configure_logging
+    from delta_actors.supervisor import Supervisor
+
+    configure_logging(log_level, log_format)
+    try:
+        app = load_app(app_path)
+        resolved = resolve_dsn(dsn)
+        if resolved is None:
+            from delta_actors.embedded import ensure_running
+
+            cluster, resolved = ensure_running(data_dir)
+            click.echo(
+                f"using the embedded database in {cluster.data_dir} ({resolved}); "
+                "`delta-actors db stop` stops it",
+                err=True,
+            )
+        supervisor = Supervisor(
+            app,
+            resolved,
+            shutdown_timeout=shutdown_timeout,
+            heartbeat_interval=heartbeat_interval,
+            hang_timeout=hang_timeout,
+            rescue_ttl=rescue_ttl,
+        )
+        code = supervisor.run()
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@main.group()
+def db() -> None:
+    """The embedded database that `supervise` uses when no DSN is given."""
+
+
+@db.command("status")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+def db_status(data_dir: Path | None) -> None:
+    """Say where the embedded database is and whether it runs."""
+    from delta_actors.embedded import DATABASE, embedded_cluster
+
+    cluster = embedded_cluster(data_dir)
+    if not cluster.is_initialized():
+        click.echo(f"no embedded database in {cluster.data_dir} (`delta-actors db start`)")
+        sys.exit(3)
+    state = "running" if cluster.is_running() else "stopped"
+    click.echo(f"{state}: {cluster.data_dir}\ndsn: {cluster.dsn(DATABASE)}")
+    if state == "stopped":
+        sys.exit(3)
+
+
+@db.command("start")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+def db_start(data_dir: Path | None) -> None:
+    """Create (if needed), start and migrate the embedded database; print its DSN."""
+    from delta_actors.embedded import ensure_running
+
+    try:
+        cluster, dsn = ensure_running(data_dir)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"running: {cluster.data_dir}\ndsn: {dsn}")
+
+
+@db.command("stop")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+def db_stop(data_dir: Path | None) -> None:
+    """Stop the embedded database (its data stays)."""
+    from delta_actors.embedded import embedded_cluster
+
+    cluster = embedded_cluster(data_dir)
+    if not cluster.is_running():
+        click.echo(f"not running: {cluster.data_dir}")
+        return
+    cluster.stop()
+    click.echo(f"stopped: {cluster.data_dir}")

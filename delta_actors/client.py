@@ -19,9 +19,16 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.database import connect, connect_async, resolve_dsn, translate_errors
+from delta_actors.database import (
+    connect,
+    connect_async,
+    drive,
+    drive_async,
+    resolve_dsn,
+    translate_errors,
+)
 from delta_actors.errors import ConfigError
-from delta_actors.inform import InformParams, drive, drive_async, inform, prepare
+from delta_actors.inform import InformParams, inform, prepare
 from delta_actors.job import Job
 from delta_actors.kinds import kind_of
 from delta_actors.object import Object

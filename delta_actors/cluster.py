@@ -76,6 +76,12 @@ def _server_user() -> str | None:
     return os.environ.get("DELTA_PG_USER", "nobody")
 
 
+def server_uid() -> int:
+    """Return the uid the server runs as."""
+    user = _server_user()
+    return os.geteuid() if user is None else pwd.getpwnam(user).pw_uid
+
+
 def short_socket_dir(prefix: str = "dpg") -> Path:
     """Create a private, short directory for a Unix socket."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 
 from delta_actors.errors import DatabaseError, SchemaError
 
 DSN_ENV = "DELTA_DATABASE_URL"
+
+# Logic that runs several statements is written once, as a generator that yields
+# (statement, params) and receives the rows, and driven by a sync or an async connection.
+Statement = tuple[LiteralString, Any]
+Rows = list[tuple[Any, ...]]
+_R = TypeVar("_R")
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 _PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -69,3 +76,25 @@ async def connect_async(
     """Open an async connection, translating failures into DatabaseError."""
     with translate_errors(action, dsn):
         return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
+
+
+def drive(conn: psycopg.Connection, steps: Generator[Statement, Rows, _R]) -> _R:
+    """Run a statement generator on a sync connection; return what it returns."""
+    try:
+        statement = next(steps)
+        while True:
+            cur = conn.execute(*statement)
+            statement = steps.send(cur.fetchall() if cur.description else [])
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def drive_async(conn: psycopg.AsyncConnection, steps: Generator[Statement, Rows, _R]) -> _R:
+    """Run a statement generator on an async connection; return what it returns."""
+    try:
+        statement = next(steps)
+        while True:
+            cur = await conn.execute(*statement)
+            statement = steps.send(await cur.fetchall() if cur.description else [])
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

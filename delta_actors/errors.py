@@ -45,3 +45,7 @@ class ClusterError(DeltaError):
 
 class ProtocolError(DeltaError):
     """Raised when a pipe frame between supervisor and actor is truncated or corrupt."""
+
+
+class ActorLostError(DeltaError):
+    """Raised in an actor that rescue declared dead (its heartbeat expired); it restarts."""

@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psycopg
 
 from delta_actors import queries
 from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.database import Rows, Statement
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError
 from delta_actors.kinds import kind_of
 from delta_actors.names import validate_name
@@ -46,10 +46,6 @@ DEFAULT_MAX_ATTEMPTS = 10
 _encoder = msgspec.json.Encoder(order="deterministic")
 _json = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
-
-Statement = tuple[LiteralString, dict[str, Any]]
-Rows = list[tuple[Any, ...]]
-_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,24 +242,3 @@ def _write(
         "tags": tags,
         "metadata": metadata,
     }
-
-
-def drive(conn: psycopg.Connection, steps: Generator[Statement, Rows, _R]) -> _R:
-    """Run a statement generator on a sync connection."""
-    try:
-        statement = next(steps)
-        while True:
-            statement = steps.send(conn.execute(*statement).fetchall())
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-async def drive_async(conn: psycopg.AsyncConnection, steps: Generator[Statement, Rows, _R]) -> _R:
-    """Run a statement generator on an async connection."""
-    try:
-        statement = next(steps)
-        while True:
-            cur = await conn.execute(*statement)
-            statement = steps.send(await cur.fetchall())
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]

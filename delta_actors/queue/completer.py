@@ -143,36 +143,40 @@ class Completer:
         stale: set[int] = set()
         async with self._pool.connection() as conn:
             if jobs:
-                cur = await conn.execute(queries.COMPLETE_JOBS, self._job_params(jobs))
+                cur = await conn.execute(queries.COMPLETE_JOBS, job_params(jobs, self._actor_id))
                 stale |= await _not_written(cur, jobs)
             if works:
-                cur = await conn.execute(queries.COMPLETE_WORKS, self._work_params(works))
+                cur = await conn.execute(queries.COMPLETE_WORKS, work_params(works, self._actor_id))
                 stale |= await _not_written(cur, works)
         return stale
 
-    def _job_params(self, batch: list[JobResult]) -> dict[str, object]:
-        return {
-            "ids": [r.id for r in batch],
-            "attempts": [r.attempt for r in batch],
-            "states": [r.state.value for r in batch],
-            "delays": [r.delay for r in batch],
-            "errors": [r.error for r in batch],
-            "give_backs": [r.give_back for r in batch],
-            "actor": self._actor_id,
-        }
 
-    def _work_params(self, batch: list[WorkResult]) -> dict[str, object]:
-        return {
-            "ids": [r.id for r in batch],
-            "attempts": [r.attempt for r in batch],
-            "generations": [r.generation for r in batch],
-            "job_states": [r.job_state.value for r in batch],
-            "resource_states": [r.resource_state for r in batch],
-            "count_attempts": [r.count_attempt for r in batch],
-            "delays": [r.delay for r in batch],
-            "errors": [r.error for r in batch],
-            "actor": self._actor_id,
-        }
+def job_params(batch: list[JobResult], actor_id: int) -> dict[str, object]:
+    """Parameters of COMPLETE_JOBS for results of claims held by `actor_id`."""
+    return {
+        "ids": [r.id for r in batch],
+        "attempts": [r.attempt for r in batch],
+        "states": [r.state.value for r in batch],
+        "delays": [r.delay for r in batch],
+        "errors": [r.error for r in batch],
+        "give_backs": [r.give_back for r in batch],
+        "actor": actor_id,
+    }
+
+
+def work_params(batch: list[WorkResult], actor_id: int) -> dict[str, object]:
+    """Parameters of COMPLETE_WORKS for results of claims held by `actor_id`."""
+    return {
+        "ids": [r.id for r in batch],
+        "attempts": [r.attempt for r in batch],
+        "generations": [r.generation for r in batch],
+        "job_states": [r.job_state.value for r in batch],
+        "resource_states": [r.resource_state for r in batch],
+        "count_attempts": [r.count_attempt for r in batch],
+        "delays": [r.delay for r in batch],
+        "errors": [r.error for r in batch],
+        "actor": actor_id,
+    }
 
 
 async def _not_written(cur: psycopg.AsyncCursor[Any], batch: list[Any]) -> set[int]:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +44,7 @@ from delta_actors.queue.retry import retry_delay
 from delta_actors.queue.runner import Claim, Invoker, JobRunner, WorkerStats
 from delta_actors.queue.scheduler import Scheduler
 from delta_actors.reconciler import Reconciler
+from delta_actors.registration import heartbeat, register_actor, unregister_actor
 from delta_actors.schema import check_schema_async
 
 logger = logging.getLogger(__name__)
@@ -123,13 +122,7 @@ class Worker:
                 async with self._pool.connection() as conn:
                     await check_schema_async(conn)
                     if self.actor_id is None:
-                        cur = await conn.execute(
-                            queries.REGISTER_ACTOR,
-                            (socket.gethostname(), os.getpid(), self.namespace, "worker"),
-                        )
-                        row = await cur.fetchone()
-                        assert row is not None
-                        self.actor_id = int(row[0])
+                        self.actor_id = await register_actor(conn, self.namespace, "worker")
             except BaseException:
                 await self._pool.close()
                 raise
@@ -217,7 +210,11 @@ class Worker:
             )
             group.create_task(self._completer.run(), name=f"worker:{self.namespace}:completer")
             if self._owns_actor:
-                group.create_task(self._heartbeat(), name=f"worker:{self.namespace}:heartbeat")
+                assert self.actor_id is not None
+                group.create_task(
+                    heartbeat(self._pool, self.actor_id, self._heartbeat_interval),
+                    name=f"worker:{self.namespace}:heartbeat",
+                )
             if self._scheduler is not None:
                 group.create_task(self._scheduler.run(), name=f"worker:{self.namespace}:scheduler")
             group.create_task(self._watch_deadlines(), name=f"worker:{self.namespace}:deadlines")
@@ -342,23 +339,16 @@ class Worker:
             "handed back %d unfinished jobs", returned, extra={"event": "worker.handed_back"}
         )
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            try:
-                async with self._pool.connection() as conn:
-                    await conn.execute(queries.HEARTBEAT_ACTOR, (self.actor_id,))
-            except (psycopg.Error, OSError) as exc:
-                logger.warning("heartbeat failed: %s", exc, extra={"event": "worker.heartbeat"})
+    async def queue_depth(self) -> int:
+        """Return how many jobs wait in this namespace (capped at 100,000)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.COUNT_AVAILABLE_JOBS, (self.namespace,))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def _unregister(self) -> None:
-        if not self._owns_actor:
-            return
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(queries.UNREGISTER_ACTOR, (self.actor_id,))
-        except (psycopg.Error, OSError) as exc:
-            logger.warning("unregistering failed: %s", exc, extra={"event": "worker.unregister"})
+        if self._owns_actor and self.actor_id is not None:
+            await unregister_actor(self._pool, self.actor_id)
 
     async def __aenter__(self) -> Worker:
         await self.start()

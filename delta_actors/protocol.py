@@ -1,0 +1,107 @@
+"""Messages between the supervisor and its actors, over a pipe.
+
+Frames: a 4-byte big-endian length, then that many bytes of msgpack (msgspec) encoding one
+tagged Struct. Every message has an explicit `tag` so a class rename never changes the
+wire. One typed decoder reads the union; a frame that is too long, truncated at EOF, or
+does not decode into a known message raises ProtocolError: the supervisor then reports it
+and restarts the actor, never ignoring it.
+
+Actor -> supervisor: Started, Heartbeat, Stopped, Failed.
+Supervisor -> actor: Stop.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import msgspec
+
+from delta_actors.errors import ProtocolError
+
+MAX_FRAME: Final = 1 << 20  # bytes; nothing we send comes near it
+_HEADER = struct.Struct(">I")
+
+
+class Started(msgspec.Struct, tag="started", frozen=True):
+    """The actor is connected, registered and claiming."""
+
+    pid: int
+    namespace: str
+    role: str
+    actor_id: int
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
+    """The actor lives; its counters since it started."""
+
+    running: int
+    claimed: int
+    completed: int
+    failed: int
+    queue_depth: int
+
+
+class Stop(msgspec.Struct, tag="stop", frozen=True):
+    """Stop claiming; finish running works within `timeout` seconds, hand back the rest."""
+
+    timeout: float
+
+
+class Stopped(msgspec.Struct, tag="stopped", frozen=True):
+    """The actor stopped cleanly and is about to exit 0."""
+
+    handed_back: int
+
+
+class Failed(msgspec.Struct, tag="failed", frozen=True):
+    """The actor failed and is about to exit non-zero; a failure travels as data."""
+
+    error_type: str
+    message: str
+    traceback: str
+
+
+Message = Started | Heartbeat | Stop | Stopped | Failed
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    """Return `message` as one length-prefixed frame."""
+    payload = _encoder.encode(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Splits a byte stream into messages; feed it what the pipe gives."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add `data`; return the messages it completes. Raises ProtocolError on garbage."""
+        self._buffer += data
+        messages: list[Message] = []
+        while len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise ProtocolError(
+                    f"frame of {length} bytes announced, over the {MAX_FRAME} limit"
+                )
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[_HEADER.size : end])
+            del self._buffer[:end]
+            try:
+                messages.append(_decoder.decode(payload))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise ProtocolError(f"undecodable frame of {length} bytes: {exc}") from exc
+        return messages
+
+    def close(self) -> None:
+        """The stream ended: raise ProtocolError if it stopped inside a frame."""
+        if self._buffer:
+            raise ProtocolError(f"stream ended inside a frame ({len(self._buffer)} bytes left)")

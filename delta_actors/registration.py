@@ -1,0 +1,64 @@
+"""An actor's row in `delta_actor`: register, heartbeat, unregister.
+
+The row is how rescue knows an actor lives. Rescue deletes the row of an actor it declares
+dead, so a heartbeat that touches no row means this actor's claims went to others: the
+actor must stop (and be restarted) rather than go on with results that are fenced off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors import queries
+from delta_actors.errors import ActorLostError
+
+logger = logging.getLogger(__name__)
+
+
+async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: str) -> int:
+    """Insert this process's actor row; return its id."""
+    cur = await conn.execute(
+        queries.REGISTER_ACTOR, (socket.gethostname(), os.getpid(), namespace, role)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def heartbeat(pool: AsyncConnectionPool, actor_id: int, interval: float) -> None:
+    """Refresh the row every `interval` seconds until cancelled; raise ActorLostError if gone."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(queries.HEARTBEAT_ACTOR, (actor_id,))
+                alive = cur.rowcount == 1
+        except (psycopg.Error, OSError) as exc:
+            logger.warning(
+                "heartbeat of actor %d failed: %s", actor_id, exc,
+                extra={"event": "actor.heartbeat_failed"},
+            )  # fmt: skip
+            continue
+        if not alive:
+            raise ActorLostError(
+                f"actor {actor_id} was declared dead by rescue (a pause longer than the "
+                "heartbeat TTL?); stopping so that it restarts"
+            )
+
+
+async def unregister_actor(pool: AsyncConnectionPool, actor_id: int) -> None:
+    """Delete the row; a failure is logged (rescue cleans up after a dead row)."""
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(queries.UNREGISTER_ACTOR, (actor_id,))
+    except (psycopg.Error, OSError) as exc:
+        logger.warning(
+            "unregistering actor %d failed: %s", actor_id, exc,
+            extra={"event": "actor.unregister_failed"},
+        )  # fmt: skip
