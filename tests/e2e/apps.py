@@ -1,0 +1,101 @@
+"""Apps that the end-to-end tests run under real `delta-actors supervise` processes.
+
+Controllers record every run in `e2e_run` (committed before they return) so that tests
+can see which actor ran what, and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import psycopg
+
+import delta_actors as delta
+
+RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS e2e_run (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    object_id text NOT NULL,
+    generation bigint NOT NULL,
+    pid integer NOT NULL,
+    started_at double precision NOT NULL,
+    ended_at double precision
+)
+"""
+
+
+class Task(delta.Object, kind="task"):
+    """Work for the default namespace; `seconds` is how long its work takes."""
+
+    key: str
+    seconds: float = 0.0
+    version: int = 0
+
+    def id(self) -> str:
+        return self.key
+
+
+class Report(delta.Object, kind="report"):
+    """Work for the `reports` namespace."""
+
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+class Sabotage(delta.Job, kind="sabotage"):
+    """Writes a garbage frame to the actor's supervisor pipe."""
+
+
+async def _record(resource: delta.Resource[object], seconds: float) -> None:
+    dsn = os.environ["DELTA_DATABASE_URL"]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "INSERT INTO e2e_run (kind, object_id, generation, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (resource.kind, resource.object_id, resource.generation, os.getpid(), time.time()),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await asyncio.sleep(seconds)
+        await conn.execute("UPDATE e2e_run SET ended_at = %s WHERE id = %s", (time.time(), row[0]))
+
+
+class TaskController(delta.Controller[Task]):
+    async def work(self, resource: delta.Resource[Task]) -> None:
+        await _record(resource, resource.object.seconds)  # type: ignore[arg-type]
+
+
+class ReportController(delta.Controller[Report]):
+    namespace = "reports"
+
+    async def work(self, resource: delta.Resource[Report]) -> None:
+        await _record(resource, 0.0)  # type: ignore[arg-type]
+
+
+def sabotage(job: Sabotage) -> None:
+    """Find this actor's end of the supervisor pipe (the unnamed Unix socket) and corrupt it."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            if sock.family == socket.AF_UNIX and sock.getpeername() == "":
+                sock.sendall(b"\x00\x00\x00\x08garbage!")
+
+
+app = delta.App(
+    controllers=[TaskController(), ReportController()],
+    jobs={Sabotage: sabotage},
+    namespaces={
+        "default": delta.Namespace(max_workers=20),
+        "reports": delta.Namespace(max_workers=5, processes=2),
+    },
+)
