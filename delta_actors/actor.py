@@ -46,6 +46,7 @@ class ActorSpec:
     dsn: str
     heartbeat_interval: float = 2.0  # seconds between heartbeats (pipe and database)
     rescue_ttl: float = 10.0  # seconds without a heartbeat before rescue (leader)
+    lease_ttl: float = 15.0  # seconds a leader's lease lasts without renewal
     poll_interval: float = 1.0
 
 
@@ -72,7 +73,11 @@ class _Actor:
         self._worker: Worker | None = None
         if spec.role == "leader":
             self._body = Leader(
-                spec.dsn, heartbeat_interval=spec.heartbeat_interval, rescue_ttl=spec.rescue_ttl
+                app,
+                spec.dsn,
+                heartbeat_interval=spec.heartbeat_interval,
+                rescue_ttl=spec.rescue_ttl,
+                lease_ttl=spec.lease_ttl,
             )
         else:
             self._worker = Worker(

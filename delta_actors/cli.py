@@ -73,6 +73,10 @@ def migrate(dsn: str | None) -> None:
     help="Seconds without a database heartbeat before an actor's work is rescued.",
 )  # fmt: skip
 @click.option(
+    "--lease-ttl", type=float, default=15.0, show_default=True,
+    help="Seconds a leader's lease lasts; failover after a crash takes at most this.",
+)  # fmt: skip
+@click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
@@ -87,6 +91,7 @@ def supervise(  # noqa: PLR0917 (click passes every option)
     heartbeat_interval: float,
     hang_timeout: float,
     rescue_ttl: float,
+    lease_ttl: float,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -115,6 +120,7 @@ def supervise(  # noqa: PLR0917 (click passes every option)
             heartbeat_interval=heartbeat_interval,
             hang_timeout=hang_timeout,
             rescue_ttl=rescue_ttl,
+            lease_ttl=lease_ttl,
         )
         code = supervisor.run()
     except DeltaError as exc:

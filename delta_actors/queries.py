@@ -464,3 +464,145 @@ WHERE j.state = 'running' AND j.claimed_by = %s
 ORDER BY j.id
 LIMIT %s
 """
+
+# ---------------------------------------------------------------- election (election.py)
+
+LEADER_CHANNEL: Final = "delta_leader"
+
+# Wins only a lease that has expired (or never existed); the term grows with each win.
+ATTEMPT_ELECTION: LiteralString = """
+INSERT INTO delta_leader AS l (name, actor_id, host, pid, term, elected_at, expires_at)
+VALUES ('default', %(actor)s, %(host)s, %(pid)s, 1, now(), now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (name) DO UPDATE
+    SET actor_id = excluded.actor_id, host = excluded.host, pid = excluded.pid,
+        term = l.term + 1, elected_at = now(), expires_at = excluded.expires_at
+    WHERE l.expires_at < now()
+RETURNING term
+"""
+
+RENEW_LEASE: LiteralString = """
+UPDATE delta_leader SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE name = 'default' AND term = %(term)s AND actor_id = %(actor)s
+RETURNING term
+"""
+
+# Frees the lease at once and wakes the candidates.
+RESIGN_LEASE: LiteralString = """
+WITH resigned AS (
+    UPDATE delta_leader SET expires_at = now() - interval '1 second'
+    WHERE name = 'default' AND term = %(term)s AND actor_id = %(actor)s
+    RETURNING term
+)
+SELECT count(pg_notify('delta_leader', 'resigned')) FROM resigned
+"""
+
+SELECT_LEADER: LiteralString = """
+SELECT actor_id, host, pid, term, elected_at, expires_at, expires_at > now()
+FROM delta_leader WHERE name = 'default'
+"""
+
+# ---------------------------------------------------------------- informers (informers.py)
+
+# `fence` in the statements below: the write happens only while the given term holds an
+# unexpired lease, so a leader that lost its lease (paused, partitioned) cannot act.
+
+SELECT_INFORMERS: LiteralString = """
+SELECT kind, cursor, next_run_at <= now() FROM delta_informer WHERE kind = ANY(%s)
+"""
+
+ADD_INFORMERS: LiteralString = """
+INSERT INTO delta_informer (kind) SELECT unnest(%s::text[]) ON CONFLICT (kind) DO NOTHING
+"""
+
+START_INFORMER: LiteralString = """
+UPDATE delta_informer SET last_started_at = now()
+WHERE kind = %(kind)s AND next_run_at <= now()
+  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+RETURNING cursor, now()
+"""
+
+FINISH_INFORMER: LiteralString = """
+UPDATE delta_informer
+SET cursor = coalesce(%(cursor)s, cursor), last_finished_at = now(), last_error = NULL,
+    runs = runs + 1, objects = objects + %(objects)s,
+    next_run_at = now() + make_interval(secs => %(next_in)s)
+WHERE kind = %(kind)s
+  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+RETURNING kind
+"""
+
+FAIL_INFORMER: LiteralString = """
+UPDATE delta_informer
+SET last_error = %(error)s, failures = failures + 1, last_finished_at = now(),
+    objects = objects + %(objects)s,
+    next_run_at = now() + make_interval(secs => %(next_in)s)
+WHERE kind = %(kind)s
+"""
+
+# After a full listing: every resource of the kind that the listing did not name, and
+# that no inform touched since the listing began, is marked deleted. Fenced.
+TOMBSTONE_UNLISTED: LiteralString = """
+UPDATE delta_resource AS r SET state = 'deleted', updated_at = now()
+WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.updated_at < %(started)s
+  AND NOT (r.object_id = ANY(%(listed)s::text[]))
+  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+RETURNING r.id
+"""
+
+# ---------------------------------------------------------------- maintenance (maintenance.py)
+
+# Synced resources older than the namespace's expiry get one new work each (no chain).
+EXPIRE_RESOURCES: LiteralString = """
+WITH stale AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.namespace = %(namespace)s AND r.state = 'synced'
+      AND r.updated_at < now() - make_interval(secs => %(expiry)s)
+    ORDER BY r.updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+expired AS (
+    UPDATE delta_resource AS r SET state = 'expired', updated_at = now()
+    FROM stale WHERE r.id = stale.id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts
+),
+works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT e.kind, e.namespace, '\\x', e.id, e.max_attempts FROM expired AS e
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO NOTHING
+    RETURNING queue
+)
+SELECT (SELECT count(*) FROM expired),
+       (SELECT count(pg_notify('delta_jobs', q.queue)) FROM (SELECT DISTINCT queue FROM works) AS q)
+"""
+
+DELETE_FINALIZED_JOBS: LiteralString = """
+WITH old AS (
+    SELECT id FROM delta_job
+    WHERE state IN ('completed', 'cancelled', 'discarded')
+      AND finalized_at < now() - make_interval(secs => %(retention)s)
+      AND queue = %(namespace)s
+    ORDER BY finalized_at
+    LIMIT %(limit)s
+)
+DELETE FROM delta_job AS j USING old WHERE j.id = old.id
+"""
+
+DELETE_DELETED_RESOURCES: LiteralString = """
+WITH old AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.namespace = %(namespace)s AND r.state = 'deleted'
+      AND r.updated_at < now() - make_interval(secs => %(retention)s)
+      AND NOT EXISTS (SELECT 1 FROM delta_job AS j WHERE j.resource_id = r.id
+                      AND j.state IN ('available', 'scheduled', 'retryable', 'running'))
+    ORDER BY r.updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
+"""

@@ -92,6 +92,7 @@ class Supervisor:
         heartbeat_interval: seconds between an actor's heartbeats.
         hang_timeout: seconds without any frame after which an actor counts as hung.
         rescue_ttl: seconds without a database heartbeat before the leader rescues an actor.
+        lease_ttl: seconds a leader's lease lasts; failover after a crash takes at most this.
         start_timeout: seconds an actor may take to report Started.
     """
 
@@ -104,6 +105,7 @@ class Supervisor:
         heartbeat_interval: float = 2.0,
         hang_timeout: float = 15.0,
         rescue_ttl: float = 10.0,
+        lease_ttl: float = 15.0,
         start_timeout: float = 60.0,
     ) -> None:
         self.app = app
@@ -114,10 +116,13 @@ class Supervisor:
         self.slots: list[Slot] = []
         for name, namespace in app.namespaces.items():
             for index in range(namespace.processes):
-                spec = ActorSpec("worker", name, dsn, heartbeat_interval, rescue_ttl)
+                spec = ActorSpec("worker", name, dsn, heartbeat_interval, rescue_ttl, lease_ttl)
                 self.slots.append(Slot(f"worker:{name}:{index}", spec))
         self.slots.append(
-            Slot("leader", ActorSpec("leader", "leader", dsn, heartbeat_interval, rescue_ttl))
+            Slot(
+                "leader",
+                ActorSpec("leader", "leader", dsn, heartbeat_interval, rescue_ttl, lease_ttl),
+            )
         )
         self.children: dict[int, Child] = {}
         self._selector = selectors.DefaultSelector()

@@ -176,7 +176,7 @@ def test_orphaned_actors_stop_when_the_supervisor_dies(supervise, e2e_dsn):
             return False
         return True
 
-    wait_until(all_gone, 20, "orphaned actors to exit")
+    wait_until(all_gone, 20, f"orphaned actors {pids} to exit; log:\n{process.log[-3000:]}")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

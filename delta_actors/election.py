@@ -1,0 +1,177 @@
+"""Leader election: a term-scoped lease in one Postgres row.
+
+States of an elector::
+
+    candidate ──won (lease expired or absent)──► leader ──renew fails / lease too old──► candidate
+        ▲  attempt every elect_interval, or at once on NOTIFY 'delta_leader'      │ resign on stop
+        └──────────────────────────────────────────────────────────────────────────┘
+
+Invariants:
+- Postgres is authoritative: the row `delta_leader` names the leader, its term and the
+  lease's expiry on the database clock. A win (ATTEMPT_ELECTION) takes only an expired
+  lease and increments the term; renew and resign match (term, actor).
+- The leader trusts its lease only until `attempt start + ttl - margin` on its own
+  monotonic clock: time spent before the row was written and clock drift are covered
+  by the margin, and a process paused past that moment (SIGSTOP, GC, swap) sees it expired
+  on waking, before it does anything.
+- Losing the lease (a renewal that matches no row, or the trust deadline passing) stops
+  leader duties at once: `on_lost` cancels them. Leader-only writes that a stale leader
+  could harm also check the lease in SQL (the `fence` statements).
+- Resigning frees the lease and NOTIFYs the candidates, so a clean hand-over takes one
+  round trip, not a TTL; after a crash it takes at most one TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from psycopg import sql
+
+from delta_actors import queries
+
+logger = logging.getLogger(__name__)
+
+
+class Elector:
+    """Campaigns for the lease and holds it; calls back on winning and on losing.
+
+    Args:
+        dsn: the database (the elector keeps one connection of its own, for LISTEN).
+        actor_id: this actor's id, written into the lease.
+        on_elected: awaited with the term when the lease is won.
+        on_lost: awaited when the lease is lost or given up.
+        ttl: seconds a lease lasts without renewal.
+        renew_interval: seconds between renewals.
+        elect_interval: seconds between attempts as a candidate (+ up to 10% jitter).
+        margin: seconds before the lease's end at which the leader stops trusting it.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        actor_id: int,
+        *,
+        on_elected: Callable[[int], Awaitable[None]],
+        on_lost: Callable[[], Awaitable[None]],
+        ttl: float = 15.0,
+        renew_interval: float = 5.0,
+        elect_interval: float = 5.0,
+        margin: float = 2.0,
+    ) -> None:
+        if not 0 < margin < ttl or not 0 < renew_interval < ttl - margin:
+            raise ValueError("election needs 0 < renew_interval < ttl - margin and margin < ttl")
+        self._dsn = dsn
+        self.actor_id = actor_id
+        self._on_elected = on_elected
+        self._on_lost = on_lost
+        self.ttl = ttl
+        self.renew_interval = renew_interval
+        self.elect_interval = elect_interval
+        self.margin = margin
+        self.term: int | None = None
+        self.trusted_until = 0.0  # loop time
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this elector holds a lease it still trusts."""
+        return self.term is not None and asyncio.get_running_loop().time() < self.trusted_until
+
+    async def run(self) -> None:
+        """Campaign, lead and renew until cancelled; resigns when cancelled as leader."""
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True
+                ) as conn:
+                    await conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(queries.LEADER_CHANNEL))
+                    )
+                    delay = 0.1
+                    await self._campaign(conn)
+            except (psycopg.Error, OSError) as exc:
+                logger.warning(
+                    "election connection failed, retrying in %.1fs: %s", delay, exc,
+                    extra={"event": "election.error"},
+                )  # fmt: skip
+                await self._lose("the election connection failed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.elect_interval)
+
+    async def _campaign(self, conn: psycopg.AsyncConnection) -> None:
+        # One task uses the connection: waiting on it for notifications (a candidate
+        # wakes at once when a leader resigns) is also how this loop sleeps.
+        try:
+            while True:
+                if self.term is None:
+                    await self._attempt(conn)
+                    wait = self.elect_interval * (1 + random.uniform(0, 0.1))  # noqa: S311
+                else:
+                    await self._renew(conn)
+                    wait = self.renew_interval
+                if self.term is not None:
+                    # Wake early enough to stop trusting the lease at its deadline.
+                    loop = asyncio.get_running_loop()
+                    wait = max(0.0, min(wait, self.trusted_until - loop.time()))
+                async for _ in conn.notifies(timeout=wait, stop_after=1):
+                    pass
+                if self.term is not None and not self.is_leader:
+                    await self._lose("the lease was not renewed in time")
+        except asyncio.CancelledError:
+            await self._resign(conn)
+            raise
+
+    async def _attempt(self, conn: psycopg.AsyncConnection) -> None:
+        started = asyncio.get_running_loop().time()
+        cur = await conn.execute(
+            queries.ATTEMPT_ELECTION,
+            {"actor": self.actor_id, "host": socket.gethostname(), "pid": os.getpid(),
+             "ttl": self.ttl},
+        )  # fmt: skip
+        row = await cur.fetchone()
+        if row is None:
+            return
+        self.term = int(row[0])
+        self.trusted_until = started + self.ttl - self.margin
+        logger.info(
+            "elected leader (term %d)", self.term,
+            extra={"event": "election.elected", "term": self.term},
+        )  # fmt: skip
+        await self._on_elected(self.term)
+
+    async def _renew(self, conn: psycopg.AsyncConnection) -> None:
+        started = asyncio.get_running_loop().time()
+        cur = await conn.execute(
+            queries.RENEW_LEASE, {"ttl": self.ttl, "term": self.term, "actor": self.actor_id}
+        )
+        if await cur.fetchone() is None:
+            await self._lose("the lease was taken over")
+            return
+        self.trusted_until = started + self.ttl - self.margin
+
+    async def _lose(self, why: str) -> None:
+        if self.term is None:
+            return
+        logger.warning(
+            "lost leadership (term %d): %s", self.term, why,
+            extra={"event": "election.lost", "term": self.term},
+        )  # fmt: skip
+        self.term = None
+        self.trusted_until = 0.0
+        await self._on_lost()
+
+    async def _resign(self, conn: psycopg.AsyncConnection) -> None:
+        if self.term is None:
+            return
+        term = self.term
+        await self._lose("resigning")
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.execute(queries.RESIGN_LEASE, {"term": term, "actor": self.actor_id})
+            logger.info("resigned leadership (term %d)", term, extra={"event": "election.resigned"})

@@ -1,0 +1,175 @@
+"""Informer scheduling: each controller's `inform` runs on its interval, one at a time.
+
+Only the leader runs informers, so at most one run per kind happens across the cluster;
+every write that a stale leader could get wrong (starting a run, advancing the cursor,
+tombstones) is fenced on the leader's term in SQL.
+
+A run of kind K:
+1. START_INFORMER claims the due run and reads the cursor (`after`; None on the first run,
+   which is a full listing).
+2. The controller's `inform(InformOptions(after, full))` yields objects; they are written in
+   batches of `BATCH` through the same path as `inform_many`.
+3. Without error: the cursor advances to the newest `created_at()` the run saw, or, for
+   objects without one, to the database time at which the run started; the next run is
+   due after `inform_interval` plus up to 10% jitter. After a full listing, a controller
+   with `tombstones = True` gets every resource of K that was not listed (and not informed
+   since the run began) marked deleted.
+4. With an error: the cursor stays, what was written stays written (it is real data), and
+   the next run is due after a backoff capped at the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors import queries
+from delta_actors.app import App, ControllerRegistration
+from delta_actors.controller import InformOptions, has_informer
+from delta_actors.database import drive_async
+from delta_actors.inform import InformParams, inform, prepare
+from delta_actors.object import Object
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+FAILURE_BACKOFF = 30.0  # seconds before a failed informer runs again (at most its interval)
+
+
+class InformerScheduler:
+    """Runs the due informers of an app, as leader."""
+
+    def __init__(self, app: App, pool: AsyncConnectionPool, *, interval: float = 1.0) -> None:
+        self._app = app
+        self._pool = pool
+        self._interval = interval  # seconds between checks for due informers
+        self.informers = {
+            kind: registration
+            for kind, registration in app.controllers.items()
+            if has_informer(registration.controller)
+            and registration.controller.inform_interval is not None
+        }
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    async def run(self, term: int, actor_id: int) -> None:
+        """Start due informers every interval until cancelled (which cancels the runs)."""
+        if not self.informers:
+            return
+        async with self._pool.connection() as conn:
+            await conn.execute(queries.ADD_INFORMERS, (list(self.informers),))
+        try:
+            while True:
+                await self.start_due(term, actor_id)
+                await asyncio.sleep(self._interval)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+            self._running.clear()
+
+    async def start_due(self, term: int, actor_id: int) -> list[str]:
+        """Start a run for each due informer that is not running; return their kinds."""
+        self._running = {k: t for k, t in self._running.items() if not t.done()}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.SELECT_INFORMERS, (list(self.informers),))
+            due = [kind for kind, _, is_due in await cur.fetchall() if is_due]
+        started = []
+        for kind in due:
+            if kind in self._running:
+                continue
+            self._running[kind] = asyncio.create_task(
+                self.run_informer(kind, term, actor_id), name=f"leader:inform:{kind}"
+            )
+            started.append(kind)
+        return started
+
+    async def run_informer(self, kind: str, term: int, actor_id: int) -> dict[str, Any]:
+        """Run one informer now if it is due and we lead; return what it did."""
+        registration = self.informers[kind]
+        fence = {"kind": kind, "term": term, "actor": actor_id}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.START_INFORMER, fence)
+            row = await cur.fetchone()
+        if row is None:
+            return {"kind": kind, "ran": False}
+        cursor, started_at = row
+        options = InformOptions(after=cursor, full=cursor is None)
+        written = 0
+        listed: list[str] = []
+        newest: datetime | None = None
+        try:
+            batch: list[Object] = []
+            async for obj in registration.controller.inform(options):
+                batch.append(obj)
+                if options.full:
+                    listed.append(obj.id())
+                created = obj.created_at()
+                if created is not None and (newest is None or created > newest):
+                    newest = created
+                if len(batch) >= BATCH:
+                    written += await self._write(registration, batch)
+                    batch = []
+            if batch:
+                written += await self._write(registration, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (an informer's failure is recorded, not fatal)
+            await self._failed(kind, registration, written, exc)
+            return {"kind": kind, "ran": True, "error": str(exc), "objects": written}
+        tombstoned = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            if options.full and registration.controller.tombstones:
+                cur = await conn.execute(
+                    queries.TOMBSTONE_UNLISTED, {**fence, "started": started_at, "listed": listed}
+                )
+                tombstoned = len(await cur.fetchall())
+            await conn.execute(
+                queries.FINISH_INFORMER,
+                {**fence, "cursor": newest or started_at, "objects": written,
+                 "next_in": _jittered(registration.controller.inform_interval)},
+            )  # fmt: skip
+        if written or tombstoned:
+            logger.info(
+                "informer %s listed %d objects%s", kind, written,
+                f", {tombstoned} tombstoned" if tombstoned else "",
+                extra={"event": "informer.ran", "kind": kind, "objects": written},
+            )  # fmt: skip
+        return {"kind": kind, "ran": True, "objects": written, "tombstoned": tombstoned}
+
+    async def _write(self, registration: ControllerRegistration, batch: list[Object]) -> int:
+        params = InformParams(namespace=registration.namespace)
+        items = prepare(batch, params, self._app)
+        async with self._pool.connection() as conn, conn.transaction():
+            await drive_async(conn, inform(items, params))
+        return len(items)
+
+    async def _failed(
+        self, kind: str, registration: ControllerRegistration, written: int, exc: Exception
+    ) -> None:
+        interval = registration.controller.inform_interval or FAILURE_BACKOFF
+        logger.error(
+            "informer %s failed after %d objects; its cursor stays: %s", kind, written, exc,
+            extra={"event": "informer.failed", "kind": kind},
+        )  # fmt: skip
+        message = "".join(traceback.format_exception(exc))[-4000:]
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    queries.FAIL_INFORMER,
+                    {"kind": kind, "error": message, "objects": written,
+                     "next_in": min(FAILURE_BACKOFF, interval)},
+                )  # fmt: skip
+        except (psycopg.Error, OSError) as db_exc:
+            logger.warning("recording the informer failure failed: %s", db_exc)
+
+
+def _jittered(interval: float | None) -> float:
+    base = interval or 3600.0
+    return base * (1 + random.uniform(0, 0.1))  # noqa: S311 (jitter, not security)

@@ -1,0 +1,117 @@
+"""The leader's maintenance services: rescue, expiry, cleanup (promotion lives in
+queue/scheduler.py).
+
+Each is a small service with its own interval and a `run_once()` that returns counts of
+what it did; `run()` reschedules first, then works, logs only when it did something, and
+survives database errors (logged, tried again next interval). Every statement is
+index-backed and batch-limited (`BATCH` rows), so one run never holds many locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors import queries
+from delta_actors.app import App
+from delta_actors.database import drive_async
+from delta_actors.rescue import find_dead_actors, rescue_actors
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+async def run_periodically(
+    name: str, interval: float, run_once: Callable[[], Awaitable[dict[str, int]]]
+) -> None:
+    """Call `run_once` every `interval` seconds until cancelled; log what it did."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        next_at += interval
+        try:
+            did = await run_once()
+        except (psycopg.Error, OSError) as exc:
+            logger.warning("%s failed: %s", name, exc, extra={"event": f"{name}.failed"})
+        else:
+            if any(did.values()):
+                logger.info("%s: %s", name, did, extra={"event": f"{name}.ran", **did})
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+class Rescuer:
+    """Finds dead actors and returns their claims to work."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, ttl: float, interval: float = 1.0) -> None:
+        self._pool = pool
+        self.ttl = ttl  # seconds without a heartbeat after which an actor is dead
+        self.interval = interval
+
+    async def run_once(self) -> dict[str, int]:
+        """Rescue once; return how many actors were dead and claims rescued."""
+        async with self._pool.connection() as conn:
+            dead = await drive_async(conn, find_dead_actors(self.ttl))
+            if not dead:
+                return {"actors": 0, "claims": 0}
+            async with conn.transaction():
+                rescued = await drive_async(conn, rescue_actors(dead, "stopped heartbeating"))
+        return {"actors": len(dead), "claims": rescued}
+
+
+class Expirer:
+    """Re-works synced resources older than their namespace's `resource_expiry`."""
+
+    def __init__(self, app: App, pool: AsyncConnectionPool, *, interval: float = 5.0) -> None:
+        self._namespaces = {
+            name: ns.resource_expiry
+            for name, ns in app.namespaces.items()
+            if ns.resource_expiry is not None
+        }
+        self._pool = pool
+        self.interval = interval
+
+    async def run_once(self) -> dict[str, int]:
+        """Expire every due resource, in batches; return how many."""
+        expired = 0
+        async with self._pool.connection() as conn:
+            for namespace, expiry in self._namespaces.items():
+                while True:
+                    cur = await conn.execute(
+                        queries.EXPIRE_RESOURCES,
+                        {"namespace": namespace, "expiry": expiry, "limit": BATCH},
+                    )
+                    row = await cur.fetchone()
+                    count = int(row[0]) if row else 0
+                    expired += count
+                    if count < BATCH:
+                        break
+        return {"expired": expired}
+
+
+class Cleaner:
+    """Deletes finished jobs and deleted resources past their namespace's retention."""
+
+    def __init__(
+        self, app: App, pool: AsyncConnectionPool, *, interval: float = 60.0, limit: int = BATCH
+    ) -> None:
+        self._retention = {name: ns.retention for name, ns in app.namespaces.items()}
+        self._pool = pool
+        self.interval = interval
+        self.limit = limit  # rows per statement
+
+    async def run_once(self) -> dict[str, int]:
+        """Delete one batch per namespace and table; return how many rows went."""
+        jobs = resources = 0
+        async with self._pool.connection() as conn:
+            for namespace, retention in self._retention.items():
+                params = {"namespace": namespace, "retention": retention, "limit": self.limit}
+                cur = await conn.execute(queries.DELETE_FINALIZED_JOBS, params)
+                jobs += cur.rowcount
+                cur = await conn.execute(queries.DELETE_DELETED_RESOURCES, params)
+                resources += cur.rowcount
+        return {"jobs": jobs, "resources": resources}
