@@ -34,6 +34,7 @@ from delta_actors import queries
 from delta_actors.app import App, ControllerRegistration
 from delta_actors.controller import InformOptions, has_informer
 from delta_actors.database import drive_async
+from delta_actors.errors import DeltaError
 from delta_actors.inform import InformParams, inform, prepare
 from delta_actors.object import Object
 
@@ -104,8 +105,8 @@ class InformerScheduler:
         written = 0
         listed: list[str] = []
         newest: datetime | None = None
+        batch: list[Object] = []
         try:
-            batch: list[Object] = []
             async for obj in registration.controller.inform(options):
                 batch.append(obj)
                 if options.full:
@@ -121,6 +122,12 @@ class InformerScheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (an informer's failure is recorded, not fatal)
+            # What was listed before the failure is real data: keep it.
+            if batch:
+                try:
+                    written += await self._write(registration, batch)
+                except (DeltaError, psycopg.Error, OSError) as write_exc:
+                    logger.warning("writing the informer's last batch failed: %s", write_exc)
             await self._failed(kind, registration, written, exc)
             return {"kind": kind, "ran": True, "error": str(exc), "objects": written}
         tombstoned = 0

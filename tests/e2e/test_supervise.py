@@ -62,9 +62,7 @@ def test_sigkilled_actor_is_restarted_and_its_work_redone(supervise, e2e_dsn):
         wait_until(lambda: len(runs(e2e_dsn)) == 1, 10, "the work to start")
         victim = runs(e2e_dsn)[0][3]
         os.kill(victim, signal.SIGKILL)
-        wait_until(
-            lambda: worker_pids(process, "default") - {victim}, 15, "a replacement actor"
-        )
+        wait_until(lambda: worker_pids(process, "default") - {victim}, 15, "a replacement actor")
         wait_until(lambda: states(e2e_dsn).get("synced") == 1, 20, "the work redone")
         resource = client.get(Task, "slow")
     all_runs = runs(e2e_dsn)
