@@ -47,7 +47,7 @@ class Supervise:
     def wait_started(self, count: int, timeout: float = 30.0) -> None:
         """Wait until `count` actors registered."""
         wait_until(
-            lambda: self.proc.poll() is None and len(self.actors()) >= count or self._died(),
+            lambda: (self.proc.poll() is None and len(self.actors()) >= count) or self._died(),
             timeout,
             f"{count} actors to start",
         )

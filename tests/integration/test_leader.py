@@ -187,7 +187,7 @@ async def test_informer_cursor_does_not_advance_when_it_raises(dsn):
             await conn.execute(queries.ADD_INFORMERS, (["listing"],))
         result = await informers.run_informer("listing", term, 1)
         assert result["error"] == "the external system went away"
-        cursor, error, runs, failures, objects = await _informer_row(dsn)
+        cursor, error, runs, failures, _ = await _informer_row(dsn)
         assert cursor is None and runs == 0 and failures == 1
         assert "went away" in str(error)
         async with delta.AsyncClient(pool) as client:
@@ -197,7 +197,7 @@ async def test_informer_cursor_does_not_advance_when_it_raises(dsn):
         ListingController.fail_after = None
         result = await informers.run_informer("listing", term, 1)
         assert result == {"kind": "listing", "ran": True, "objects": 5, "tombstoned": 0}
-        cursor, error, runs, failures, objects = await _informer_row(dsn)
+        cursor, error, runs, failures, _ = await _informer_row(dsn)
         assert cursor == created + timedelta(minutes=4)
         assert error is None and runs == 1
         assert [o.after for o in ListingController.seen_options] == [None, None]
@@ -330,9 +330,9 @@ async def test_cleanup_respects_retention_and_batch_limits(dsn):
         await client.inform_many([Cached(key="dead"), Cached(key="alive")])
         async with pool.connection() as conn:
             await conn.execute(
-                "UPDATE delta_job SET state = 'completed', finalized_at = now() - interval '2 hours'"
-                " WHERE id IN (SELECT id FROM delta_job WHERE resource_id IS NULL "
-                "ORDER BY id LIMIT 2500)"
+                "UPDATE delta_job SET state = 'completed', "
+                "finalized_at = now() - interval '2 hours' WHERE id IN ("
+                "SELECT id FROM delta_job WHERE resource_id IS NULL ORDER BY id LIMIT 2500)"
             )
             await conn.execute(
                 "UPDATE delta_job SET state = 'completed', finalized_at = now() "
