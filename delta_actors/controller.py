@@ -21,8 +21,9 @@ class InformOptions(msgspec.Struct, frozen=True):
     """What an informer is asked to list.
 
     `after` is the cursor: list changes after it (None: everything). `full` is True when
-    everything is asked for; after a successful full listing, resources that were not
-    listed may be marked deleted (when the controller sets `tombstones = True`).
+    everything is asked for (the first run, then every `full_interval`); after a
+    successful full listing, resources that were not listed are marked deleted when the
+    controller sets `tombstones = True`, so a full listing must list everything.
     """
 
     after: datetime | None = None
@@ -39,6 +40,7 @@ class Controller(Generic[T]):
     - `timeout`: seconds one `work` may run before it counts as a failed attempt (60);
     - `max_attempts`: failed attempts of one generation before it is degraded (10);
     - `inform_interval`: seconds between informer runs (3600; None disables);
+    - `full_interval`: seconds between full listings (None: only the first run is full);
     - `tombstones`: mark unlisted resources deleted after a full listing (False).
     """
 
@@ -47,6 +49,7 @@ class Controller(Generic[T]):
     timeout: ClassVar[float] = 60.0
     max_attempts: ClassVar[int] = 10
     inform_interval: ClassVar[float | None] = 3600.0
+    full_interval: ClassVar[float | None] = None
     tombstones: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

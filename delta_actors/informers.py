@@ -5,8 +5,9 @@ every write that a stale leader could get wrong (starting a run, advancing the c
 tombstones) is fenced on the leader's term in SQL.
 
 A run of kind K:
-1. START_INFORMER claims the due run and reads the cursor (`after`; None on the first run,
-   which is a full listing).
+1. START_INFORMER claims the due run and reads the cursor. The run is a full listing
+   (`after` None, `full` True) the first time, and every `full_interval` seconds when the
+   controller sets one; otherwise it lists changes after the cursor.
 2. The controller's `inform(InformOptions(after, full))` yields objects; they are written in
    batches of `BATCH` through the same path as `inform_many`.
 3. Without error: the cursor advances to the newest `created_at()` the run saw, or, for
@@ -100,8 +101,11 @@ class InformerScheduler:
             row = await cur.fetchone()
         if row is None:
             return {"kind": kind, "ran": False}
-        cursor, started_at = row
-        options = InformOptions(after=cursor, full=cursor is None)
+        cursor, started_at, last_full_at = row
+        full = cursor is None or _full_due(
+            registration.controller.full_interval, last_full_at, started_at
+        )
+        options = InformOptions(after=None if full else cursor, full=full)
         written = 0
         listed: list[str] = []
         newest: datetime | None = None
@@ -139,7 +143,7 @@ class InformerScheduler:
                 tombstoned = len(await cur.fetchall())
             await conn.execute(
                 queries.FINISH_INFORMER,
-                {**fence, "cursor": newest or started_at, "objects": written,
+                {**fence, "cursor": newest or started_at, "objects": written, "full": full,
                  "next_in": _jittered(registration.controller.inform_interval)},
             )  # fmt: skip
         if written or tombstoned:
@@ -175,6 +179,12 @@ class InformerScheduler:
                 )  # fmt: skip
         except (psycopg.Error, OSError) as db_exc:
             logger.warning("recording the informer failure failed: %s", db_exc)
+
+
+def _full_due(interval: float | None, last_full: datetime | None, now: datetime) -> bool:
+    if interval is None:
+        return False
+    return last_full is None or (now - last_full).total_seconds() >= interval
 
 
 def _jittered(interval: float | None) -> float:

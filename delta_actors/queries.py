@@ -519,12 +519,13 @@ UPDATE delta_informer SET last_started_at = now()
 WHERE kind = %(kind)s AND next_run_at <= now()
   AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
               AND actor_id = %(actor)s AND expires_at > now())
-RETURNING cursor, now()
+RETURNING cursor, now(), last_full_at
 """
 
 FINISH_INFORMER: LiteralString = """
 UPDATE delta_informer
 SET cursor = coalesce(%(cursor)s, cursor), last_finished_at = now(), last_error = NULL,
+    last_full_at = CASE WHEN %(full)s THEN last_started_at ELSE last_full_at END,
     runs = runs + 1, objects = objects + %(objects)s,
     next_run_at = now() + make_interval(secs => %(next_in)s)
 WHERE kind = %(kind)s

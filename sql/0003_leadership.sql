@@ -20,6 +20,7 @@ CREATE TABLE delta_informer (
     cursor timestamptz,
     next_run_at timestamptz NOT NULL DEFAULT now(),
     last_started_at timestamptz,
+    last_full_at timestamptz,
     last_finished_at timestamptz,
     last_error text,
     runs bigint NOT NULL DEFAULT 0,

@@ -241,7 +241,7 @@ async def test_stale_leader_cannot_run_informers_or_advance_cursors(dsn):
             cur = await conn.execute(
                 queries.FINISH_INFORMER,
                 {"kind": "listing", "term": old_term, "actor": 1, "cursor": datetime.now(UTC),
-                 "objects": 1, "next_in": 1.0},
+                 "objects": 1, "next_in": 1.0, "full": False},
             )  # fmt: skip
             assert cur.rowcount == 0
             cur = await conn.execute(
