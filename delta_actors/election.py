@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from delta_actors import queries
+from delta_actors.cancellation import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Elector:
                     extra={"event": "election.error"},
                 )  # fmt: skip
                 await self._lose("the election connection failed")
+            raise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.elect_interval)
 
@@ -110,6 +112,7 @@ class Elector:
         # wakes at once when a leader resigns) is also how this loop sleeps.
         try:
             while True:
+                raise_if_cancelling()
                 if self.term is None:
                     await self._attempt(conn)
                     wait = self.elect_interval * (1 + random.uniform(0, 0.1))  # noqa: S311

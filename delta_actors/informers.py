@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.app import App, ControllerRegistration
+from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.controller import InformOptions, has_informer
 from delta_actors.database import drive_async
 from delta_actors.errors import DeltaError
@@ -69,6 +70,7 @@ class InformerScheduler:
         try:
             while True:
                 await self.start_due(term, actor_id)
+                raise_if_cancelling()
                 await asyncio.sleep(self._interval)
         finally:
             for task in self._running.values():

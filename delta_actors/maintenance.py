@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.app import App
+from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.database import drive_async
 from delta_actors.rescue import find_dead_actors, rescue_actors
 
@@ -41,6 +42,7 @@ async def run_periodically(
         else:
             if any(did.values()):
                 logger.info("%s: %s", name, did, extra={"event": f"{name}.ran", **did})
+        raise_if_cancelling()
         await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 

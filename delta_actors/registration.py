@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
+from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.errors import ActorLostError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: st
 async def heartbeat(pool: AsyncConnectionPool, actor_id: int, interval: float) -> None:
     """Refresh the row every `interval` seconds until cancelled; raise ActorLostError if gone."""
     while True:
+        raise_if_cancelling()
         await asyncio.sleep(interval)
         try:
             async with pool.connection() as conn:

@@ -22,6 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
+from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.queue.rows import JobState
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Completer:
     async def run(self) -> None:
         """Write results until cancelled (after flush() has emptied the backlog)."""
         while True:
+            raise_if_cancelling()
             await self._has_pending.wait()
             await self._write_pending()
 

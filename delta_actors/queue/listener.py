@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from delta_actors import queries
+from delta_actors.cancellation import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 
@@ -51,5 +52,6 @@ class Listener:
                     "listen connection failed, reconnecting in %.1fs: %s",
                     delay, exc, extra={"event": "listener.reconnect"},
                 )  # fmt: skip
+            raise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

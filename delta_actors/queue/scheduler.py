@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
+from delta_actors.cancellation import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 
@@ -69,5 +70,7 @@ class Scheduler:
                 logger.warning(
                     "promoting due jobs failed: %s", exc, extra={"event": "scheduler.error"}
                 )
+            raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._poked.wait()

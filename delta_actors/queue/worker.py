@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.app import App
+from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import translate_errors
 from delta_actors.queue.completer import Completer, Result
@@ -227,8 +228,10 @@ class Worker:
 
     async def _produce(self) -> None:
         while self._claiming:
+            raise_if_cancelling()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 self._maybe_more = True
             self._wake.clear()
