@@ -64,8 +64,9 @@ def required_version() -> int:
 def migrate(conn: psycopg.Connection) -> list[Migration]:
     """Apply the missing migrations in one transaction; return what was applied."""
     with conn.transaction():
-        conn.execute(queries.CREATE_MIGRATION_TABLE)
+        # Lock first: two concurrent CREATE TABLE IF NOT EXISTS race on the catalog.
         conn.execute(queries.LOCK_MIGRATIONS)
+        conn.execute(queries.CREATE_MIGRATION_TABLE)
         applied = {row[0] for row in conn.execute(queries.SELECT_APPLIED_MIGRATIONS)}
         done = []
         for migration in migrations():
