@@ -102,7 +102,9 @@ def test_cli_migrate_reports_what_it_applied(empty_dsn):
     first = subprocess.run([*argv, "--dsn", empty_dsn], capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
     assert "applied 0001_job_queue" in first.stdout
-    second = subprocess.run([*argv, "--dsn", empty_dsn], capture_output=True, text=True, check=False)
+    second = subprocess.run(
+        [*argv, "--dsn", empty_dsn], capture_output=True, text=True, check=False
+    )
     assert second.returncode == 0
     assert "up to date" in second.stdout
 
