@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 import delta_actors as delta
-from delta_actors import queries
 from delta_actors.queue.retry import retry_delay
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until, wait_until_async
@@ -156,7 +155,7 @@ def test_concurrent_unique_enqueues_make_one_job(dsn):
         ({"namespace": "x'; drop table delta_job; --"}, "invalid namespace"),
         ({"priority": 0}, "priority must be 1"),
         ({"max_attempts": 0}, "max_attempts must be"),
-        ({"scheduled_at": datetime(2030, 1, 1)}, "no time zone"),  # noqa: DTZ001
+        ({"scheduled_at": datetime(2030, 1, 1)}, "no time zone"),
     ],
 )
 def test_bad_enqueue_options_raise_clear_errors_and_write_nothing(dsn, kwargs, needle):
@@ -201,7 +200,6 @@ def test_connect_errors_name_the_problem(empty_dsn, tmp_path):
 
 CLAIMER = """
 import sys, psycopg
-from delta_actors import queries
 dsn, actor = sys.argv[1], int(sys.argv[2])
 with psycopg.connect(dsn, autocommit=True) as conn:
     while True:

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import psycopg
+import pytest
 
 from delta_actors import queries, schema
 from delta_actors.errors import SchemaError
@@ -33,7 +34,7 @@ def test_concurrent_migrations_are_serialized(empty_dsn):
             with psycopg.connect(empty_dsn, autocommit=True) as conn:
                 barrier.wait()
                 schema.migrate(conn)
-        except BaseException as exc:  # noqa: BLE001 (collected and asserted below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -49,14 +50,11 @@ def test_concurrent_migrations_are_serialized(empty_dsn):
 
 def test_unmigrated_database_names_the_fix(empty_dsn):
     """check_schema on an empty database raises SchemaError naming delta-actors migrate."""
-    with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        try:
-            schema.check_schema(conn)
-        except SchemaError as exc:
-            assert "delta-actors migrate" in str(exc)
-            assert "version 0" in str(exc)
-        else:
-            raise AssertionError("an unmigrated schema passed the check")
+    with (
+        psycopg.connect(empty_dsn, autocommit=True) as conn,
+        pytest.raises(SchemaError, match=r"version 0.*run `delta-actors migrate`"),
+    ):
+        schema.check_schema(conn)
 
 
 def _statements() -> dict[str, str]:
@@ -69,6 +67,22 @@ def _statements() -> dict[str, str]:
     }  # fmt: skip
 
 
+def to_dollar_params(text: str) -> str:
+    """Turn psycopg's %s / %(name)s placeholders into $1..$n, as the server sees them."""
+    counter = iter(range(1, 1000))
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key is None:
+            return f"${next(counter)}"
+        if key not in names:
+            names[key] = next(counter)
+        return f"${names[key]}"
+
+    return re.sub(r"%(?:\((\w+)\))?s", number, text).replace("%%", "%")
+
+
 def test_every_statement_prepares_against_the_schema(dsn):
     """Each named statement parses and type-checks against the migrated schema."""
     statements = _statements()
@@ -77,18 +91,7 @@ def test_every_statement_prepares_against_the_schema(dsn):
         for name, text in statements.items():
             if text.lstrip().startswith("COPY"):
                 continue  # COPY cannot be prepared; it is exercised by the bulk tests
-            counter = iter(range(1, 1000))
-            names: dict[str, int] = {}
-
-            def number(match: re.Match[str]) -> str:
-                key = match.group(1)
-                if key is None:
-                    return f"${next(counter)}"
-                if key not in names:
-                    names[key] = next(counter)
-                return f"${names[key]}"
-
-            converted = re.sub(r"%(?:\((\w+)\))?s", number, text).replace("%%", "%")
+            converted = to_dollar_params(text)
             result = conn.pgconn.prepare(name.lower().encode(), converted.encode())
             assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, (
                 name,
