@@ -27,7 +27,7 @@ from delta_actors.database import (
     resolve_dsn,
     translate_errors,
 )
-from delta_actors.errors import ConfigError
+from delta_actors.errors import ConfigError, DecodeError
 from delta_actors.inform import InformParams, inform, prepare
 from delta_actors.job import Job
 from delta_actors.kinds import kind_of
@@ -62,7 +62,14 @@ def _inform_params(
 def _resource(object_type: type[T], row: tuple[Any, ...] | None) -> Resource[T] | None:
     if row is None:
         return None
-    return resource_from_row(row, msgspec.json.decode(row[15], type=object_type))
+    try:
+        obj = msgspec.json.decode(row[15], type=object_type)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(
+            f"stored {row[1]} {row[2]!r} no longer decodes into {object_type.__qualname__} "
+            f"({exc}); inform a current object to replace it"
+        ) from exc
+    return resource_from_row(row, obj)
 
 
 def _require_dsn(dsn: str | None) -> str:
