@@ -200,6 +200,7 @@ def test_connect_errors_name_the_problem(empty_dsn, tmp_path):
 
 CLAIMER = """
 import sys, psycopg
+from delta_actors import queries
 dsn, actor = sys.argv[1], int(sys.argv[2])
 with psycopg.connect(dsn, autocommit=True) as conn:
     while True:
