@@ -153,7 +153,7 @@ def inform(
             break
         stored_rows = yield _select_stored(items, pending)
         stored = {(row[1], row[2]): row for row in stored_rows}
-        writes: list[tuple[int, int | None]] = []
+        writes: list[tuple[int, tuple[Any, ...] | None]] = []
         for index in pending:
             item = items[index]
             row = stored.get((item.kind, item.object_id))
@@ -162,7 +162,7 @@ def inform(
                 continue
             outcome, current = _decide(item, row)
             if outcome is None:
-                writes.append((index, row[5]))
+                writes.append((index, row))
             else:
                 results[index] = InformResult(resource_from_row(row, current), outcome)
         if not writes:
@@ -171,13 +171,13 @@ def inform(
         written_rows = yield _write(items, writes, tags, metadata)
         written = {(row[1], row[2]): row for row in written_rows}
         pending = []
-        for index, expected in writes:
+        for index, stored_row in writes:
             item = items[index]
             row = written.get((item.kind, item.object_id))
             if row is None:
                 pending.append(index)  # lost a race with another inform: decide again
                 continue
-            outcome = InformOutcome.CREATED if expected is None else InformOutcome.UPDATED
+            outcome = InformOutcome.CREATED if stored_row is None else InformOutcome.UPDATED
             results[index] = InformResult(resource_from_row(row, item.obj), outcome)
     if pending:
         raise DatabaseError(
@@ -221,14 +221,17 @@ def _result_for(
 
 def _select_stored(items: list[_Item], indexes: list[int]) -> Statement:
     return queries.SELECT_STORED_RESOURCES, {
-        "kinds": [items[i].kind for i in indexes],
+        "kinds": sorted({items[i].kind for i in indexes}),
         "object_ids": [items[i].object_id for i in indexes],
-        "with_objects": [items[i].compares for i in indexes],
+        "compare_kinds": sorted({items[i].kind for i in indexes if items[i].compares}),
     }
 
 
 def _write(
-    items: list[_Item], writes: list[tuple[int, int | None]], tags: str, metadata: str
+    items: list[_Item],
+    writes: list[tuple[int, tuple[Any, ...] | None]],
+    tags: str,
+    metadata: str,
 ) -> Statement:
     chosen = [items[index] for index, _ in writes]
     return queries.WRITE_RESOURCES, {
@@ -237,7 +240,8 @@ def _write(
         "namespaces": [i.namespace for i in chosen],
         "objects": [i.encoded for i in chosen],
         "hashes": [i.hash for i in chosen],
-        "expected": [expected for _, expected in writes],
+        "ids": [row[0] if row else None for _, row in writes],
+        "expected": [row[5] if row else None for _, row in writes],
         "max_attempts": [i.max_attempts for i in chosen],
         "tags": tags,
         "metadata": metadata,

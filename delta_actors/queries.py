@@ -137,14 +137,15 @@ claimed AS (
     SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
-)
-SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
-FROM claimed AS c
-LEFT JOIN LATERAL (
+),
+resources AS MATERIALIZED (
     SELECT """
     + _resource_columns("'running'")
-    + """, r.object FROM delta_resource AS r WHERE r.id = c.resource_id
-) AS res ON true
+    + """, r.object FROM delta_resource AS r
+    WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
+)
+SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
+FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
 )
 
@@ -195,7 +196,7 @@ finished AS (
 ),
 locked AS (
     SELECT r.id FROM delta_resource AS r
-    WHERE r.id IN (SELECT resource_id FROM finished)
+    WHERE r.id = ANY(ARRAY(SELECT resource_id FROM finished))
     ORDER BY r.id
     FOR UPDATE
 ),
@@ -214,7 +215,7 @@ resources AS (
                       ELSE (r.errors || u.error)[greatest(1, cardinality(r.errors) - 8):] END,
         updated_at = now()
     FROM finished AS f JOIN u ON u.id = f.id
-    WHERE r.id = f.resource_id AND r.id IN (SELECT id FROM locked)
+    WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = f.resource_id
     RETURNING r.id, r.kind, r.namespace, r.max_attempts, r.state, u.delay
 ),
 followups AS (
@@ -322,15 +323,17 @@ SELECT state::text, count(*) FROM delta_job WHERE queue = %s GROUP BY state
 # and only then writes the queued work. Claims never lock resources.
 
 # Phase 1 of an inform: what is stored for these identities (the object only for kinds
-# whose change detection needs it, compare()).
+# whose change detection needs it, compare()). `= ANY` on both columns of the identity
+# index keeps this one index pass whatever the statistics say (a join against unnest
+# became a nested loop of sequential scans on a freshly truncated table); the caller
+# drops rows whose (kind, object_id) pair it did not ask for.
 SELECT_STORED_RESOURCES: LiteralString = (
     """
 SELECT """
     + RESOURCE_COLUMNS
-    + """, r.hash, CASE WHEN i.with_object THEN r.object END
-FROM unnest(%(kinds)s::text[], %(object_ids)s::text[], %(with_objects)s::boolean[])
-     AS i(kind, object_id, with_object)
-JOIN delta_resource AS r ON r.kind = i.kind AND r.object_id = i.object_id
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)s::text[]) THEN r.object END
+FROM delta_resource AS r
+WHERE r.kind = ANY(%(kinds)s::text[]) AND r.object_id = ANY(%(object_ids)s::text[])
 """
 )
 
@@ -342,8 +345,9 @@ WRITE_RESOURCES: LiteralString = (
 WITH input AS (
     SELECT * FROM unnest(
         %(kinds)s::text[], %(object_ids)s::text[], %(namespaces)s::text[], %(objects)s::bytea[],
-        %(hashes)s::bytea[], %(expected)s::bigint[], %(max_attempts)s::smallint[])
-    AS i(kind, object_id, namespace, object, hash, expected, max_attempts)
+        %(hashes)s::bytea[], %(ids)s::bigint[], %(expected)s::bigint[],
+        %(max_attempts)s::smallint[])
+    AS i(kind, object_id, namespace, object, hash, id, expected, max_attempts)
 ),
 -- Tags and metadata are options of the whole call: one value, not one per row.
 options AS (
@@ -363,9 +367,9 @@ inserted AS (
 ),
 locked AS (
     SELECT r.id FROM delta_resource AS r
-    JOIN input AS i ON r.kind = i.kind AND r.object_id = i.object_id AND i.expected IS NOT NULL
+    WHERE r.id = ANY(%(ids)s::bigint[])
     ORDER BY r.id
-    FOR UPDATE OF r
+    FOR UPDATE
 ),
 updated AS (
     UPDATE delta_resource AS r
@@ -373,7 +377,7 @@ updated AS (
         attempt = 0, namespace = i.namespace, max_attempts = i.max_attempts,
         tags = o.tags, metadata = o.metadata, updated_at = now()
     FROM input AS i, options AS o
-    WHERE r.id IN (SELECT id FROM locked)
+    WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = i.id
       AND r.kind = i.kind AND r.object_id = i.object_id AND r.generation = i.expected
     RETURNING """
     + RESOURCE_COLUMNS
