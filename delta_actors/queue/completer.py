@@ -145,10 +145,15 @@ class Completer:
         stale: set[int] = set()
         async with self._pool.connection() as conn:
             if jobs:
-                cur = await conn.execute(queries.COMPLETE_JOBS, job_params(jobs, self._actor_id))
+                # Never a prepared generic plan: for these unnest joins it ran 2.5x slower.
+                cur = await conn.execute(
+                    queries.COMPLETE_JOBS, job_params(jobs, self._actor_id), prepare=False
+                )
                 stale |= await _not_written(cur, jobs)
             if works:
-                cur = await conn.execute(queries.COMPLETE_WORKS, work_params(works, self._actor_id))
+                cur = await conn.execute(
+                    queries.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=False
+                )
                 stale |= await _not_written(cur, works)
         return stale
 
