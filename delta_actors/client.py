@@ -20,6 +20,8 @@ from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import (
+    configure_connection,
+    configure_connection_async,
     connect,
     connect_async,
     drive,
@@ -117,7 +119,12 @@ class Client:
         with connect(dsn, action="connect client") as probe:
             check_schema(probe)
         pool = ConnectionPool(
-            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=configure_connection,
+            open=False,
         )
         with translate_errors("open client pool", dsn):
             pool.open(wait=True, timeout=30)
@@ -337,7 +344,12 @@ class AsyncClient:
         async with await connect_async(dsn, action="connect client") as probe:
             await check_schema_async(probe)
         pool = AsyncConnectionPool(
-            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=configure_connection_async,
+            open=False,
         )
         with translate_errors("open client pool", dsn):
             await pool.open(wait=True, timeout=30)

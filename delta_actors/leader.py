@@ -23,7 +23,7 @@ import logging
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.app import App
-from delta_actors.database import translate_errors
+from delta_actors.database import configure_connection_async, translate_errors
 from delta_actors.election import Elector
 from delta_actors.informers import InformerScheduler
 from delta_actors.maintenance import Cleaner, Expirer, Rescuer, run_periodically
@@ -63,6 +63,7 @@ class Leader:
             min_size=1,
             max_size=4,
             kwargs={"autocommit": True},
+            configure=configure_connection_async,
             open=False,
             name="delta-leader",
         )

@@ -38,7 +38,7 @@ from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.database import translate_errors
+from delta_actors.database import configure_connection_async, translate_errors
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
@@ -94,6 +94,7 @@ class Worker:
             min_size=2,
             max_size=4,
             kwargs={"autocommit": True},
+            configure=configure_connection_async,
             open=False,
             name=f"delta-worker-{namespace}",
         )
