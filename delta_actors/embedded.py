@@ -45,10 +45,26 @@ def embedded_cluster(data_dir: Path | None = None) -> PostgresCluster:
     return PostgresCluster(data_dir=data_dir, socket_dir=socket_dir, durable=True)
 
 
+def _check_reachable(path: Path) -> None:
+    """The server user must be able to traverse every folder above the data folder."""
+    uid = server_uid()
+    if uid == os.geteuid():
+        return
+    for folder in path.parents:
+        mode = folder.stat().st_mode
+        if folder.stat().st_uid != uid and not mode & 0o001:
+            raise ClusterError(
+                f"the PostgreSQL server runs as an unprivileged user that cannot enter "
+                f"{folder} (mode {oct(mode & 0o777)}): choose a data folder it can reach "
+                "with --data-dir or DELTA_DATA_DIR, or make that folder traversable"
+            )
+
+
 def ensure_running(data_dir: Path | None = None) -> tuple[PostgresCluster, str]:
     """Create, start and migrate the embedded database as needed; return it and its DSN."""
     cluster = embedded_cluster(data_dir)
     cluster.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_reachable(cluster.data_dir)
     cluster.init()
     cluster.start()
     with (
