@@ -203,6 +203,8 @@ import sys, psycopg
 from delta_actors import queries
 dsn, actor = sys.argv[1], int(sys.argv[2])
 with psycopg.connect(dsn, autocommit=True) as conn:
+    print("ready", flush=True)
+    sys.stdin.readline()  # all claimers start together
     while True:
         rows = conn.execute(queries.CLAIM_JOBS, {"queue": "default", "limit": 7, "actor": actor})
         ids = [r[0] for r in rows]
@@ -218,10 +220,20 @@ def test_concurrent_claimer_processes_claim_every_job_exactly_once(dsn):
         jobs = client.enqueue_many([Note(n=i) for i in range(5_000)])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, dsn, str(actor)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", CLAIMER, dsn, str(actor)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for actor in range(1, 5)
     ]
+    for proc in procs:  # connected and waiting
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     claimed: list[int] = []
     for proc in procs:
         out, _ = proc.communicate(timeout=120)
