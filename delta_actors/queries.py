@@ -312,10 +312,6 @@ RETURNING """
     + JOB_COLUMNS
 )
 
-COUNT_JOBS_BY_STATE: LiteralString = """
-SELECT state::text, count(*) FROM delta_job WHERE queue = %s GROUP BY state
-"""
-
 # ---------------------------------------------------------------- resources (inform.py)
 #
 # Lock order, to keep informs, completions and claims free of deadlocks: a statement that
@@ -498,11 +494,6 @@ WITH resigned AS (
     RETURNING term
 )
 SELECT count(pg_notify('delta_leader', 'resigned')) FROM resigned
-"""
-
-SELECT_LEADER: LiteralString = """
-SELECT actor_id, host, pid, term, elected_at, expires_at, expires_at > now()
-FROM delta_leader WHERE name = 'default'
 """
 
 # ---------------------------------------------------------------- informers (informers.py)

@@ -409,7 +409,3 @@ class Supervisor:
             self._reap()
             time.sleep(0.01)
         return 1
-
-    def request_stop(self) -> None:
-        """Stop gracefully, as on SIGTERM (for embedding and tests)."""
-        os.kill(os.getpid(), signal.SIGTERM)
