@@ -25,7 +25,6 @@ interrupted: its claim is handed back all the same and its late result is fenced
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -170,7 +169,10 @@ class Worker:
             self._cancelling = True
             for task in leftover:
                 task.cancel()
-            await asyncio.wait(leftover)
+            _, stubborn = await asyncio.wait(leftover, timeout=5.0)
+            # A handler that swallows its cancellation keeps running; its claim goes
+            # back all the same and its late result is fenced off.
+            self._handed_back.extend(c for c in self._running.values() if c.task in stubborn)
         await self._hand_back()
         assert self._completer is not None
         # Results get a little time past the deadline: dropping them would only make
@@ -181,8 +183,14 @@ class Worker:
                 self._completer.backlog, extra={"event": "worker.results_lost"},
             )  # fmt: skip
         self._main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._main
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception(
+                "worker component failed before stop", extra={"event": "worker.failed"}
+            )
         await self._unregister()
         await self._pool.close()
         if self._threads is not None:

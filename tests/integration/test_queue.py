@@ -636,3 +636,29 @@ def test_wait_until_is_used_with_a_deadline():
     """The waiting helper fails loudly at its deadline instead of hanging."""
     with pytest.raises(AssertionError, match="timed out"):
         wait_until(lambda: False, 0.05, "nothing")
+
+
+async def test_stop_does_not_hang_on_a_handler_that_swallows_cancellation(dsn):
+    """A handler that ignores its cancellation cannot hold stop(); its claim goes back."""
+
+    async def stubborn(job: Note) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(30)
+
+    app = delta.App(jobs={Note: stubborn})
+    client = await delta.AsyncClient.connect(dsn)
+    try:
+        job = await client.enqueue(Note())
+        worker = delta.Worker(app, dsn, poll_interval=0.2)
+        await worker.start()
+        await wait_until_async(lambda: _is_state(client, job.id, "running"), 5)
+        started = time.monotonic()
+        await worker.stop(timeout=0.2)
+        assert time.monotonic() - started < 8.0
+        row = await client.get_job(job.id)
+        assert row is not None
+        assert (row.state, row.attempt) == (delta.JobState.AVAILABLE, 0)
+    finally:
+        await client.close()
