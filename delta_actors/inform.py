@@ -88,29 +88,21 @@ def _check_tags(tags: Iterable[str]) -> tuple[str, ...]:
 def prepare(objects: Iterable[Object], options: InformParams, app: App | None) -> list[_Item]:
     """Validate and encode `objects`; raise before anything is written if one is bad."""
     items = []
+    checked: dict[type, tuple[str, str, int, bool]] = {}  # the options are the call's
     for position, obj in enumerate(objects):
         if not isinstance(obj, Object):
             raise ConfigError(f"item {position} is {type(obj).__name__}, not a delta.Object")
         object_type = type(obj)
-        kind = kind_of(object_type)
-        registration = app.controller(kind) if app is not None else None
-        namespace = options.namespace or (
-            registration.namespace if registration else DEFAULT_NAMESPACE
-        )
-        validate_name(namespace, "namespace")
-        if app is not None:
-            app.namespace(namespace)
+        known = checked.get(object_type)
+        if known is None:
+            known = checked[object_type] = _check_type(object_type, options, app)
+        kind, namespace, max_attempts, compares = known
         object_id = obj.id()
         if not isinstance(object_id, str) or not 1 <= len(object_id) <= OBJECT_ID_MAX_LENGTH:
             raise ConfigError(
                 f"{object_type.__qualname__}.id() must return a string of 1.."
                 f"{OBJECT_ID_MAX_LENGTH} characters, got {object_id!r:.100}"
             )
-        max_attempts = options.max_attempts or (
-            registration.max_attempts if registration else DEFAULT_MAX_ATTEMPTS
-        )
-        if not (isinstance(max_attempts, int) and 1 <= max_attempts <= 32767):
-            raise ConfigError(f"max_attempts must be 1..32767, got {max_attempts!r}")
         try:
             encoded = _encoder.encode(obj)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
@@ -121,10 +113,28 @@ def prepare(objects: Iterable[Object], options: InformParams, app: App | None) -
             _Item(
                 obj, kind, object_id, namespace, encoded,
                 hashlib.blake2b(encoded, digest_size=16).digest(),
-                max_attempts, has_compare(object_type),
+                max_attempts, compares,
             )
         )  # fmt: skip
     return items
+
+
+def _check_type(
+    object_type: type[Object], options: InformParams, app: App | None
+) -> tuple[str, str, int, bool]:
+    """Kind, namespace, max_attempts and change detection of one type, validated once."""
+    kind = kind_of(object_type)
+    registration = app.controller(kind) if app is not None else None
+    namespace = options.namespace or (registration.namespace if registration else DEFAULT_NAMESPACE)
+    validate_name(namespace, "namespace")
+    if app is not None:
+        app.namespace(namespace)
+    max_attempts = options.max_attempts or (
+        registration.max_attempts if registration else DEFAULT_MAX_ATTEMPTS
+    )
+    if not (isinstance(max_attempts, int) and 1 <= max_attempts <= 32767):
+        raise ConfigError(f"max_attempts must be 1..32767, got {max_attempts!r}")
+    return kind, namespace, max_attempts, has_compare(object_type)
 
 
 def encode_options(options: InformParams) -> tuple[str, str]:

@@ -358,7 +358,8 @@ inserted AS (
     FROM input AS i, options AS o WHERE i.expected IS NULL
     ON CONFLICT (kind, object_id) DO NOTHING
     RETURNING """
-    + RESOURCE_COLUMNS
+    # A new resource has no running work and no errors: no need to look.
+    + _resource_columns("'scheduled'").replace("array_to_json(r.errors)::text", "'[]'")
     + """
 ),
 locked AS (

@@ -68,6 +68,7 @@ class InformResult(msgspec.Struct, Generic[T], frozen=True):
 
 
 _errors_decoder = msgspec.json.Decoder(list[JobError])
+_states = {state.value: state for state in State}
 
 
 def resource_from_row(row: Sequence[Any], obj: T) -> Resource[T]:
@@ -77,7 +78,7 @@ def resource_from_row(row: Sequence[Any], obj: T) -> Resource[T]:
         errors, tags, metadata, created_at, updated_at, attempted_at, synced_at,
     ) = row[:15]  # fmt: skip
     return Resource(
-        id_, kind, object_id, namespace, obj, State(state), generation, attempt, max_attempts,
+        id_, kind, object_id, namespace, obj, _states[state], generation, attempt, max_attempts,
         _errors_decoder.decode(errors) if errors and errors != "[]" else [],
         list(tags), metadata, created_at, updated_at, attempted_at, synced_at,
     )  # fmt: skip
