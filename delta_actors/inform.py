@@ -10,7 +10,9 @@ One inform of a batch, in the caller's connection (and transaction, for `inform_
    generation read in 1 and folding each into the resource's one queued work, woken by
    one NOTIFY per namespace at commit.
 4. An object whose identity changed between 1 and 3 (a concurrent inform) is decided
-   again from 1; after a few rounds of losing, the inform fails rather than spin.
+   again from 1, this time reading with FOR UPDATE so that the second round cannot lose
+   (a new identity can lose once more, to a concurrent first insert); after
+   MAX_ROUNDS the inform fails rather than spin.
 
 Unchanged objects cost one read and write nothing. Within one batch the last object of
 an identity wins; earlier ones report its outcome when equal to it, else stale.
@@ -158,10 +160,10 @@ def inform(
         last[(item.kind, item.object_id)] = index
     pending = sorted(last.values())
     results: dict[int, InformResult[Any]] = {}
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(MAX_ROUNDS):
         if not pending:
             break
-        stored_rows = yield _select_stored(items, pending)
+        stored_rows = yield _select_stored(items, pending, lock=round_ > 0)
         stored = {(row[1], row[2]): row for row in stored_rows}
         writes: list[tuple[int, tuple[Any, ...] | None]] = []
         for index in pending:
@@ -229,8 +231,9 @@ def _result_for(
     return InformResult(kept.resource, InformOutcome.STALE)
 
 
-def _select_stored(items: list[_Item], indexes: list[int]) -> Statement:
-    return queries.SELECT_STORED_RESOURCES, {
+def _select_stored(items: list[_Item], indexes: list[int], *, lock: bool) -> Statement:
+    query = queries.SELECT_STORED_RESOURCES_FOR_UPDATE if lock else queries.SELECT_STORED_RESOURCES
+    return query, {
         "kinds": sorted({items[i].kind for i in indexes}),
         "object_ids": [items[i].object_id for i in indexes],
         "compare_kinds": sorted({items[i].kind for i in indexes if items[i].compares}),

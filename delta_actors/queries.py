@@ -333,6 +333,12 @@ WHERE r.kind = ANY(%(kinds)s::text[]) AND r.object_id = ANY(%(object_ids)s::text
 """
 )
 
+# Phase 1 again, for identities that lost a race: lock them (in id order, like every
+# resource write) so that this round cannot lose again.
+SELECT_STORED_RESOURCES_FOR_UPDATE: LiteralString = (
+    SELECT_STORED_RESOURCES.rstrip() + "\nORDER BY r.id\nFOR UPDATE OF r\n"
+)
+
 # Phase 2: write the changes, fenced on the generation phase 1 saw (NULL: not stored), and
 # fold each into the resource's queued work. An identity that changed meanwhile is not
 # returned, and the caller runs phase 1 again for it.

@@ -533,3 +533,69 @@ def test_controller_registration_errors_name_the_fix():
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+def test_concurrent_informs_of_one_identity_never_give_up(dsn):
+    """Twelve threads racing on one resource: every inform lands, each change one generation."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(12)
+
+    def write(writer: int) -> None:
+        try:
+            with delta.Client.connect(dsn, app=app()) as client:
+                barrier.wait()
+                for i in range(20):
+                    client.inform(Doc(key="contended", body=f"{writer}-{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with delta.Client.connect(dsn, app=app()) as client:
+        resource = client.get(Doc, "contended")
+    assert resource is not None
+    assert resource.generation == 12 * 20
+
+
+def test_an_inform_that_lost_a_race_locks_and_cannot_lose_again(dsn):
+    """Round 1 loses to a concurrent change; round 2 reads FOR UPDATE, so a third writer
+    waits for it instead of beating it again."""
+    from delta_actors import queries
+    from delta_actors.inform import InformParams, inform, prepare
+
+    with delta.Client.connect(dsn, app=app()) as other:
+        other.inform(Doc(key="raced", body="0"))
+        with psycopg.connect(dsn) as conn:  # the slow inform, in its own transaction
+            params = InformParams()
+            steps = inform(prepare([Doc(key="raced", body="mine")], params, app()), params)
+            query, args = next(steps)
+            assert query is queries.SELECT_STORED_RESOURCES
+            query, args = steps.send(conn.execute(query, args).fetchall())
+            other.inform(Doc(key="raced", body="1"))  # wins the race
+            query, args = steps.send(conn.execute(query, args).fetchall())
+            assert query is queries.SELECT_STORED_RESOURCES_FOR_UPDATE
+            query, args = steps.send(conn.execute(query, args).fetchall())
+            finished = threading.Event()
+
+            def third_writer() -> None:
+                other.inform(Doc(key="raced", body="2"))
+                finished.set()
+
+            thread = threading.Thread(target=third_writer)
+            thread.start()
+            assert not finished.wait(0.5), "a writer got past the lock"
+            try:
+                steps.send(conn.execute(query, args).fetchall())
+            except StopIteration as stop:
+                (result,) = stop.value
+            conn.commit()
+            thread.join(10)
+        assert result.outcome is delta.InformOutcome.UPDATED
+        assert result.resource.generation == 3
+        final = other.get(Doc, "raced")
+    assert final is not None
+    assert (final.object.body, final.generation) == ("2", 4)
