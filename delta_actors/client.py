@@ -20,12 +20,12 @@ from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import (
-    configure_connection,
-    configure_connection_async,
     connect,
     connect_async,
     drive,
     drive_async,
+    make_async_pool,
+    make_pool,
     resolve_dsn,
     translate_errors,
 )
@@ -118,14 +118,7 @@ class Client:
         dsn = _require_dsn(dsn)
         with connect(dsn, action="connect client") as probe:
             check_schema(probe)
-        pool = ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            configure=configure_connection,
-            open=False,
-        )
+        pool = make_pool(dsn, min_size=1, max_size=max_size, name="delta-client")
         with translate_errors("open client pool", dsn):
             pool.open(wait=True, timeout=30)
         client = cls(pool, app=app)
@@ -343,14 +336,7 @@ class AsyncClient:
         dsn = _require_dsn(dsn)
         async with await connect_async(dsn, action="connect client") as probe:
             await check_schema_async(probe)
-        pool = AsyncConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            configure=configure_connection_async,
-            open=False,
-        )
+        pool = make_async_pool(dsn, min_size=1, max_size=max_size, name="delta-client")
         with translate_errors("open client pool", dsn):
             await pool.open(wait=True, timeout=30)
         client = cls(pool, app=app)

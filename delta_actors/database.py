@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from delta_actors.errors import DatabaseError, SchemaError
 
@@ -85,14 +86,28 @@ async def connect_async(
 PLAN_CACHE_MODE: LiteralString = "SET plan_cache_mode = force_custom_plan"
 
 
-def configure_connection(conn: psycopg.Connection) -> None:
-    """Pool `configure` hook for delta_actors' own sync connections."""
+def _configure(conn: psycopg.Connection) -> None:
     conn.execute(PLAN_CACHE_MODE)
 
 
-async def configure_connection_async(conn: psycopg.AsyncConnection) -> None:
-    """Pool `configure` hook for delta_actors' own async connections."""
+async def _configure_async(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(PLAN_CACHE_MODE)
+
+
+def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool:
+    """A closed pool of autocommit connections configured for our statements."""
+    return ConnectionPool(
+        dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
+        configure=_configure, open=False, name=name,
+    )  # fmt: skip
+
+
+def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
+    """Async twin of make_pool."""
+    return AsyncConnectionPool(
+        dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
+        configure=_configure_async, open=False, name=name,
+    )  # fmt: skip
 
 
 def drive(conn: psycopg.Connection, steps: Generator[Statement, Rows, _R]) -> _R:

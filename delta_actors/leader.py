@@ -20,10 +20,8 @@ import asyncio
 import contextlib
 import logging
 
-from psycopg_pool import AsyncConnectionPool
-
 from delta_actors.app import App
-from delta_actors.database import configure_connection_async, translate_errors
+from delta_actors.database import make_async_pool, translate_errors
 from delta_actors.election import Elector
 from delta_actors.informers import InformerScheduler
 from delta_actors.maintenance import Cleaner, Expirer, Rescuer, run_periodically
@@ -58,15 +56,7 @@ class Leader:
             "elect_interval": lease_ttl / 3,
             "margin": lease_ttl * 2 / 15,
         }
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=4,
-            kwargs={"autocommit": True},
-            configure=configure_connection_async,
-            open=False,
-            name="delta-leader",
-        )
+        self._pool = make_async_pool(dsn, min_size=1, max_size=4, name="delta-leader")
         self.scheduler = Scheduler(self._pool)
         self.rescuer = Rescuer(self._pool, ttl=rescue_ttl)
         self.expirer = Expirer(app, self._pool)

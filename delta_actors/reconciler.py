@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import msgspec
 
-from delta_actors.app import App
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
 from delta_actors.queue.completer import WorkResult
 from delta_actors.queue.rows import JobState
 from delta_actors.queue.runner import (
     UNKNOWN_KIND_DELAY,
     Claim,
+    ClaimRunner,
     HandlerTimeout,
-    Invoker,
-    WorkerStats,
     error_entry,
     unknown_kind_message,
 )
@@ -42,20 +39,8 @@ from delta_actors.resource import State, resource_from_row
 logger = logging.getLogger(__name__)
 
 
-class Reconciler:
+class Reconciler(ClaimRunner):
     """Runs resource works and maps their outcomes to WorkResults."""
-
-    def __init__(
-        self,
-        app: App,
-        invoker: Invoker,
-        stats: WorkerStats,
-        retry_policy: Callable[[int], float],
-    ) -> None:
-        self._app = app
-        self._invoker = invoker
-        self._stats = stats
-        self._retry_policy = retry_policy
 
     async def run(self, claim: Claim) -> WorkResult:
         """Run one claimed resource work and return what to write."""

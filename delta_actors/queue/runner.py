@@ -110,8 +110,8 @@ class Invoker:
             raise HandlerTimeout(f"timed out after {timeout:g}s") from exc
 
 
-class JobRunner:
-    """Runs plain jobs and maps their outcomes to JobResults."""
+class ClaimRunner:
+    """What running any claim needs: the app, the invoker, the counters, the backoff."""
 
     def __init__(
         self,
@@ -124,6 +124,10 @@ class JobRunner:
         self._invoker = invoker
         self._stats = stats
         self._retry_policy = retry_policy
+
+
+class JobRunner(ClaimRunner):
+    """Runs plain jobs and maps their outcomes to JobResults."""
 
     async def run(self, claim: Claim) -> JobResult:
         """Run one claimed job and return what to write."""

@@ -31,13 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.database import configure_connection_async, translate_errors
+from delta_actors.database import make_async_pool, translate_errors
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
@@ -88,15 +87,7 @@ class Worker:
         self._heartbeat_interval = heartbeat_interval
         self._retry_policy = retry_policy
         self.stats = WorkerStats()
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=2,
-            max_size=4,
-            kwargs={"autocommit": True},
-            configure=configure_connection_async,
-            open=False,
-            name=f"delta-worker-{namespace}",
-        )
+        self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
         self._scheduler = Scheduler(self._pool) if run_scheduler else None
         self._listener = Listener(dsn, namespace, self._notified)
         self._completer: Completer | None = None
