@@ -11,7 +11,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from delta_actors.errors import DatabaseError, SchemaError
+from delta_actors.errors import ConfigError, DatabaseError, SchemaError
 
 DSN_ENV = "DELTA_DATABASE_URL"
 
@@ -33,6 +33,24 @@ def redact_dsn(dsn: str) -> str:
 def resolve_dsn(dsn: str | None) -> str | None:
     """Return the DSN given, else `$DELTA_DATABASE_URL`, else None."""
     return dsn or os.environ.get(DSN_ENV) or None
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ConfigError, password redacted, if libpq cannot parse `dsn`."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        detail = str(exc).strip()
+        for pattern in (_PASSWORD_IN_URL, _PASSWORD_IN_KV):
+            for found in pattern.finditer(dsn):
+                secret = found.group(0)[len(found.group(1)) :].rstrip("@")
+                if secret:
+                    detail = detail.replace(secret, "***")
+        raise ConfigError(
+            f"{redact_dsn(dsn)!r} is not a valid PostgreSQL connection string ({detail}); "
+            "use a URL like postgresql://user@host:5432/dbname or key=value pairs "
+            "like 'host=/run/postgresql dbname=app'"
+        ) from None
 
 
 def _redact_message(message: str, dsn: str | None) -> str:
@@ -67,6 +85,7 @@ def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
 
 def connect(dsn: str, *, autocommit: bool = True, action: str = "connect") -> psycopg.Connection:
     """Open a sync connection, translating failures into DatabaseError."""
+    check_dsn(dsn)
     with translate_errors(action, dsn):
         return psycopg.Connection.connect(dsn, autocommit=autocommit)
 
@@ -75,6 +94,7 @@ async def connect_async(
     dsn: str, *, autocommit: bool = True, action: str = "connect"
 ) -> psycopg.AsyncConnection:
     """Open an async connection, translating failures into DatabaseError."""
+    check_dsn(dsn)
     with translate_errors(action, dsn):
         return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
 
@@ -96,6 +116,7 @@ async def _configure_async(conn: psycopg.AsyncConnection) -> None:
 
 def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool:
     """A closed pool of autocommit connections configured for our statements."""
+    check_dsn(dsn)
     return ConnectionPool(
         dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
         configure=_configure, open=False, name=name,
@@ -104,6 +125,7 @@ def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> Connectio
 
 def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
     """Async twin of make_pool."""
+    check_dsn(dsn)
     return AsyncConnectionPool(
         dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
         configure=_configure_async, open=False, name=name,

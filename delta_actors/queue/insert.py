@@ -211,14 +211,19 @@ def _needs_transaction(batch: InsertBatch) -> bool:
     return len(batch) > INSERT_CHUNK or any(key is not None for key in batch.unique_keys)
 
 
+# On a connection that is not in autocommit our statements join the caller's transaction,
+# begun already or begun implicitly by our first statement: `conn.transaction()` there
+# would commit at its exit when no transaction was open yet, committing for the caller.
 def _atomic(conn: psycopg.Connection, batch: InsertBatch) -> AbstractContextManager[Any]:
-    return conn.transaction() if _needs_transaction(batch) else nullcontext()
+    own = conn.autocommit and _needs_transaction(batch)
+    return conn.transaction() if own else nullcontext()
 
 
 def _atomic_async(
     conn: psycopg.AsyncConnection, batch: InsertBatch
 ) -> AbstractAsyncContextManager[Any]:
-    return conn.transaction() if _needs_transaction(batch) else nullcontext()
+    own = conn.autocommit and _needs_transaction(batch)
+    return conn.transaction() if own else nullcontext()
 
 
 def _use_copy(batch: InsertBatch) -> bool:
@@ -250,7 +255,7 @@ def _copy_rows(
 
 
 def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
-    with conn.transaction():
+    with conn.transaction() if conn.autocommit else nullcontext():
         reserved = conn.execute(queries.RESERVE_JOB_IDS, (len(batch),)).fetchone()
         assert reserved is not None
         rows, results, woken = _copy_rows(batch, *reserved)
@@ -263,7 +268,7 @@ def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob
 
 
 async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
-    async with conn.transaction():
+    async with conn.transaction() if conn.autocommit else nullcontext():
         reserved = await (await conn.execute(queries.RESERVE_JOB_IDS, (len(batch),))).fetchone()
         assert reserved is not None
         rows, results, woken = _copy_rows(batch, *reserved)

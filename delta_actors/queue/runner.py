@@ -189,7 +189,9 @@ class JobRunner(ClaimRunner):
             claim.id, claim.kind, claim.attempt, claim.max_attempts, delay, message or exc,
             extra={"event": "job.failed", "job_id": claim.id, "kind": claim.kind},
         )  # fmt: skip
-        return JobResult(claim.id, claim.attempt, JobState.RETRYABLE, delay=delay, error=error)
+        # No backoff means due now: available at once rather than waiting for promotion.
+        state = JobState.AVAILABLE if delay <= 0 else JobState.RETRYABLE
+        return JobResult(claim.id, claim.attempt, state, delay=delay, error=error)
 
     def _unknown_kind(self, claim: Claim) -> JobResult:
         # Not the job's fault and nothing to lose: offer it again later, uncounted, so a
