@@ -1,8 +1,9 @@
-"""Migrations: idempotent, safe to run concurrently, and enough for every statement."""
+"""Migrations: idempotent, safe to run concurrently, enough for every statement; the CLI."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,27 +14,92 @@ import pytest
 from delta_actors import queries, schema
 from delta_actors.errors import SchemaError
 
+CLI = [sys.executable, "-c", "from delta_actors.cli import main; main()"]
+
+# Constants of delta_actors.queries that are not statements to prepare, and why. Every
+# other constant must prepare, so a new statement is checked without touching this test.
+NOT_PREPARED = {
+    "JOB_CHANNEL": "a channel name",
+    "LEADER_CHANNEL": "a channel name",
+    "RESOURCE_COLUMNS": "a column list spliced into statements",
+    "JOB_COLUMNS": "a column list spliced into statements",
+    "CREATE_MIGRATION_TABLE": "DDL, run by migrate() itself",
+    "COPY_JOBS": "COPY cannot be prepared; the bulk enqueue tests run it",
+}
+
+
+def _schema_snapshot(conn: psycopg.Connection) -> list[tuple[object, ...]]:
+    """Tables, columns, indexes, constraints and types of the public schema."""
+    return conn.execute(
+        """
+        SELECT 'column', table_name::text, column_name::text, data_type::text
+        FROM information_schema.columns WHERE table_schema = 'public'
+        UNION ALL
+        SELECT 'index', tablename::text, indexname::text, indexdef
+        FROM pg_indexes WHERE schemaname = 'public'
+        UNION ALL
+        SELECT 'constraint', conrelid::regclass::text, conname::text, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+        UNION ALL
+        SELECT 'type', typname::text, '', typtype::text
+        FROM pg_type WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'c')
+        ORDER BY 1, 2, 3, 4
+        """
+    ).fetchall()
+
+
+def _versions(dsn: str) -> list[tuple[int, int]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT version, count(*)::int FROM delta_migration GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+
+
+def _all_versions() -> list[tuple[int, int]]:
+    return [(v, 1) for v in range(1, schema.required_version() + 1)]
+
+
+def test_migrations_are_numbered_without_gaps_and_start_with_the_job_queue():
+    """The shipped files are 0001..n; the first creates the job queue."""
+    found = schema.migrations()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    assert found[0].name == "job_queue"
+    assert "CREATE TABLE delta_job" in found[0].sql
+
 
 def test_applying_twice_is_a_no_op(empty_dsn):
-    """The first run applies every migration, the second nothing; the version is recorded."""
+    """The first run applies every migration; the second returns [] and changes nothing."""
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert schema.current_version(conn) == 0
         first = schema.migrate(conn)
         assert [m.version for m in first] == list(range(1, schema.required_version() + 1))
+        snapshot = _schema_snapshot(conn)
         assert schema.migrate(conn) == []
+        assert _schema_snapshot(conn) == snapshot
         assert schema.current_version(conn) == schema.required_version()
         schema.check_schema(conn)
+    assert _versions(empty_dsn) == _all_versions()
+    assert any(row[:3] == ("column", "delta_job", "unique_key") for row in snapshot)
 
 
-def test_concurrent_migrations_are_serialized(empty_dsn):
-    """Two migrate runs at once both succeed and each version is recorded once."""
+def test_migrate_in_a_non_autocommit_connection_commits_its_work(empty_dsn):
+    """migrate() on a connection outside autocommit still leaves the schema applied."""
+    with psycopg.connect(empty_dsn) as conn:
+        schema.migrate(conn)
+    assert _versions(empty_dsn) == _all_versions()
+
+
+def test_concurrent_migrate_calls_are_serialized(empty_dsn):
+    """Two threads migrating at once: both succeed, one applies all, the other nothing."""
     errors: list[BaseException] = []
+    applied: list[list[int]] = []
     barrier = threading.Barrier(2)
 
     def run() -> None:
         try:
             with psycopg.connect(empty_dsn, autocommit=True) as conn:
-                barrier.wait()
-                schema.migrate(conn)
+                barrier.wait(10)
+                applied.append([m.version for m in schema.migrate(conn)])
         except BaseException as exc:
             errors.append(exc)
 
@@ -41,15 +107,33 @@ def test_concurrent_migrations_are_serialized(empty_dsn):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(30)
     assert errors == []
-    with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT version, count(*) FROM delta_migration GROUP BY 1").fetchall()
-    assert sorted(rows) == [(v, 1) for v in range(1, schema.required_version() + 1)]
+    assert sorted(applied) == [[], list(range(1, schema.required_version() + 1))]
+    assert _versions(empty_dsn) == _all_versions()
 
 
-def test_unmigrated_database_names_the_fix(empty_dsn):
-    """check_schema on an empty database raises SchemaError naming delta-actors migrate."""
+def test_concurrent_cli_migrate_runs_both_succeed(empty_dsn):
+    """Two `delta-actors migrate --dsn` processes at once: exit 0 both; each version once."""
+    procs = [
+        subprocess.Popen(
+            [*CLI, "migrate", "--dsn", empty_dsn],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    stdouts = sorted(out for out, _ in outputs)
+    assert "up to date" in stdouts[1] or "up to date" in stdouts[0]
+    assert sum("applied 0001_job_queue" in out for out in stdouts) == 1
+    assert _versions(empty_dsn) == _all_versions()
+
+
+def test_check_schema_on_an_unmigrated_database_names_the_fix(empty_dsn):
+    """check_schema on an empty database: SchemaError at version 0 naming delta-actors migrate."""
     with (
         psycopg.connect(empty_dsn, autocommit=True) as conn,
         pytest.raises(SchemaError, match=r"version 0.*run `delta-actors migrate`"),
@@ -61,10 +145,8 @@ def _statements() -> dict[str, str]:
     return {
         name: value
         for name, value in vars(queries).items()
-        if name.isupper() and isinstance(value, str)
-        and value.lstrip().split(" ", 1)[0].split("\n", 1)[0]
-        in {"SELECT", "WITH", "UPDATE", "INSERT", "DELETE", "COPY"}
-    }  # fmt: skip
+        if name.isupper() and isinstance(value, str) and name not in NOT_PREPARED
+    }
 
 
 def to_dollar_params(text: str) -> str:
@@ -83,40 +165,81 @@ def to_dollar_params(text: str) -> str:
     return re.sub(r"%(?:\((\w+)\))?s", number, text).replace("%%", "%")
 
 
-def test_every_statement_prepares_against_the_schema(dsn):
-    """Each named statement parses and type-checks against the migrated schema."""
+def test_to_dollar_params_numbers_positional_and_reuses_named_placeholders():
+    """The converter used below: %s counts up, a repeated %(name)s keeps its number."""
+    assert to_dollar_params("a = %s AND b = %s") == "a = $1 AND b = $2"
+    assert to_dollar_params("%(x)s, %(y)s, %(x)s, 100%%") == "$1, $2, $1, 100%"
+
+
+def test_every_statement_prepares_against_the_migrated_schema(dsn):
+    """Each statement constant in queries parses and type-checks (prepared, not executed)."""
     statements = _statements()
-    assert len(statements) > 30
+    assert set(NOT_PREPARED) <= set(vars(queries)), "NOT_PREPARED names a constant that is gone"
+    assert {"INSERT_JOBS", "CLAIM_JOBS", "COMPLETE_JOBS", "HAND_BACK_JOBS"} <= set(statements)
+    failures = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for name, text in statements.items():
-            if text.lstrip().startswith("COPY"):
-                continue  # COPY cannot be prepared; it is exercised by the bulk tests
-            converted = to_dollar_params(text)
-            result = conn.pgconn.prepare(name.lower().encode(), converted.encode())
-            assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, (
-                name,
-                result.error_message.decode(),
-            )
+        for name, text in sorted(statements.items()):
+            result = conn.pgconn.prepare(name.lower().encode(), to_dollar_params(text).encode())
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                failures[name] = (result.error_message or b"").decode().strip()
+        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        job_count = conn.execute("SELECT count(*) FROM delta_job").fetchone()
+    assert failures == {}
+    assert prepared == (len(statements),)
+    assert job_count == (0,), "a statement was executed, not only prepared"
 
 
-def test_cli_migrate_reports_what_it_applied(empty_dsn):
-    """`delta-actors migrate` prints the applied files, then that the schema is current."""
-    argv = [sys.executable, "-c", "from delta_actors.cli import main; main()", "migrate"]
-    first = subprocess.run([*argv, "--dsn", empty_dsn], capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    assert "applied 0001_job_queue" in first.stdout
-    second = subprocess.run(
-        [*argv, "--dsn", empty_dsn], capture_output=True, text=True, check=False
+def test_cli_migrate_prints_what_it_applied_then_up_to_date(empty_dsn):
+    """`delta-actors migrate --dsn`: lists every applied file, then says it is up to date."""
+    executable = shutil.which("delta-actors")
+    argv = [executable] if executable else CLI
+    first = subprocess.run(
+        [*argv, "migrate", "--dsn", empty_dsn], capture_output=True, text=True, check=False
     )
-    assert second.returncode == 0
-    assert "up to date" in second.stdout
+    assert first.returncode == 0, first.stderr
+    for migration in schema.migrations():
+        assert f"applied {migration.version:04d}_{migration.name}" in first.stdout
+    assert f"schema is at version {schema.required_version()}" in first.stdout
+    second = subprocess.run(
+        [*argv, "migrate", "--dsn", empty_dsn], capture_output=True, text=True, check=False
+    )
+    assert second.returncode == 0, second.stderr
+    assert f"schema is up to date at version {schema.required_version()}" in second.stdout
+    assert "applied" not in second.stdout
+    assert _versions(empty_dsn) == _all_versions()
 
 
-def test_cli_migrate_on_an_unreachable_dsn_fails_clearly(tmp_path):
-    """An unreachable database: non-zero exit and a message that says so, no password."""
-    dsn = f"postgresql://me:hunter2@/db?host={tmp_path}&port=9"
-    argv = [sys.executable, "-c", "from delta_actors.cli import main; main()", "migrate"]
-    result = subprocess.run([*argv, "--dsn", dsn], capture_output=True, text=True, check=False)
+def test_cli_migrate_on_an_unreachable_dsn_fails_naming_the_problem(tmp_path):
+    """No server there: exit 1 and an error naming the socket path, never the password."""
+    dsn = f"postgresql://me:hunter2-pw@/db?host={tmp_path}&port=9"
+    result = subprocess.run(
+        [*CLI, "migrate", "--dsn", dsn], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "error: migrate: cannot use PostgreSQL at" in result.stderr
+    assert f"{tmp_path}/.s.PGSQL.9" in result.stderr
+    assert "hunter2-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_migrate_with_a_malformed_dsn_fails_without_a_traceback():
+    """A DSN that does not parse: a one-line error and a non-zero exit, not a traceback."""
+    result = subprocess.run(
+        [*CLI, "migrate", "--dsn", "not a dsn password=pw-4242"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0
-    assert "cannot use PostgreSQL" in result.stderr
-    assert "hunter2" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+    assert "pw-4242" not in result.stderr
+
+
+def test_cli_migrate_without_a_dsn_is_a_usage_error(monkeypatch):
+    """No --dsn and no $DELTA_DATABASE_URL: exit 2 and a message naming both."""
+    monkeypatch.delenv("DELTA_DATABASE_URL", raising=False)
+    result = subprocess.run([*CLI, "migrate"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "--dsn" in result.stderr
+    assert "DELTA_DATABASE_URL" in result.stderr

@@ -1,4 +1,4 @@
-"""Pipe frames between supervisor and actors, and the names users choose."""
+"""Pipe frames between supervisor and actors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import struct
 import pytest
 
 from delta_actors import protocol
-from delta_actors.errors import ConfigError, ProtocolError
-from delta_actors.names import validate_name
+from delta_actors.errors import ProtocolError
 
 
 def test_frames_round_trip_in_pieces():
@@ -48,26 +47,3 @@ def test_unknown_tag_is_rejected():
     payload = msgspec.msgpack.encode({"type": "reboot"})
     with pytest.raises(ProtocolError):
         protocol.FrameReader().feed(struct.pack(">I", len(payload)) + payload)
-
-
-@pytest.mark.parametrize("name", ["default", "a", "user-profiles_2", "x" * 63])
-def test_valid_names_pass(name):
-    """Lowercase letters, digits, '-' and '_', up to 63 characters."""
-    assert validate_name(name, "namespace") == name
-
-
-@pytest.mark.parametrize(
-    ("name", "needle"),
-    [
-        ("Users", "lowercase"),
-        ("-lead", "starting with a letter or digit"),
-        ("x" * 64, "64 characters"),
-        ("a b", "lowercase"),
-        ("x'; drop table delta_job; --", "lowercase"),
-        (5, "must be a string"),
-    ],
-)
-def test_invalid_names_say_why(name, needle):
-    """The error names the value and the rule it broke."""
-    with pytest.raises(ConfigError, match=needle):
-        validate_name(name, "namespace")

@@ -1,0 +1,209 @@
+"""Claiming: exactly once under concurrency, never beyond free slots, fenced results."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import subprocess
+import sys
+
+import psycopg
+
+import delta_actors as delta
+from tests.integration.job_table import get_job, is_state, job_states, running_count
+from tests.integration.workers import running_worker
+from tests.waiting import wait_until_async
+
+
+class Note(delta.Job, kind="note"):
+    n: int = 0
+
+
+CLAIM_LIMIT = 7
+
+# Loops CLAIM_JOBS as one actor until the queue is empty; prints each claim's ids on a line.
+CLAIMER = f"""
+import sys, psycopg
+from delta_actors import queries
+dsn, actor = sys.argv[1], int(sys.argv[2])
+with psycopg.connect(dsn, autocommit=True) as conn:
+    print("ready", flush=True)
+    sys.stdin.readline()  # every claimer starts at once
+    while True:
+        params = {{"queue": "default", "limit": {CLAIM_LIMIT}, "actor": actor}}
+        ids = [row[0] for row in conn.execute(queries.CLAIM_JOBS, params)]
+        if not ids:
+            break
+        print(" ".join(map(str, ids)), flush=True)
+"""
+
+
+def test_concurrent_claimer_processes_claim_every_job_exactly_once(dsn):
+    """Four OS processes racing CLAIM_JOBS over 5,000 jobs: each job claimed by exactly one."""
+    actors = [101, 102, 103, 104]
+    with delta.Client.connect(dsn) as client:
+        jobs = client.enqueue_many([Note(n=i) for i in range(5_000)])
+    procs = {
+        actor: subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, dsn, str(actor)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for actor in actors
+    }
+    try:
+        for proc in procs.values():
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs.values():
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        claimed_by: dict[int, int] = {}
+        duplicates: list[int] = []
+        for actor, proc in procs.items():
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0
+            for line in out.splitlines():
+                ids = [int(x) for x in line.split()]
+                assert 0 < len(ids) <= CLAIM_LIMIT
+                for job_id in ids:
+                    if job_id in claimed_by:
+                        duplicates.append(job_id)
+                    claimed_by[job_id] = actor
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    assert duplicates == []
+    assert sorted(claimed_by) == [j.id for j in jobs]
+    assert len(set(claimed_by.values())) > 1, "one claimer took everything: no race was tested"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT id, state::text, attempt, claimed_by FROM delta_job").fetchall()
+    assert {(state, attempt) for _, state, attempt, _ in rows} == {("running", 1)}
+    assert {job_id: actor for job_id, _, _, actor in rows} == claimed_by
+
+
+async def test_several_workers_run_every_job_exactly_once(dsn):
+    """Three in-process workers over 2,500 jobs: each handled once, all completed, attempt 1."""
+    count = 2_500
+    handled: collections.Counter[int] = collections.Counter()
+
+    async def record(job: Note) -> None:
+        handled[job.n] += 1
+        await asyncio.sleep(0)
+
+    app = delta.App(jobs={Note: record})
+    client = await delta.AsyncClient.connect(dsn)
+    try:
+        await client.enqueue_many([Note(n=i) for i in range(count)])
+        async with (
+            running_worker(app, dsn, max_workers=10) as a,
+            running_worker(app, dsn, max_workers=10) as b,
+            running_worker(app, dsn, max_workers=10) as c,
+        ):
+            await wait_until_async(
+                lambda: job_states(dsn) == {"completed": count}, 60, "every job completed"
+            )
+        workers = (a, b, c)
+        assert sorted(handled) == list(range(count))
+        assert [n for n, times in handled.items() if times != 1] == []
+        assert sum(w.stats.completed for w in workers) == count
+        assert sum(w.stats.claimed for w in workers) == count
+        assert all(w.stats.completed > 0 for w in workers), [w.stats for w in workers]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            summary = conn.execute(
+                "SELECT min(attempt), max(attempt), count(claimed_by), count(finalized_at)"
+                " FROM delta_job"
+            ).fetchone()
+        assert summary == (1, 1, 0, count)
+    finally:
+        await client.close()
+
+
+async def test_claims_never_exceed_free_slots(dsn):
+    """max_workers=3, 20 blocked jobs: 3 rows running, never more; all 20 complete once freed."""
+    release = asyncio.Event()
+    in_handler = 0
+    most_in_handler = 0
+
+    async def block(job: Note) -> None:
+        nonlocal in_handler, most_in_handler
+        in_handler += 1
+        most_in_handler = max(most_in_handler, in_handler)
+        try:
+            await release.wait()
+            await asyncio.sleep(0.01)  # keep runs overlapping while draining
+        finally:
+            in_handler -= 1
+
+    app = delta.App(jobs={Note: block})
+    client = await delta.AsyncClient.connect(dsn)
+    samples: list[int] = []
+    try:
+        await client.enqueue_many([Note(n=i) for i in range(20)])
+        async with (
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+            running_worker(app, dsn, max_workers=3, poll_interval=0.05) as worker,
+        ):
+
+            async def three_running() -> bool:
+                samples.append(await running_count(conn))
+                return samples[-1] == 3
+
+            await wait_until_async(three_running, 10, "3 running")
+            for _ in range(25):  # the slots stay full; 25 polls later still no overflow
+                samples.append(await running_count(conn))
+                await asyncio.sleep(0.01)
+            assert max(samples) == 3
+            assert worker.stats.claimed == 3
+            release.set()
+            await wait_until_async(
+                lambda: job_states(dsn) == {"completed": 20}, 10, "all 20 completed"
+            )
+        assert most_in_handler == 3
+        assert worker.stats.claimed == worker.stats.completed == 20
+    finally:
+        await client.close()
+
+
+async def test_a_rescued_claim_cannot_overwrite_the_newer_state(dsn):
+    """Re-claimed by another actor mid-run: the late result is fenced off and counted stale."""
+    release = asyncio.Event()
+
+    async def wait(job: Note) -> None:
+        await release.wait()
+        if job.n == 1:
+            raise ValueError("late failure")
+
+    app = delta.App(jobs={Note: wait})
+    client = await delta.AsyncClient.connect(dsn)
+    try:
+        jobs = await client.enqueue_many([Note(n=0), Note(n=1)])
+        async with running_worker(app, dsn, max_workers=2) as worker:
+            for job in jobs:
+                await wait_until_async(
+                    lambda job=job: is_state(client, job.id, delta.JobState.RUNNING)
+                )
+            before = [await get_job(client, job.id) for job in jobs]
+            assert {row.claimed_by for row in before} == {worker.actor_id}
+            other_actor = (worker.actor_id or 0) + 1000
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(
+                    "UPDATE delta_job SET claimed_by = %s, attempt = attempt + 1,"
+                    " attempted_at = now() WHERE id = ANY(%s)",
+                    (other_actor, [job.id for job in jobs]),
+                )
+            release.set()
+            await wait_until_async(lambda: worker.stats.stale == 2, 5, "two stale results")
+            assert (worker.stats.completed, worker.stats.failed) == (1, 1)
+        for job in jobs:
+            row = await get_job(client, job.id)
+            assert row.state is delta.JobState.RUNNING
+            assert row.claimed_by == other_actor
+            assert row.attempt == 2
+            assert row.errors == []
+            assert row.finalized_at is None
+    finally:
+        await client.close()
