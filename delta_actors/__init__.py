@@ -10,6 +10,7 @@ from delta_actors.client import AsyncClient, Client
 from delta_actors.config import Namespace
 from delta_actors.controller import Controller, InformOptions
 from delta_actors.errors import (
+    ActorLostError,
     ClusterError,
     ConfigError,
     DatabaseError,
@@ -31,6 +32,7 @@ from delta_actors.queue.worker import Worker
 from delta_actors.resource import InformOutcome, InformResult, Resource, State
 
 __all__ = [
+    "ActorLostError",
     "App",
     "AsyncClient",
     "Cancel",

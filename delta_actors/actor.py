@@ -86,6 +86,7 @@ class _Actor:
                 namespace=spec.namespace,
                 run_scheduler=False,
                 heartbeat_interval=spec.heartbeat_interval,
+                rescue_ttl=spec.rescue_ttl,
                 poll_interval=spec.poll_interval,
             )
             self._body = self._worker

@@ -65,8 +65,9 @@ def migrate(dsn: str | None) -> None:
     help="Seconds between actor heartbeats.",
 )  # fmt: skip
 @click.option(
-    "--hang-timeout", type=float, default=15.0, show_default=True,
-    help="Seconds without a heartbeat before an actor is killed and restarted.",
+    "--hang-timeout", type=float, default=5.0, show_default=True,
+    help="Seconds without a heartbeat before an actor is killed and restarted "
+    "(at most the rescue TTL minus two heartbeat intervals minus one second).",
 )  # fmt: skip
 @click.option(
     "--rescue-ttl", type=float, default=10.0, show_default=True,

@@ -133,4 +133,9 @@ class Reconciler(ClaimRunner):
     def hand_back(claim: Claim) -> WorkResult:
         """The result for a work cancelled at the stop deadline: a new work, not counted."""
         generation = claim.resource[5] if claim.resource is not None else 0
-        return WorkResult(claim.id, claim.attempt, generation, JobState.CANCELLED, None, delay=0.0)
+        return Reconciler.give_back(claim.id, claim.attempt, generation)
+
+    @staticmethod
+    def give_back(job_id: int, attempt: int, generation: int) -> WorkResult:
+        """A claimed work that did not run: its row cancelled, a new work queued, uncounted."""
+        return WorkResult(job_id, attempt, generation, JobState.CANCELLED, None, delay=0.0)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -32,26 +33,43 @@ async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: st
     return int(row[0])
 
 
-async def heartbeat(pool: AsyncConnectionPool, actor_id: int, interval: float) -> None:
-    """Refresh the row every `interval` seconds until cancelled; raise ActorLostError if gone."""
+async def heartbeat(
+    pool: AsyncConnectionPool, actor_id: int, interval: float, *, fence: float | None = None
+) -> None:
+    """Refresh the row every `interval` seconds until cancelled.
+
+    Raises ActorLostError when rescue deleted the row, and, with `fence`, when no heartbeat
+    has reached the database for `fence` seconds: past the rescue TTL another actor may
+    hold our claims, so we stop (cancelling our works) before that can happen.
+    """
+    last_ok = time.monotonic()
     while True:
         raise_if_cancelling()
         await asyncio.sleep(interval)
+        attempt_at = time.monotonic()
         try:
-            async with pool.connection() as conn:
-                cur = await conn.execute(queries.HEARTBEAT_ACTOR, (actor_id,))
-                alive = cur.rowcount == 1
-        except (psycopg.Error, OSError) as exc:
+            async with asyncio.timeout(max(interval, 1.0)):
+                async with pool.connection() as conn:
+                    cur = await conn.execute(queries.HEARTBEAT_ACTOR, (actor_id,))
+                    alive = cur.rowcount == 1
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            silent = time.monotonic() - last_ok
             logger.warning(
-                "heartbeat of actor %d failed: %s", actor_id, exc,
-                extra={"event": "actor.heartbeat_failed"},
+                "heartbeat of actor %d failed (%.1fs since the last): %s", actor_id, silent,
+                exc or "timed out", extra={"event": "actor.heartbeat_failed"},
             )  # fmt: skip
+            if fence is not None and silent > fence:
+                raise ActorLostError(
+                    f"actor {actor_id} could not heartbeat for {silent:.1f}s; stopping "
+                    "before rescue hands its works to another actor"
+                ) from exc
             continue
         if not alive:
             raise ActorLostError(
                 f"actor {actor_id} was declared dead by rescue (a pause longer than the "
                 "heartbeat TTL?); stopping so that it restarts"
             )
+        last_ok = attempt_at
 
 
 async def unregister_actor(pool: AsyncConnectionPool, actor_id: int) -> None:

@@ -43,7 +43,7 @@ from delta_actors import protocol
 from delta_actors.actor import ActorSpec, run_actor
 from delta_actors.app import App
 from delta_actors.database import drive, translate_errors
-from delta_actors.errors import ProtocolError
+from delta_actors.errors import ConfigError, ProtocolError
 from delta_actors.rescue import rescue_actors
 from delta_actors.schema import check_schema
 
@@ -53,6 +53,7 @@ MAX_RESTART_DELAY = 30.0  # seconds
 CRASH_LOOP_RESTARTS = 5
 STABLE_AFTER = 60.0  # seconds an actor must live for its slot's failures to be forgiven
 STOP_GRACE = 10.0  # seconds past the shutdown timeout before stopping actors are killed
+TICK = 1.0  # seconds between liveness checks at most
 
 
 @dataclass
@@ -92,6 +93,9 @@ class Supervisor:
         heartbeat_interval: seconds between an actor's heartbeats.
         hang_timeout: seconds without any frame after which an actor counts as hung.
         rescue_ttl: seconds without a database heartbeat before the leader rescues an actor.
+            A hung (paused) actor must be killed before its work is rescued, or its works
+            could run again elsewhere while it resumes: so `hang_timeout` plus two
+            heartbeat intervals plus the supervisor's one-second tick must fit in it.
         lease_ttl: seconds a leader's lease lasts; failover after a crash takes at most this.
         start_timeout: seconds an actor may take to report Started.
     """
@@ -103,11 +107,19 @@ class Supervisor:
         *,
         shutdown_timeout: float = 30.0,
         heartbeat_interval: float = 2.0,
-        hang_timeout: float = 15.0,
+        hang_timeout: float = 5.0,
         rescue_ttl: float = 10.0,
         lease_ttl: float = 15.0,
         start_timeout: float = 60.0,
     ) -> None:
+        longest_hang = rescue_ttl - 2 * heartbeat_interval - TICK
+        if hang_timeout > longest_hang:
+            raise ConfigError(
+                f"hang timeout {hang_timeout:g}s is too long for rescue TTL {rescue_ttl:g}s with "
+                f"heartbeats every {heartbeat_interval:g}s: a paused actor would have its work "
+                "rescued and run elsewhere before it is killed, and then resume it; use "
+                f"--hang-timeout {max(longest_hang, 0):g} or less, or a longer --rescue-ttl"
+            )
         self.app = app
         self.dsn = dsn
         self.shutdown_timeout = shutdown_timeout
@@ -183,7 +195,7 @@ class Supervisor:
                     self._spawn(slot)
 
     def _next_timeout(self, now: float) -> float:
-        deadlines = [now + 1.0]
+        deadlines = [now + TICK]
         deadlines.extend(s.restart_at for s in self.slots if s.restart_at is not None)
         return max(0.0, min(deadlines) - now)
 

@@ -77,6 +77,7 @@ class Completer:
         self._room = asyncio.Event()
         self._room.set()
         self._writing = 0
+        self._batch: list[Result] = []  # the batch being written
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -84,6 +85,11 @@ class Completer:
     def backlog(self) -> int:
         """Results not yet written."""
         return len(self._pending) + self._writing
+
+    @property
+    def unwritten(self) -> set[int]:
+        """Job ids whose results are queued or being written."""
+        return {r.id for r in self._pending} | {r.id for r in self._batch}
 
     async def add(self, result: Result) -> None:
         """Queue `result`; waits while the backlog is full (backpressure on claiming)."""
@@ -119,6 +125,7 @@ class Completer:
             batch, self._pending = self._pending, []
             self._has_pending.clear()
             self._writing = len(batch)
+            self._batch = batch
             try:
                 stale = await self._write(batch)
             except (psycopg.Error, OSError) as exc:
@@ -134,6 +141,7 @@ class Completer:
                 continue
             finally:
                 self._writing = 0
+                self._batch = []
             if len(self._pending) < self._max_pending:
                 self._room.set()
             self._on_written(batch, stale)

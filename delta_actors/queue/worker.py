@@ -6,6 +6,9 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
 - completer: writes results in fenced batches;
 - scheduler (optional): promotes due scheduled/retryable jobs;
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
+  when the row is gone (rescued) or no heartbeat got through for most of the rescue TTL,
+  it cancels every running job and fails the worker: its claims are, or soon will be,
+  another actor's, and two runs of one resource must never overlap;
 - deadline watch: cancels runs that exceed their kind's timeout (a failed attempt).
 Job runs are tasks outside the group: a job failing is an outcome, not a worker failure.
 
@@ -15,6 +18,13 @@ work may wait), or by the poll timer. Wake-ups arriving while a claim is in flig
 into the next claim, so claims batch themselves under load and cost one round trip at
 rest. A slot frees when its result is queued for the completer, which pushes back when
 its backlog is full.
+
+Lost replies: a claim commits but its reply can be lost with the connection (PostgreSQL
+restarted, backend terminated). The rows are then `running` under this live actor, which
+does not know them, and rescue never comes because the actor heartbeats on. So after a
+failed claim, before claiming again (no claim is in flight then), the producer looks up
+the claims the table says this actor holds; those neither running here nor waiting in the
+completer are handed back, uncounted (works: a cancelled row and a follow-up work).
 
 Stopping (`stop(timeout)`): claim no more (the claim in flight completes), let running
 jobs finish until the deadline, cancel the rest and hand their claims back without
@@ -37,6 +47,7 @@ from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import make_async_pool, translate_errors
+from delta_actors.errors import ActorLostError
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
@@ -61,6 +72,8 @@ class Worker:
         actor_id: the `delta_actor` row this worker claims as; None registers a new one.
         run_scheduler: promote due jobs from this worker (the leader does it in a cluster).
         heartbeat_interval: seconds between heartbeats of the actor row.
+        rescue_ttl: the leader's rescue TTL; a worker that cannot heartbeat for most of it
+            stops (ActorLostError) before its claims can be rescued and run elsewhere.
         retry_policy: attempt number -> seconds before the next attempt after a failure.
     """
 
@@ -75,6 +88,7 @@ class Worker:
         actor_id: int | None = None,
         run_scheduler: bool = True,
         heartbeat_interval: float = 2.0,
+        rescue_ttl: float = 10.0,
         retry_policy: Callable[[int], float] = retry_delay,
     ) -> None:
         self._app = app
@@ -85,6 +99,9 @@ class Worker:
         self.actor_id = actor_id
         self._owns_actor = actor_id is None
         self._heartbeat_interval = heartbeat_interval
+        # Detection takes up to an interval plus an attempt's timeout; keep a second spare.
+        fence = rescue_ttl - heartbeat_interval - max(heartbeat_interval, 1.0) - 1.0
+        self._fence = max(fence, heartbeat_interval)
         self._retry_policy = retry_policy
         self.stats = WorkerStats()
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
@@ -98,6 +115,7 @@ class Worker:
         self._claiming = True
         self._cancelling = False
         self._handed_back: list[Claim] = []
+        self._replies_lost = False  # a claim failed: its rows may be ours without our knowing
         self._main: asyncio.Task[None] | None = None
         self._producer: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -204,21 +222,34 @@ class Worker:
 
     async def _run_components(self) -> None:
         assert self._completer is not None
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._listener.run(), name=f"worker:{self.namespace}:listener")
-            self._producer = group.create_task(
-                self._produce(), name=f"worker:{self.namespace}:producer"
-            )
-            group.create_task(self._completer.run(), name=f"worker:{self.namespace}:completer")
-            if self._owns_actor:
-                assert self.actor_id is not None
-                group.create_task(
-                    heartbeat(self._pool, self.actor_id, self._heartbeat_interval),
-                    name=f"worker:{self.namespace}:heartbeat",
-                )
-            if self._scheduler is not None:
-                group.create_task(self._scheduler.run(), name=f"worker:{self.namespace}:scheduler")
-            group.create_task(self._watch_deadlines(), name=f"worker:{self.namespace}:deadlines")
+        name = f"worker:{self.namespace}"
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._listener.run(), name=f"{name}:listener")
+                self._producer = group.create_task(self._produce(), name=f"{name}:producer")
+                group.create_task(self._completer.run(), name=f"{name}:completer")
+                if self._owns_actor:
+                    group.create_task(self._heartbeat(), name=f"{name}:heartbeat")
+                if self._scheduler is not None:
+                    group.create_task(self._scheduler.run(), name=f"{name}:scheduler")
+                group.create_task(self._watch_deadlines(), name=f"{name}:deadlines")
+        except ExceptionGroup as group:
+            # One component failed (the others were cancelled): raise its error itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _heartbeat(self) -> None:
+        assert self.actor_id is not None
+        try:
+            await heartbeat(self._pool, self.actor_id, self._heartbeat_interval, fence=self._fence)
+        except ActorLostError:
+            # Our claims are, or are about to be, someone else's: not one more moment of them.
+            self._claiming = False
+            for claim in self._running.values():
+                if claim.task is not None:
+                    claim.task.cancel()
+            raise
 
     # ------------------------------------------------------------------ claiming
 
@@ -239,8 +270,12 @@ class Worker:
             if not self._claiming or free <= 0 or not self._maybe_more:
                 continue
             try:
+                if self._replies_lost:
+                    await self._return_unknown_claims()
+                    self._replies_lost = False
                 claims = await self._claim(free)
             except (psycopg.Error, OSError) as exc:
+                self._replies_lost = True
                 logger.warning(
                     "claiming jobs failed: %s", exc,
                     extra={"event": "worker.claim_failed", "namespace": self.namespace},
@@ -260,6 +295,29 @@ class Worker:
         self.stats.claims += 1
         self.stats.claimed += len(rows)
         return [Claim.from_row(row) for row in rows]
+
+    async def _return_unknown_claims(self) -> None:
+        """Hand back the claims the table gives this actor but this process never saw."""
+        assert self._completer is not None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.SELECT_CLAIMS_OF_ACTOR, (self.actor_id, 100_000))
+            rows = await cur.fetchall()
+        known = self._running.keys() | self._completer.unwritten
+        unknown = [row for row in rows if row[0] not in known]
+        if not unknown:
+            return
+        logger.warning(
+            "%d claims committed but their reply was lost; handing them back: %s",
+            len(unknown), [row[0] for row in unknown][:20],
+            extra={"event": "worker.lost_claims", "namespace": self.namespace},
+        )  # fmt: skip
+        for job_id, attempt, _, resource_id, generation in unknown:
+            if resource_id is not None:
+                await self._completer.add(Reconciler.give_back(job_id, attempt, generation))
+        jobs = [(row[0], row[1]) for row in unknown if row[3] is None]
+        if jobs:
+            await self._return_jobs([i for i, _ in jobs], [a for _, a in jobs])
+        self.stats.handed_back += len(unknown)
 
     # ------------------------------------------------------------------ running
 
@@ -326,11 +384,8 @@ class Worker:
         claims = [c for c in handed_back if c.resource_id is None]
         if not claims:
             return
-        params = ([c.id for c in claims], [c.attempt for c in claims], self.actor_id)
         try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(queries.HAND_BACK_JOBS, params)
-                returned = len(await cur.fetchall())
+            returned = await self._return_jobs([c.id for c in claims], [c.attempt for c in claims])
         except (psycopg.Error, OSError) as exc:
             logger.error(
                 "handing back %d claims failed, rescue will return them: %s", len(claims), exc,
@@ -341,6 +396,12 @@ class Worker:
         logger.info(
             "handed back %d unfinished jobs", returned, extra={"event": "worker.handed_back"}
         )
+
+    async def _return_jobs(self, ids: list[int], attempts: list[int]) -> int:
+        """Make claimed plain jobs available again, uncounted; return how many were."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queries.HAND_BACK_JOBS, (ids, attempts, self.actor_id))
+            return len(await cur.fetchall())
 
     async def queue_depth(self) -> int:
         """Return how many jobs wait in this namespace (capped at 100,000)."""

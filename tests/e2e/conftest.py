@@ -29,7 +29,7 @@ class Supervise:
         argv = [
             sys.executable, "-c", "from delta_actors.cli import main; main()", "supervise",
             "--app", app, "--heartbeat-interval", "0.5", "--hang-timeout", "3",
-            "--rescue-ttl", "3", *args,
+            "--rescue-ttl", "5", *args,
         ]  # fmt: skip
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=log)

@@ -210,3 +210,13 @@ def test_unmigrated_schema_names_migrate(empty_dsn):
     result = run_cli("supervise", "--app", "tests.e2e.apps:app", "--dsn", empty_dsn)
     assert result.returncode != 0
     assert "delta-actors migrate" in result.stderr
+
+
+def test_a_hang_timeout_the_rescue_ttl_cannot_cover_is_refused(e2e_dsn):
+    """A paused actor must be killed before rescue hands its work to another actor."""
+    result = run_cli(
+        "supervise", "--app", "tests.e2e.apps:app", "--dsn", e2e_dsn,
+        "--heartbeat-interval", "2", "--hang-timeout", "15", "--rescue-ttl", "10",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--hang-timeout 5 or less, or a longer --rescue-ttl" in result.stderr

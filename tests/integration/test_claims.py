@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import subprocess
 import sys
 
 import psycopg
 
 import delta_actors as delta
+from delta_actors import queries
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
@@ -207,3 +209,64 @@ async def test_a_rescued_claim_cannot_overwrite_the_newer_state(dsn):
             assert row.finalized_at is None
     finally:
         await client.close()
+
+
+class Gizmo(delta.Object, kind="gizmo"):
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
+    """Claims that committed while the connection died are not held forever by a live actor.
+
+    The rows say `running` under this actor, the actor never saw them and heartbeats on, so
+    rescue would never come: after its next failed claim the worker hands them back,
+    uncounted, and runs them.
+    """
+    ran: collections.Counter[str] = collections.Counter()
+
+    async def note(job: Note) -> None:
+        ran["note"] += 1
+
+    class GizmoController(delta.Controller[Gizmo]):
+        async def work(self, resource: delta.Resource[Gizmo]) -> None:
+            ran["gizmo"] += 1
+
+    app = delta.App(jobs={Note: note}, controllers=[GizmoController()])
+    client = await delta.AsyncClient.connect(dsn, app=app)
+    try:
+        job = await client.enqueue(Note(n=1))
+        informed = await client.inform(Gizmo(key="g1"))
+    finally:
+        await client.close()
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(queries.REGISTER_ACTOR, ("test", 1, "default", "worker"))
+        actor_id = (await cur.fetchone())[0]
+        # What a claim whose reply was lost leaves behind: rows claimed, nobody knows.
+        cur = await conn.execute(
+            queries.CLAIM_JOBS, {"queue": "default", "limit": 10, "actor": actor_id}
+        )
+        assert len(await cur.fetchall()) == 2
+        async with running_worker(app, dsn, actor_id=actor_id) as worker:
+            assert worker.stats.claimed == 0
+            for _ in range(10):  # kill the worker's connections until one of its claims fails
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                with contextlib.suppress(AssertionError):
+                    await wait_until_async(lambda: ran == {"note": 1, "gizmo": 1}, 1.5, "runs")
+                    break
+            assert ran == {"note": 1, "gizmo": 1}
+            assert worker.stats.handed_back == 2
+        cur = await conn.execute(
+            "SELECT state::text, attempt FROM delta_job WHERE id = %s", (job.id,)
+        )
+        assert await cur.fetchone() == ("completed", 1)  # the lost claim was not counted
+        cur = await conn.execute(
+            "SELECT state::text, attempt FROM delta_resource WHERE id = %s",
+            (informed.resource.id,),
+        )
+        assert await cur.fetchone() == ("synced", 0)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 import delta_actors as delta
 from tests.integration.job_table import get_job, is_state, job_states
@@ -234,3 +235,44 @@ async def test_stop_is_bounded_by_a_handler_that_swallows_its_cancellation(dsn):
         assert worker.stats.handed_back == 1
     finally:
         await client.close()
+
+
+async def test_a_worker_cut_off_from_postgres_cancels_its_jobs_and_fails(dsn):
+    """No heartbeat gets through for most of the rescue TTL: the worker gives its jobs up.
+
+    Past the TTL the leader would hand the claims to another actor; the worker must not
+    be running them then. It cancels them and fails with ActorLostError.
+    """
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def nap(job: Nap) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    app = delta.App(jobs={Nap: nap})
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(dsn, dbname="postgres")
+    worker = delta.Worker(app, dsn, heartbeat_interval=0.2, rescue_ttl=3.0, poll_interval=0.2)
+    await worker.start()
+    try:
+        async with await delta.AsyncClient.connect(dsn) as client:
+            await client.enqueue(Nap())
+        await asyncio.wait_for(started.wait(), 10)
+        async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+            await conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+            try:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+                with pytest.raises(delta.ActorLostError, match="could not heartbeat"):
+                    await asyncio.wait_for(worker.wait_stopped(), 15)
+                assert cancelled.is_set()
+            finally:
+                await conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+    finally:
+        await worker.stop(timeout=1)
