@@ -216,8 +216,15 @@ resources AS (
         updated_at = now()
     FROM finished AS f JOIN u ON u.id = f.id
     WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = f.resource_id
-    RETURNING r.id, r.kind, r.namespace, r.max_attempts, r.state, u.delay
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts, r.state, f.id AS job_id,
+        r.generation <> u.generation AS moved_on,
+        CASE WHEN r.generation <> u.generation THEN 0 ELSE u.delay END AS delay
 ),
+-- A work whose generation was overtaken leaves the state to the newer generation, whose
+-- inform queued a work. But a claim racing that inform can take the queued work with the
+-- older object (the claim locks the job row's newest version, yet reads the resource as
+-- of its snapshot): then nothing is queued for the newer generation. So queue one,
+-- unless one is queued (ON CONFLICT) or running already.
 followups AS (
     INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts, state, scheduled_at)
     SELECT x.kind, x.namespace, '\\x', x.id, x.max_attempts,
@@ -225,6 +232,9 @@ followups AS (
            now() + make_interval(secs => greatest(x.delay, 0))
     FROM resources AS x
     WHERE x.delay IS NOT NULL AND x.state <> 'degraded'
+      AND (NOT x.moved_on OR (x.state = 'scheduled' AND NOT EXISTS (
+            SELECT 1 FROM delta_job AS w
+            WHERE w.resource_id = x.id AND w.state = 'running' AND w.id <> x.job_id)))
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO NOTHING

@@ -16,7 +16,8 @@ Invariants:
 - The supervisor never blocks on one actor: every read is non-blocking, every wait has a
   deadline.
 - An actor that exits without a clean Stopped has its claims rescued at once (its process
-  is known dead: waitpid reaped it), counted as a failed attempt.
+  is known dead: waitpid reaped it), counted as a failed attempt; while PostgreSQL cannot
+  be reached the rescue is retried every half tick, not left to the leader's TTL.
 - Restarts back off exponentially (0.5 s doubling to 30 s) per slot; the count resets once
   an actor has lived a minute. Five quick failures in a row are logged as a crash loop.
 - SIGTERM/SIGINT: Stop(shutdown_timeout) to every actor, wait for them (plus a grace
@@ -140,6 +141,9 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._stop_deadline: float | None = None
         self._signals = 0
+        self._unrescued: dict[int, str] = {}  # actor id -> slot name, claims not yet rescued
+        self._next_rescue_at = 0.0
+        self._rescue_failing = False
         self._wakeup_read, self._wakeup_write = socket.socketpair()
 
     # ------------------------------------------------------------------ running
@@ -181,6 +185,7 @@ class Supervisor:
             if self._signals >= 2:
                 return self._stop_now()
             now = time.monotonic()
+            self._retry_rescues(now)
             if self._stop_deadline is not None:
                 if not self.children:
                     logger.info("all actors stopped", extra={"event": "supervisor.stopped"})
@@ -197,6 +202,8 @@ class Supervisor:
     def _next_timeout(self, now: float) -> float:
         deadlines = [now + TICK]
         deadlines.extend(s.restart_at for s in self.slots if s.restart_at is not None)
+        if self._unrescued:
+            deadlines.append(self._next_rescue_at)
         return max(0.0, min(deadlines) - now)
 
     # ------------------------------------------------------------------ actors
@@ -344,23 +351,36 @@ class Supervisor:
 
     def _rescue(self, child: Child) -> None:
         assert child.actor_id is not None
+        self._unrescued[child.actor_id] = child.slot.name
+        self._retry_rescues(time.monotonic())
+
+    def _retry_rescues(self, now: float) -> None:
+        """Rescue the claims of dead actors; retried each tick while PostgreSQL is away."""
+        if not self._unrescued or now < self._next_rescue_at:
+            return
         try:
             with (
                 psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn,
                 conn.transaction(),
             ):
-                rescued = drive(conn, rescue_actors([child.actor_id], "died"))
+                rescued = drive(conn, rescue_actors(list(self._unrescued), "died"))
         except (psycopg.Error, OSError) as exc:
-            logger.error(
-                "rescuing the claims of actor %s failed (the leader will): %s",
-                child.slot.name, exc, extra={"event": "actor.rescue_failed"},
-            )  # fmt: skip
+            self._next_rescue_at = now + TICK / 2
+            if not self._rescue_failing:
+                logger.error(
+                    "rescuing the claims of dead actors %s failed, retrying: %s",
+                    sorted(self._unrescued.values()), exc,
+                    extra={"event": "actor.rescue_failed"},
+                )  # fmt: skip
+            self._rescue_failing = True
             return
         if rescued:
             logger.warning(
-                "rescued %d claims of dead actor %s", rescued, child.slot.name,
+                "rescued %d claims of dead actors %s", rescued, sorted(self._unrescued.values()),
                 extra={"event": "actor.rescued"},
             )  # fmt: skip
+        self._unrescued.clear()
+        self._rescue_failing = False
 
     def _kill(self, child: Child) -> None:
         with contextlib.suppress(ProcessLookupError):

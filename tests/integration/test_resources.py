@@ -336,6 +336,32 @@ async def test_permanent_error_degrades_at_once_and_errors_stay_bounded(dsn, rec
         await client.close()
 
 
+async def test_an_overtaken_work_leaves_a_work_queued_for_the_newer_generation(dsn, recorder):
+    """The completion of a work whose generation was overtaken makes sure one is queued.
+
+    Normally the inform that made the newer generation queued its work. But a claim that
+    races that inform can take the queued work with the older object: it locks the job's
+    newest row version yet reads the resource as of its snapshot. Found by
+    scripts/chaos.py; here the race's aftermath is set up by hand: generation 2 stored,
+    its work already taken by a run that sees generation 1, nothing queued.
+    """
+    client = await delta.AsyncClient.connect(dsn, app=app())
+    try:
+        await client.inform(Doc(key="race", seconds=1.0))
+        async with running_worker(app(), dsn):
+            running = "SELECT count(*) FROM delta_job WHERE state = 'running'"
+            await wait_until_async(lambda: count(dsn, running) == 1, 5, "the work to run")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("UPDATE delta_resource SET generation = 2 WHERE object_id = 'race'")
+            await wait_until_async(
+                lambda: _true(len(recorder.runs) == 2), 10, "the newer generation's work"
+            )
+            await wait_until_async(lambda: state_is(client, "race", delta.State.SYNCED), 5)
+        assert [run[1] for run in recorder.runs] == [1, 2]
+    finally:
+        await client.close()
+
+
 async def test_invalidate_reworks_with_the_stored_object(dsn, recorder):
     """invalidate: the same generation is worked again; a deleted resource stays deleted."""
     recorder.behaviour = {"gone": delta.Delete()}
