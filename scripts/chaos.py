@@ -1,0 +1,771 @@
+"""Fault injection: run a workload under real faults, then check the invariants.
+
+    python scripts/chaos.py --seed 1 --duration 120            # the full run (20,000 resources)
+    python scripts/chaos.py --seed 1 --duration 40 --resources 2000 --json out.json
+
+What it does:
+
+1. Starts its own throwaway PostgreSQL cluster (it restarts it as a fault), migrates a
+   database, and starts `--supervisors` real `delta-actors supervise` processes running
+   the app defined below: three kinds in two namespaces (`alpha`: async controllers, one
+   process; `beta`: a plain-def controller, two processes). Every work records its run
+   (kind, id, generation seen, start, end, pid, outcome) in `chaos_run`, committed before
+   it returns. One kind fails the first attempt of about one resource in eight.
+2. Informs `--resources` objects in bursts, then keeps re-informing random subsets with
+   changes (and some unchanged or stale copies) while the faults run. Every inform that
+   returned is an accepted change: (kind, id) -> the generation it produced.
+3. Injects faults on a seeded schedule, drawn from a shuffled deck so that each kind of
+   fault happens about equally often: SIGKILL of a worker actor, of the leader actor, of a
+   whole supervisor (started again after a moment); SIGSTOP of an actor for longer than
+   the rescue TTL, then SIGCONT; PostgreSQL restarted in fast and immediate mode;
+   backends killed with pg_terminate_backend.
+4. Stops faulting, lets the system settle, and checks:
+   - every accepted change was worked (a successful run) with its generation or a newer
+     one, and every resource ends synced with its newest generation worked;
+   - no two runs of one resource overlapped in time;
+   - no successful run of an older generation came after one of a newer generation;
+   - after every kill or pause, the victim's claims left `running` within the rescue TTL
+     plus one rescue interval (max and p99 reported);
+   - duplicate runs (same resource and generation, both successful) are counted.
+
+Prints a report, writes it as JSON with --json, and exits 1 if an invariant broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import delta_actors as delta
+
+RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS chaos_run (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    object_id text NOT NULL,
+    generation bigint NOT NULL,
+    pid integer NOT NULL,
+    started_at double precision NOT NULL,
+    ended_at double precision NOT NULL,
+    ok boolean NOT NULL
+)
+"""
+RECORD_RUN = (
+    "INSERT INTO chaos_run (kind, object_id, generation, pid, started_at, ended_at, ok) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+# Timing of the runtime under test: production's ratios, scaled down so a run is short.
+HEARTBEAT = 0.5
+HANG_TIMEOUT = 2.5
+RESCUE_TTL = 5.0
+LEASE_TTL = 5.0
+RESCUE_INTERVAL = 1.0  # the leader's Rescuer
+RESCUE_BOUND = RESCUE_TTL + RESCUE_INTERVAL
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+class Widget(delta.Object, kind="widget"):
+    key: str
+    version: int
+    colour: str
+
+    def id(self) -> str:
+        return self.key
+
+    def compare(self, stored: Widget) -> int:
+        return self.version - stored.version
+
+
+class Gadget(delta.Object, kind="gadget"):
+    key: str
+    version: int
+
+    def id(self) -> str:
+        return self.key
+
+    def compare(self, stored: Gadget) -> int:
+        return self.version - stored.version
+
+
+class Ticket(delta.Object, kind="ticket"):
+    key: str
+    version: int
+
+    def id(self) -> str:
+        return self.key
+
+    def compare(self, stored: Ticket) -> int:
+        return self.version - stored.version
+
+
+def _dsn() -> str:
+    return os.environ["DELTA_DATABASE_URL"]
+
+
+def _work_seconds(resource: delta.Resource[Any]) -> float:
+    # Short, varied works, so that claims are often in flight when a fault strikes.
+    return random.Random(f"{resource.object_id}/{resource.generation}").uniform(0.0, 0.03)
+
+
+class _Recorder:
+    """One connection per process (async works) that reconnects after a fault."""
+
+    def __init__(self) -> None:
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def record(self, row: tuple[Any, ...]) -> None:
+        # A controller that tolerates its own database restarting: retry for a while.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                async with self._lock:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = await psycopg.AsyncConnection.connect(
+                            _dsn(), autocommit=True, connect_timeout=5
+                        )
+                    await self._conn.execute(RECORD_RUN, row)
+            except (psycopg.OperationalError, OSError):
+                if self._conn is not None:
+                    await self._conn.close()
+                self._conn = None
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+            else:
+                return
+
+
+_recorder = _Recorder()
+_thread_conns = threading.local()
+
+
+def _record_sync(row: tuple[Any, ...]) -> None:
+    deadline = time.monotonic() + 30.0
+    while True:
+        conn = getattr(_thread_conns, "conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(_dsn(), autocommit=True, connect_timeout=5)
+                _thread_conns.conn = conn
+            conn.execute(RECORD_RUN, row)
+        except (psycopg.OperationalError, OSError):
+            if conn is not None:
+                conn.close()
+            _thread_conns.conn = None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        else:
+            return
+
+
+async def _run_async(resource: delta.Resource[Any], fail: bool) -> None:
+    started = time.time()
+    await asyncio.sleep(_work_seconds(resource))
+    row = (resource.kind, resource.object_id, resource.generation, os.getpid(), started)
+    await _recorder.record((*row, time.time(), not fail))
+    if fail:
+        raise RuntimeError(f"first attempts of {resource.object_id} fail, by design")
+
+
+class WidgetController(delta.Controller[Widget]):
+    namespace = "alpha"
+    max_attempts = 25
+
+    async def work(self, resource: delta.Resource[Widget]) -> None:
+        await _run_async(resource, fail=False)
+
+
+class GadgetController(delta.Controller[Gadget]):
+    namespace = "alpha"
+    max_attempts = 25
+
+    async def work(self, resource: delta.Resource[Gadget]) -> None:
+        first = resource.attempt == 0 and zlib.crc32(resource.object_id.encode()) % 8 == 0
+        await _run_async(resource, fail=first)
+
+
+class TicketController(delta.Controller[Ticket]):
+    namespace = "beta"
+    max_attempts = 25
+
+    def work(self, resource: delta.Resource[Ticket]) -> None:
+        started = time.time()
+        time.sleep(_work_seconds(resource))
+        row = (resource.kind, resource.object_id, resource.generation, os.getpid(), started)
+        _record_sync((*row, time.time(), True))
+
+
+app = delta.App(
+    controllers=[WidgetController(), GadgetController(), TicketController()],
+    namespaces={
+        "alpha": delta.Namespace(max_workers=20),
+        "beta": delta.Namespace(max_workers=8, processes=2),
+    },
+)
+
+KINDS: dict[str, type[delta.Object]] = {"widget": Widget, "gadget": Gadget, "ticket": Ticket}
+
+
+def make_object(kind: str, index: int, version: int) -> delta.Object:
+    key = f"{kind}-{index:06d}"
+    if kind == "widget":
+        return Widget(key, version, colour=random.choice(["red", "green", "blue"]))
+    return KINDS[kind](key, version)  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------------ the harness
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float  # time.time()
+    detail: str
+    claims: list[int] = field(default_factory=list)  # job ids the victim held
+    victims: list[int] = field(default_factory=list)  # actor ids
+    rescued_after: float | None = None
+    downtime: float = 0.0  # seconds PostgreSQL was down (restarts)
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.log_dir = Path(args.log_dir or Path.cwd() / ".chaos")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster: Any = None
+        self.dsn = ""
+        self.supervisors: list[subprocess.Popen[bytes] | None] = []
+        self.accepted: dict[tuple[str, str], int] = {}
+        self.informs = 0
+        self.inform_errors = 0
+        self.faults: list[Fault] = []
+        self.paused: set[int] = set()
+        self.stop_workload = threading.Event()
+        self.lock = threading.Lock()
+
+    # -- setup / teardown
+
+    def start_database(self) -> None:
+        if self.args.dsn:
+            self.dsn = self.args.dsn
+        else:
+            from delta_actors.cluster import throwaway_cluster
+
+            self.cluster = throwaway_cluster()
+            with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
+                # The throwaway cluster acknowledges commits before their WAL is written;
+                # an immediate shutdown then loses commits that the workload saw succeed.
+                # That is PostgreSQL's documented trade, not ours to test: commit for real
+                # (fsync stays off: the OS does not crash here, only PostgreSQL).
+                conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+                conn.execute("SELECT pg_reload_conf()")
+                conn.execute("CREATE DATABASE chaos")
+            self.dsn = self.cluster.dsn("chaos")
+        from delta_actors.schema import migrate
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            migrate(conn)
+            conn.execute(RUNS_TABLE)
+
+    def start_supervisor(self, slot: int) -> None:
+        env = {
+            **os.environ,
+            "DELTA_DATABASE_URL": self.dsn,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+        }
+        argv = [
+            sys.executable, "-m", "delta_actors", "supervise", "--app", "chaos:app",
+            "--heartbeat-interval", str(HEARTBEAT), "--hang-timeout", str(HANG_TIMEOUT),
+            "--rescue-ttl", str(RESCUE_TTL), "--lease-ttl", str(LEASE_TTL),
+            "--shutdown-timeout", "5", "--log-format", "json",
+        ]  # fmt: skip
+        log = (self.log_dir / f"supervisor-{slot}.log").open("ab")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+        log.close()
+        while len(self.supervisors) <= slot:
+            self.supervisors.append(None)
+        self.supervisors[slot] = proc
+
+    def stop_all(self) -> None:
+        for pid in list(self.paused):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for proc in self.supervisors:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.supervisors:
+            if proc is None:
+                continue
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def remove_database(self) -> None:
+        if self.cluster is not None:
+            self.cluster.remove()
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    # -- workload
+
+    def workload(self) -> None:
+        client = self._client()
+        total = self.args.resources
+        kinds = list(KINDS)
+        versions = {(kind, i): 1 for kind in kinds for i in range(total // len(kinds))}
+        keys = list(versions)
+        # The initial bursts: every resource once.
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            self._inform(client, [make_object(k, i, 1) for k, i in batch])
+        # Then changes, unchanged and stale copies, while the faults run.
+        while not self.stop_workload.is_set():
+            batch = self.rng.sample(keys, min(200, len(keys)))
+            objects = []
+            for key in batch:
+                roll = self.rng.random()
+                if roll < 0.7:
+                    versions[key] += 1
+                    objects.append(make_object(key[0], key[1], versions[key]))
+                elif roll < 0.9:
+                    objects.append(make_object(key[0], key[1], versions[key]))
+                else:
+                    objects.append(make_object(key[0], key[1], max(1, versions[key] - 1)))
+            self._inform(client, objects)
+            time.sleep(0.05)
+        client.close()
+
+    def _client(self) -> delta.Client:
+        while True:
+            try:
+                return delta.Client.connect(self.dsn, app=app)
+            except delta.DatabaseError:
+                time.sleep(0.5)
+
+    def _inform(self, client: delta.Client, objects: list[delta.Object]) -> None:
+        # One batch per kind, as an informer would send them.
+        for kind in KINDS:
+            group = [o for o in objects if o.kind == kind]  # type: ignore[attr-defined]
+            if not group:
+                continue
+            for _ in range(60):
+                try:
+                    results = client.inform_many(group)
+                except delta.DatabaseError:
+                    # Outcome unknown (the connection died at commit?): not counted as
+                    # accepted; the checker's end-state check covers it either way.
+                    self.inform_errors += 1
+                    time.sleep(0.25)
+                    continue
+                with self.lock:
+                    self.informs += len(results)
+                    for result in results:
+                        resource = result.resource
+                        if result.outcome in (
+                            delta.InformOutcome.CREATED,
+                            delta.InformOutcome.UPDATED,
+                        ):
+                            key = (resource.kind, resource.object_id)
+                            self.accepted[key] = max(self.accepted.get(key, 0), resource.generation)
+                break
+
+    # -- faults
+
+    def actors(self) -> list[tuple[int, int, str, str]]:
+        """(actor id, pid, namespace, role) of live registered actors on this host."""
+        rows = self.query(
+            "SELECT id, pid, namespace, role FROM delta_actor WHERE host = %s ORDER BY id",
+            (socket.gethostname(),),
+        )
+        return [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows if _alive(int(r[1]))]
+
+    def claims_of(self, actor_ids: list[int]) -> list[int]:
+        rows = self.query(
+            "SELECT id FROM delta_job WHERE state = 'running' AND claimed_by = ANY(%s)",
+            (actor_ids,),
+        )
+        return [int(r[0]) for r in rows]
+
+    def inject(self, kind: str) -> Fault | None:
+        now = time.time()
+        match kind:
+            case "kill_actor" | "pause_actor":
+                workers = [a for a in self.actors() if a[3] == "worker" and a[1] not in self.paused]
+                if not workers:
+                    return None
+                actor_id, pid, namespace, _ = self.rng.choice(workers)
+                claims = self.claims_of([actor_id])
+                if kind == "kill_actor":
+                    os.kill(pid, signal.SIGKILL)
+                    detail = f"SIGKILL worker {namespace} pid {pid}"
+                else:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.paused.add(pid)
+                    pause = self.rng.uniform(RESCUE_TTL + 1, RESCUE_TTL + 3)
+                    threading.Timer(pause, self._resume, (pid,)).start()
+                    detail = f"SIGSTOP worker {namespace} pid {pid} for {pause:.1f}s"
+                return Fault(kind, now, detail, claims, [actor_id])
+            case "kill_leader":
+                rows = self.query("SELECT actor_id, pid FROM delta_leader")
+                if not rows or not _alive(int(rows[0][1])):
+                    return None
+                actor_id, pid = int(rows[0][0]), int(rows[0][1])
+                os.kill(pid, signal.SIGKILL)
+                return Fault(kind, now, f"SIGKILL leader pid {pid}", [], [actor_id])
+            case "kill_supervisor":
+                live = [(i, p) for i, p in enumerate(self.supervisors) if p and p.poll() is None]
+                if len(live) < 2:
+                    return None  # keep one running: restarts are the point, not an outage
+                slot, proc = self.rng.choice(live)
+                children = _children(proc.pid)
+                victims = [a[0] for a in self.actors() if a[1] in children]
+                claims = self.claims_of(victims)
+                proc.kill()
+                proc.wait()
+                delay = self.rng.uniform(0.5, 3.0)
+                threading.Timer(delay, self.start_supervisor, (slot,)).start()
+                detail = f"SIGKILL supervisor {slot} pid {proc.pid}, restart in {delay:.1f}s"
+                return Fault(kind, now, detail, claims, victims)
+            case "pg_restart_fast" | "pg_restart_immediate":
+                mode = kind.rsplit("_", 1)[1]
+                self.cluster.restart(mode)
+                down = time.time() - now
+                detail = f"PostgreSQL restarted ({mode}, {down:.1f}s)"
+                return Fault(kind, now, detail, downtime=down)
+            case "terminate_backends":
+                rows = self.query(
+                    "SELECT count(pg_terminate_backend(pid)) FROM ("
+                    " SELECT pid FROM pg_stat_activity WHERE datname = 'chaos'"
+                    " AND pid <> pg_backend_pid() ORDER BY random() LIMIT 8) t"
+                )
+                return Fault(kind, now, f"terminated {rows[0][0]} backends")
+        raise AssertionError(kind)
+
+    def _resume(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        self.paused.discard(pid)
+
+    def fault_kinds(self) -> list[str]:
+        kinds = ["kill_actor", "kill_leader", "kill_supervisor", "pause_actor"]
+        kinds.append("terminate_backends")
+        if self.cluster is not None:
+            kinds += ["pg_restart_fast", "pg_restart_immediate"]
+        return kinds
+
+    def run_faults(self, duration: float) -> None:
+        deck: list[str] = []
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            time.sleep(self.rng.uniform(1.0, 3.0))
+            if not deck:
+                deck = self.fault_kinds()
+                self.rng.shuffle(deck)
+            kind = deck.pop()
+            try:
+                fault = self.inject(kind)
+            except psycopg.OperationalError as exc:
+                print(f"  could not inject {kind}: {exc}", flush=True)
+                continue
+            if fault is not None:
+                self.faults.append(fault)
+                print(f"  {time.strftime('%H:%M:%S')} {fault.detail}", flush=True)
+
+    def watch_rescues(self) -> None:
+        """Time until each victim's claims left `running` under the victim."""
+        while not self.stop_workload.is_set() or any(self._pending()):
+            for fault in self._pending():
+                with contextlib.suppress(psycopg.OperationalError):
+                    rows = self.query(
+                        "SELECT count(*) FROM delta_job WHERE id = ANY(%s)"
+                        " AND state = 'running' AND claimed_by = ANY(%s)",
+                        (fault.claims, fault.victims),
+                    )
+                    if rows[0][0] == 0:
+                        fault.rescued_after = time.time() - fault.at
+            time.sleep(0.05)
+
+    def _pending(self) -> list[Fault]:
+        return [
+            f
+            for f in self.faults
+            if f.claims and f.rescued_after is None and time.time() - f.at < 120
+        ]
+
+    # -- settle and check
+
+    def settle(self, timeout: float) -> float:
+        for pid in list(self.paused):
+            self._resume(pid)
+        for slot, proc in enumerate(self.supervisors):
+            if proc is None or proc.poll() is not None:
+                self.start_supervisor(slot)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            with contextlib.suppress(psycopg.OperationalError):
+                rows = self.query(
+                    "SELECT (SELECT count(*) FROM delta_resource WHERE state <> 'synced'),"
+                    " (SELECT count(*) FROM delta_job WHERE resource_id IS NOT NULL"
+                    "  AND state IN ('available', 'scheduled', 'retryable', 'running'))"
+                )
+                if rows[0] == (0, 0):
+                    return time.monotonic() - started
+            time.sleep(0.5)
+        return -1.0
+
+    def check(self, settled_in: float) -> dict[str, Any]:
+        violations: list[str] = []
+        if settled_in < 0:
+            violations.append(f"did not settle within {self.args.settle_timeout:g}s")
+        resources = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in self.query("SELECT kind, object_id, generation, state FROM delta_resource")
+        }
+        runs: dict[tuple[str, str], list[Run]] = {}
+        for kind, object_id, generation, pid, started, ended, ok in self.query(
+            "SELECT kind, object_id, generation, pid, started_at, ended_at, ok FROM chaos_run"
+        ):
+            runs.setdefault((kind, object_id), []).append(Run(started, ended, generation, ok, pid))
+        violations += self._check_worked(resources, runs)
+        order = _check_order(runs)
+        violations += order.pop("violations")
+        violations += self._check_rescues()
+        latencies = sorted(f.rescued_after for f in self.faults if f.rescued_after is not None)
+        by_kind: dict[str, int] = {}
+        for fault in self.faults:
+            by_kind[fault.kind] = by_kind.get(fault.kind, 0) + 1
+        return {
+            "seed": self.args.seed,
+            "duration": self.args.duration,
+            "supervisors": self.args.supervisors,
+            "resources": len(resources),
+            "accepted_changes": len(self.accepted),
+            "informed_objects": self.informs,
+            "inform_errors": self.inform_errors,
+            "runs": sum(len(v) for v in runs.values()),
+            "failed_runs_by_design": sum(1 for v in runs.values() for r in v if not r.ok),
+            **order,
+            "faults": by_kind,
+            "fault_count": len(self.faults),
+            "rescues_measured": len(latencies),
+            "rescue_max_s": round(latencies[-1], 3) if latencies else None,
+            "rescue_p99_s": round(_percentile(latencies, 0.99), 3) if latencies else None,
+            "rescue_bound_s": RESCUE_BOUND,
+            "rescues_past_plain_bound": sum(1 for x in latencies if x > RESCUE_BOUND),
+            "settled_in_s": round(settled_in, 1),
+            "violations": violations,
+        }
+
+    def _check_worked(
+        self, resources: dict[tuple[str, str], tuple[int, str]], runs: dict[Any, list[Run]]
+    ) -> list[str]:
+        """Every accepted change, and every resource's newest generation, worked; all synced."""
+        found = []
+
+        def worked(key: tuple[str, str], generation: int) -> bool:
+            return any(r.ok and r.generation >= generation for r in runs.get(key, []))
+
+        for key, generation in self.accepted.items():
+            if key not in resources:
+                found.append(f"lost: accepted {key} generation {generation} has no resource")
+            elif not worked(key, generation):
+                found.append(f"not worked: {key} generation {generation}")
+        for key, (generation, state) in resources.items():
+            if state != "synced":
+                found.append(f"ends {state}: {key}")
+            if not worked(key, generation):
+                found.append(f"newest generation {generation} of {key} never worked")
+        return found
+
+    def rescue_bound(self, fault: Fault) -> float:
+        """The TTL plus one rescue interval, plus what other faults in the window cost.
+
+        Rescue needs PostgreSQL (each restart in the window adds its downtime and a
+        second to reconnect) and, when the victim's supervisor is gone too, a leader
+        (each leader or supervisor kill in the window adds a lease TTL for the failover).
+        """
+        bound = RESCUE_BOUND
+        for other in self.faults:
+            if other is fault or not fault.at <= other.at <= fault.at + bound:
+                continue
+            if other.downtime:
+                bound += other.downtime + 1.0
+            elif other.kind in ("kill_leader", "kill_supervisor"):
+                bound += LEASE_TTL + RESCUE_INTERVAL
+        return bound
+
+    def _check_rescues(self) -> list[str]:
+        found = [
+            f"claims never rescued after: {f.detail}"
+            for f in self.faults
+            if f.claims and f.rescued_after is None
+        ]
+        found += [
+            f"slow rescue: {f.rescued_after:.2f}s after {f.detail} "
+            f"(bound {self.rescue_bound(f):.1f}s with the faults around it)"
+            for f in self.faults
+            if f.rescued_after is not None and f.rescued_after > self.rescue_bound(f)
+        ]
+        return found
+
+
+@dataclass(order=True)
+class Run:
+    started: float
+    ended: float
+    generation: int
+    ok: bool
+    pid: int
+
+
+def _check_order(runs: dict[tuple[str, str], list[Run]]) -> dict[str, Any]:
+    """Overlapping runs, successful runs going back a generation, and duplicates."""
+    violations: list[str] = []
+    overlaps = backwards = duplicates = 0
+    for key, entries in runs.items():
+        entries.sort()
+        latest_end = 0.0
+        newest_ok = 0
+        seen_ok: set[int] = set()
+        for run in entries:
+            if run.started < latest_end:
+                overlaps += 1
+                violations.append(
+                    f"overlap: {key} run of generation {run.generation} (pid {run.pid}) "
+                    f"started {latest_end - run.started:.3f}s before the previous ended"
+                )
+            latest_end = max(latest_end, run.ended)
+            if not run.ok:
+                continue
+            if run.generation < newest_ok:
+                backwards += 1
+                violations.append(
+                    f"backwards: {key} worked generation {run.generation} after {newest_ok}"
+                )
+            newest_ok = max(newest_ok, run.generation)
+            duplicates += run.generation in seen_ok
+            seen_ok.add(run.generation)
+    return {
+        "duplicate_runs": duplicates,
+        "overlaps": overlaps,
+        "backwards": backwards,
+        "violations": violations,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print("\nchaos report")
+    for key, value in report.items():
+        if key != "violations":
+            print(f"  {key:24} {value}")
+    if report["violations"]:
+        print(f"\n{len(report['violations'])} VIOLATIONS:")
+        for line in report["violations"][:50]:
+            print(f"  - {line}")
+    else:
+        print("\n  no invariant broke")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
+    parser.add_argument("--resources", type=int, default=20_000)
+    parser.add_argument("--supervisors", type=int, default=2, choices=[2, 3])
+    parser.add_argument("--settle-timeout", type=float, default=180.0)
+    parser.add_argument("--dsn", help="an external database (no PostgreSQL restarts then)")
+    parser.add_argument("--log-dir", help="where supervisor logs go (default ./.chaos)")
+    parser.add_argument("--json", type=Path, help="write the report here too")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the database running for a look afterwards"
+    )
+    args = parser.parse_args()
+    # The harness's own client reconnects through every fault; its pool's warnings are noise.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+    harness = Harness(args)
+    harness.start_database()
+    try:
+        for slot in range(args.supervisors):
+            harness.start_supervisor(slot)
+        workload = threading.Thread(target=harness.workload, daemon=True)
+        watcher = threading.Thread(target=harness.watch_rescues, daemon=True)
+        print(f"chaos: seed {args.seed}, {args.resources} resources, {args.duration:g}s of faults")
+        workload.start()
+        watcher.start()
+        harness.run_faults(args.duration)
+        harness.stop_workload.set()
+        workload.join()
+        settled_in = harness.settle(args.settle_timeout)
+        watcher.join(timeout=130)
+        report = harness.check(settled_in)
+    finally:
+        harness.stop_all()
+        if args.keep:
+            print(f"database kept: psql '{harness.dsn}'")
+        else:
+            harness.remove_database()
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 1 if report["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
