@@ -27,7 +27,7 @@ class Nap(delta.Job, kind="nap"):
 
 
 async def test_notify_wakes_an_idle_worker_long_before_its_poll(dsn):
-    """poll_interval=30: a job enqueued once the worker listens and idles runs within 2 s."""
+    """poll_interval=30: a job enqueued once the worker listens and idles runs long before."""
     started = asyncio.Event()
 
     async def mark(job: Note) -> None:
@@ -41,11 +41,11 @@ async def test_notify_wakes_an_idle_worker_long_before_its_poll(dsn):
             # The claim made on start-up found nothing; only a notification can wake it now.
             await wait_until_async(lambda: worker.stats.claims >= 1, 5, "the start-up claim")
             claims_before = worker.stats.claims
-            enqueued_at = time.monotonic()
             job = await client.enqueue(Note())
-            async with asyncio.timeout(2.0):
+            # The poll is 30 s away: starting well within it proves the notification woke it
+            # (10 s leaves room for a loaded machine).
+            async with asyncio.timeout(10.0):
                 await started.wait()
-            assert time.monotonic() - enqueued_at < 2.0
             assert worker.stats.claims > claims_before
             await wait_until_async(lambda: is_state(client, job.id, COMPLETED), 5)
     finally:
