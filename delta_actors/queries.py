@@ -24,7 +24,7 @@ r.id, r.kind, r.object_id, r.namespace, """
         + state
         + """ AS state,
 r.generation, r.attempt, r.max_attempts, array_to_json(r.errors)::text AS errors, r.tags,
-r.metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at
+r.metadata::text AS metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at
 """
     )
 
@@ -328,6 +328,9 @@ RETURNING """
 # writes resources locks them first, in id order (a `FOR UPDATE ... ORDER BY id` CTE),
 # and only then writes the queued work. Claims never lock resources.
 
+# Resource rows carry metadata as text: decoded by msgspec, ten times cheaper than
+# psycopg's jsonb loader (json.loads).
+#
 # Phase 1 of an inform: what is stored for these identities (the object only for kinds
 # whose change detection needs it, compare()). `= ANY` on both columns of the identity
 # index keeps this one index pass whatever the statistics say (a join against unnest
@@ -337,9 +340,9 @@ SELECT_STORED_RESOURCES: LiteralString = (
     """
 SELECT """
     + RESOURCE_COLUMNS
-    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)s::text[]) THEN r.object END
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END
 FROM delta_resource AS r
-WHERE r.kind = ANY(%(kinds)s::text[]) AND r.object_id = ANY(%(object_ids)s::text[])
+WHERE r.kind = ANY(%(kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
 """
 )
 
@@ -349,6 +352,9 @@ SELECT_STORED_RESOURCES_FOR_UPDATE: LiteralString = (
     SELECT_STORED_RESOURCES.rstrip() + "\nORDER BY r.id\nFOR UPDATE OF r\n"
 )
 
+# Array parameters of informs go in binary (`%b`): psycopg dumps large text and bytea
+# arrays about ten times faster so than as escaped text literals.
+#
 # Phase 2: write the changes, fenced on the generation phase 1 saw (NULL: not stored), and
 # fold each into the resource's queued work. An identity that changed meanwhile is not
 # returned, and the caller runs phase 1 again for it.
@@ -356,9 +362,9 @@ WRITE_RESOURCES: LiteralString = (
     """
 WITH input AS (
     SELECT * FROM unnest(
-        %(kinds)s::text[], %(object_ids)s::text[], %(namespaces)s::text[], %(objects)s::bytea[],
-        %(hashes)s::bytea[], %(ids)s::bigint[], %(expected)s::bigint[],
-        %(max_attempts)s::smallint[])
+        %(kinds)b::text[], %(object_ids)b::text[], %(namespaces)b::text[], %(objects)b::bytea[],
+        %(hashes)b::bytea[], %(ids)b::bigint[], %(expected)b::bigint[],
+        %(max_attempts)b::smallint[])
     AS i(kind, object_id, namespace, object, hash, id, expected, max_attempts)
 ),
 -- Tags and metadata are options of the whole call: one value, not one per row.
@@ -380,7 +386,7 @@ inserted AS (
 ),
 locked AS (
     SELECT r.id FROM delta_resource AS r
-    WHERE r.id = ANY(%(ids)s::bigint[])
+    WHERE r.id = ANY(%(ids)b::bigint[])
     ORDER BY r.id
     FOR UPDATE
 ),

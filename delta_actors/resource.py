@@ -68,6 +68,7 @@ class InformResult(msgspec.Struct, Generic[T], frozen=True):
 
 
 _errors_decoder = msgspec.json.Decoder(list[JobError])
+_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
 _states = {state.value: state for state in State}
 
 
@@ -80,5 +81,6 @@ def resource_from_row(row: Sequence[Any], obj: T) -> Resource[T]:
     return Resource(
         id_, kind, object_id, namespace, obj, _states[state], generation, attempt, max_attempts,
         _errors_decoder.decode(errors) if errors and errors != "[]" else [],
-        list(tags), metadata, created_at, updated_at, attempted_at, synced_at,
+        list(tags), _metadata_decoder.decode(metadata) if metadata != "{}" else {},
+        created_at, updated_at, attempted_at, synced_at,
     )  # fmt: skip

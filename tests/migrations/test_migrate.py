@@ -150,7 +150,7 @@ def _statements() -> dict[str, str]:
 
 
 def to_dollar_params(text: str) -> str:
-    """Turn psycopg's %s / %(name)s placeholders into $1..$n, as the server sees them."""
+    """Turn psycopg placeholders (%s, %(name)s, or %b/%t) into $1..$n, as the server sees them."""
     counter = iter(range(1, 1000))
     names: dict[str, int] = {}
 
@@ -162,13 +162,13 @@ def to_dollar_params(text: str) -> str:
             names[key] = next(counter)
         return f"${names[key]}"
 
-    return re.sub(r"%(?:\((\w+)\))?s", number, text).replace("%%", "%")
+    return re.sub(r"%(?:\((\w+)\))?[sbt]", number, text).replace("%%", "%")
 
 
 def test_to_dollar_params_numbers_positional_and_reuses_named_placeholders():
     """The converter used below: %s counts up, a repeated %(name)s keeps its number."""
     assert to_dollar_params("a = %s AND b = %s") == "a = $1 AND b = $2"
-    assert to_dollar_params("%(x)s, %(y)s, %(x)s, 100%%") == "$1, $2, $1, 100%"
+    assert to_dollar_params("%(x)s, %(y)b, %(x)s, 100%%") == "$1, $2, $1, 100%"
 
 
 def test_every_statement_prepares_against_the_migrated_schema(dsn):
