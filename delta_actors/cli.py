@@ -77,6 +77,14 @@ def migrate(dsn: str | None) -> None:
     help="Seconds a leader's lease lasts; failover after a crash takes at most this.",
 )  # fmt: skip
 @click.option(
+    "--metrics-port", type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (0 picks a free one; the log says which).",
+)  # fmt: skip
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True,
+    help="Address the metrics server binds to (0.0.0.0: every interface).",
+)  # fmt: skip
+@click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
@@ -92,6 +100,8 @@ def supervise(  # noqa: PLR0917 (click passes every option)
     hang_timeout: float,
     rescue_ttl: float,
     lease_ttl: float,
+    metrics_port: int | None,
+    metrics_host: str,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -121,6 +131,8 @@ def supervise(  # noqa: PLR0917 (click passes every option)
             hang_timeout=hang_timeout,
             rescue_ttl=rescue_ttl,
             lease_ttl=lease_ttl,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         code = supervisor.run()
     except DeltaError as exc:

@@ -284,11 +284,22 @@ INSERT INTO delta_actor (host, pid, namespace, role) VALUES (%s, %s, %s, %s) RET
 # Touches no row when rescue declared the actor dead meanwhile.
 HEARTBEAT_ACTOR: LiteralString = "UPDATE delta_actor SET heartbeat_at = now() WHERE id = %s"
 
-# Capped: an exact count of a deep queue costs more than a heartbeat is worth.
+# Capped: an exact count of a deep queue costs more than a heartbeat is worth. The lag
+# takes the oldest due time per priority (one claim-index lookup each, 1..4), since the
+# index orders by priority first.
 COUNT_AVAILABLE_JOBS: LiteralString = """
-SELECT count(*) FROM (
-    SELECT 1 FROM delta_job WHERE state = 'available' AND queue = %s LIMIT 100000
-) AS available
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM delta_job
+        WHERE state = 'available' AND queue = %(queue)s LIMIT 100000
+    ) AS available),
+    extract(epoch FROM now() - (
+        SELECT min((
+            SELECT j.scheduled_at FROM delta_job AS j
+            WHERE j.state = 'available' AND j.queue = %(queue)s AND j.priority = p
+            ORDER BY j.scheduled_at LIMIT 1
+        )) FROM generate_series(1, 4) AS p
+    ))::float8
 """
 
 UNREGISTER_ACTOR: LiteralString = "DELETE FROM delta_actor WHERE id = %s"
