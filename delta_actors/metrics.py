@@ -58,24 +58,25 @@ _WORK_RESULTS = {
 ERROR_RESULTS = frozenset({"error", "degraded", "discarded"})
 
 
+_JOB_RESULTS = {
+    JobState.COMPLETED: "success",
+    JobState.CANCELLED: "cancelled",
+    JobState.DISCARDED: "discarded",
+}
+
+
 def result_label(result: Result) -> str:
     """Name the outcome of one run for the `result` label."""
-    if isinstance(result, WorkResult):
-        if result.resource_state is None:
+    # Dict lookups, not a match over enums: every finished run pays for this.
+    if type(result) is WorkResult:
+        state = result.resource_state
+        if state is None:
             return "cancelled"  # no controller for the kind, or the resource is gone
-        return _WORK_RESULTS.get(result.resource_state, result.resource_state)
+        return _WORK_RESULTS.get(state, state)
     assert isinstance(result, JobResult)
     if result.give_back:
         return "requeue"
-    match result.state:
-        case JobState.COMPLETED:
-            return "success"
-        case JobState.CANCELLED:
-            return "cancelled"
-        case JobState.DISCARDED:
-            return "discarded"
-        case _:
-            return "error"
+    return _JOB_RESULTS.get(result.state, "error")
 
 
 @dataclass(slots=True)
@@ -100,7 +101,7 @@ class Recorder:
 
     def observe(self, kind: str, result: Result, seconds: float) -> None:
         """Count one finished run of `kind` that took `seconds`."""
-        key = (isinstance(result, WorkResult), kind)
+        key = (type(result) is WorkResult, kind)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()

@@ -637,9 +637,28 @@ SELECT id, host, pid, namespace, role, started_at,
 FROM delta_actor ORDER BY namespace, role, id
 """
 
-# The one full read of delta_resource: a status that counts every resource.
+# The one full read of delta_resource: a status that counts every resource. As in
+# RESOURCE_COLUMNS, a resource whose work runs counts as `running`, not as its stored
+# state; running works are few (bounded by the slots), so that correction is cheap.
 COUNT_RESOURCES_BY_STATE: LiteralString = """
-SELECT kind, state::text, count(*) FROM delta_resource GROUP BY kind, state ORDER BY kind, state
+WITH stored AS (
+    SELECT kind, state::text AS state, count(*) AS n FROM delta_resource GROUP BY 1, 2
+),
+running AS (
+    SELECT r.kind, r.state::text AS state, count(*) AS n
+    FROM delta_job AS j JOIN delta_resource AS r ON r.id = j.resource_id
+    WHERE j.state = 'running'
+    GROUP BY 1, 2
+)
+SELECT kind, state, sum(n)::bigint
+FROM (
+    SELECT kind, state, n FROM stored
+    UNION ALL SELECT kind, state, -n FROM running
+    UNION ALL SELECT kind, 'running', n FROM running
+) AS counts
+GROUP BY kind, state
+HAVING sum(n) > 0
+ORDER BY kind, state
 """
 
 SELECT_QUEUES: LiteralString = """

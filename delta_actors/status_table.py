@@ -128,7 +128,7 @@ def _leader(status: Status) -> str:
 def _resources(status: Status) -> str:
     if not status.resources:
         return "none stored"
-    states = [s.value for s in State if s is not State.RUNNING]
+    states = [s.value for s in State]
     by_kind: dict[str, dict[str, int]] = {}
     for count in status.resources:
         by_kind.setdefault(count.kind, {})[count.state] = count.count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
@@ -102,6 +103,30 @@ async def work_everything(dsn: str) -> None:
             "UPDATE delta_job SET scheduled_at = now() - interval '5 minutes' "
             "WHERE queue = 'parked' AND state = 'available'"
         )
+
+
+async def test_a_resource_whose_work_runs_counts_as_running(dsn):
+    """While its work runs, a resource counts as running, not as its stored state."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    class HeldController(delta.Controller[Good]):
+        async def work(self, resource: delta.Resource[Good]) -> None:
+            started.set()
+            await release.wait()
+
+    app = delta.App(controllers=[HeldController()])
+    with delta.Client.connect(dsn) as client:
+        client.inform_many([Good(key="g1"), Good(key="g2")])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        async with running_worker(app, dsn, max_workers=1):
+            await asyncio.wait_for(started.wait(), 10)
+            assert resource_states(conn) == {("good", "running"): 1, ("good", "scheduled"): 1}
+            assert "RUNNING" in render_status(read_status(conn))
+            release.set()
+            await wait_until_async(
+                lambda: resource_states(conn) == {("good", "synced"): 2}, 10, "both synced"
+            )
 
 
 def test_status_of_a_fresh_database_is_empty(conn):
