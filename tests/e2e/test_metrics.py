@@ -46,7 +46,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def test_metrics_move_as_work_happens_and_survive_restarts(supervise, e2e_dsn):
     """Scrape, inform, scrape: counters, histograms and gauges move; a restart keeps them."""
-    process = supervise("--metrics-port", "0")
+    process = supervise("--metrics-port", "0", "--shutdown-timeout", "1")
     process.wait_started(ACTORS)
     url = metrics_url(process)
     assert url.startswith("http://127.0.0.1:")
@@ -79,14 +79,24 @@ def test_metrics_move_as_work_happens_and_survive_restarts(supervise, e2e_dsn):
     wait_until(lambda: value(scrape(url), "delta_is_leader") == 1, 30, "a leader")
     assert value(scrape(url), "delta_leader_transitions_total", transition="elected") == 1
 
-    # Kill the default namespace's actor: its counts stay, the restart is counted.
+    # Kill the default namespace's actor mid-work: its counts stay, the restart and the
+    # supervisor's rescue of its claim are counted.
+    with delta.Client.connect(e2e_dsn) as client:
+        client.inform(Task(key="stuck", seconds=600.0))
+    wait_until(
+        lambda: value(scrape(url), "delta_active_workers", namespace="default") == 1,
+        30, "the stuck work running",
+    )  # fmt: skip
     victim = next(pid for pid, ns, role in process.actors() if ns == "default")
     os.kill(victim, signal.SIGKILL)
     wait_until(
         lambda: value(scrape(url), "delta_actor_restarts_total", actor="worker:default:0") == 1,
         30, "the restart counted",
     )  # fmt: skip
-    assert value(scrape(url), "delta_reconcile_total", **task, result="success") == 10
+    restarted = scrape(url)
+    assert value(restarted, "delta_reconcile_total", **task, result="success") == 10
+    # At least the stuck work's claim (the flaky resource's retry may be running too).
+    assert value(restarted, "delta_rescued_claims_total", by="supervisor") >= 1
     with delta.Client.connect(e2e_dsn) as client:
         client.inform(Task(key="after-restart"))
     wait_until(
