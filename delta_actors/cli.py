@@ -27,7 +27,11 @@ def _dsn_to_read(dsn: str | None, data_dir: Path | None) -> str:
         return resolved
     from delta_actors.embedded import DATABASE, embedded_cluster
 
-    cluster = embedded_cluster(data_dir)
+    try:
+        cluster = embedded_cluster(data_dir)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if cluster.is_initialized() and cluster.is_running():
         return cluster.dsn(DATABASE)
     raise click.UsageError(
