@@ -127,6 +127,9 @@ class _Actor:
         handed_back_before = self._worker.stats.handed_back if self._worker else 0
         await self._body.stop(timeout=timeout)
         handed_back = (self._worker.stats.handed_back if self._worker else 0) - handed_back_before
+        # The last counters first: a clean stop loses no count (the pool is closed, so
+        # the queue gauges read 0; the supervisor drops gauges of ended actors anyway).
+        await self._send(await self._heartbeat())
         await self._send(protocol.Stopped(handed_back))
         return 0
 
@@ -165,21 +168,28 @@ class _Actor:
 
     async def _send_heartbeats(self) -> None:
         while True:
-            depth = 0
-            if self._worker is not None:
-                with contextlib.suppress(Exception):
-                    depth = await self._worker.queue_depth()
-            stats = self._worker.stats if self._worker else None
-            await self._send(
-                protocol.Heartbeat(
-                    running=len(self._worker._running) if self._worker else 0,
-                    claimed=stats.claimed if stats else 0,
-                    completed=stats.completed if stats else 0,
-                    failed=stats.failed if stats else 0,
-                    queue_depth=depth,
-                )
-            )
+            await self._send(await self._heartbeat())
             await asyncio.sleep(self._spec.heartbeat_interval)
+
+    async def _heartbeat(self) -> protocol.Heartbeat:
+        worker = self._worker
+        if worker is None:
+            assert isinstance(self._body, Leader)
+            leader = self._body
+            return protocol.Heartbeat(
+                running=0, claimed=0, completed=0, failed=0, queue_depth=0,
+                rescued=leader.rescuer.rescued_claims, is_leader=leader.is_leader,
+                elected=leader.terms_led, lost=leader.terms_lost,
+            )  # fmt: skip
+        depth, lag = 0, 0.0
+        with contextlib.suppress(Exception):
+            depth, lag = await worker.queue_depth()
+        stats = worker.stats
+        return protocol.Heartbeat(
+            running=len(worker._running), claimed=stats.claimed, completed=stats.completed,
+            failed=stats.failed, queue_depth=depth, queue_lag=lag,
+            max_workers=worker.max_workers, kinds=worker.recorder.snapshot(),
+        )  # fmt: skip
 
     async def _send(self, message: protocol.Message) -> None:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,32 @@ def _dsn_or_exit(dsn: str | None) -> str:
     return resolved
 
 
+def _dsn_to_read(dsn: str | None, data_dir: Path | None) -> str:
+    """The DSN given, else $DELTA_DATABASE_URL, else the embedded database if it runs."""
+    resolved = resolve_dsn(dsn)
+    if resolved is not None:
+        return resolved
+    from delta_actors.embedded import DATABASE, embedded_cluster
+
+    try:
+        cluster = embedded_cluster(data_dir)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if cluster.is_initialized() and cluster.is_running():
+        return cluster.dsn(DATABASE)
+    raise click.UsageError(
+        f"no database given: pass --dsn URL, set {DSN_ENV}, or start the embedded "
+        f"database in {cluster.data_dir} (`delta-actors db start`)"
+    )
+
+
+def _echo_json(value: object) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
 @click.group()
 @click.version_option(package_name="delta-actors")
 def main() -> None:
@@ -31,11 +57,20 @@ def main() -> None:
 def migrate(dsn: str | None) -> None:
     """Apply the delta_actors schema migrations (idempotent, safe to run concurrently)."""
     from delta_actors import schema
+    from delta_actors.progress import Progress
 
     resolved = _dsn_or_exit(dsn)
+
+    def applying(done: int, total: int, migration: schema.Migration) -> None:
+        progress.step(done, total, f"applying {migration.version:04d}_{migration.name}")
+
     try:
-        with connect(resolved, autocommit=True, action="migrate") as conn:
-            applied = schema.migrate(conn)
+        with (
+            Progress() as progress,
+            connect(resolved, autocommit=True, action="migrate") as conn,
+        ):
+            progress.step(0, 0, "waiting for the migration lock")
+            applied = schema.migrate(conn, on_applying=applying)
             version = schema.current_version(conn)
     except DeltaError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -78,6 +113,14 @@ def migrate(dsn: str | None) -> None:
     help="Seconds a leader's lease lasts; failover after a crash takes at most this.",
 )  # fmt: skip
 @click.option(
+    "--metrics-port", type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (0 picks a free one; the log says which).",
+)  # fmt: skip
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True,
+    help="Address the metrics server binds to (0.0.0.0: every interface).",
+)  # fmt: skip
+@click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
@@ -93,6 +136,8 @@ def supervise(  # noqa: PLR0917 (click passes every option)
     hang_timeout: float,
     rescue_ttl: float,
     lease_ttl: float,
+    metrics_port: int | None,
+    metrics_host: str,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -122,6 +167,8 @@ def supervise(  # noqa: PLR0917 (click passes every option)
             hang_timeout=hang_timeout,
             rescue_ttl=rescue_ttl,
             lease_ttl=lease_ttl,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         code = supervisor.run()
     except DeltaError as exc:
@@ -177,3 +224,57 @@ def db_stop(data_dir: Path | None) -> None:
         return
     cluster.stop()
     click.echo(f"stopped: {cluster.data_dir}")
+
+
+@main.command()
+@click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
+def status(dsn: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Show the leader, live actors, resources by state, queues and recent failures."""
+    from delta_actors.status import read_status
+    from delta_actors.status_table import render_status
+
+    resolved = _dsn_to_read(dsn, data_dir)
+    try:
+        with connect(resolved, autocommit=True, action="read status") as conn:
+            found = read_status(conn)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        _echo_json(found)
+    else:
+        click.echo(render_status(found))
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("object_id", metavar="ID")
+@click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
+def inspect(
+    kind: str, object_id: str, dsn: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Show one resource: its object, state, generation, attempts, errors and live works.
+
+    Exits 1 when there is no such resource, 2 when the database cannot be read.
+    """
+    from delta_actors.status import NotFoundError, inspect_resource
+    from delta_actors.status_table import render_resource
+
+    resolved = _dsn_to_read(dsn, data_dir)
+    try:
+        with connect(resolved, autocommit=True, action="inspect") as conn:
+            detail = inspect_resource(conn, kind, object_id)
+    except NotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        _echo_json(detail)
+    else:
+        click.echo(render_resource(detail))

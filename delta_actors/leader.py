@@ -67,6 +67,7 @@ class Leader:
         self._main: asyncio.Task[None] | None = None
         self._duties: asyncio.Task[None] | None = None
         self.terms_led = 0
+        self.terms_lost = 0
 
     @property
     def is_leader(self) -> bool:
@@ -108,6 +109,7 @@ class Leader:
     async def _lost(self) -> None:
         duties, self._duties = self._duties, None
         if duties is not None:
+            self.terms_lost += 1
             duties.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await duties

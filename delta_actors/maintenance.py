@@ -53,6 +53,7 @@ class Rescuer:
         self._pool = pool
         self.ttl = ttl  # seconds without a heartbeat after which an actor is dead
         self.interval = interval
+        self.rescued_claims = 0  # since this process started (a metric)
 
     async def run_once(self) -> dict[str, int]:
         """Rescue once; return how many actors were dead and claims rescued."""
@@ -62,6 +63,7 @@ class Rescuer:
                 return {"actors": 0, "claims": 0}
             async with conn.transaction():
                 rescued = await drive_async(conn, rescue_actors(dead, "stopped heartbeating"))
+        self.rescued_claims += rescued
         return {"actors": len(dead), "claims": rescued}
 
 

@@ -8,6 +8,14 @@ and restarts the actor, never ignoring it.
 
 Actor -> supervisor: Started, Heartbeat, Stopped, Failed.
 Supervisor -> actor: Stop.
+
+Metrics ride on the Heartbeat, never on a frame per job: an actor keeps counters and
+histogram buckets per kind (`metrics.Recorder`) and every heartbeat carries their totals
+since the actor started (`KindTally`, a few dozen integers per kind), the namespace's
+queue depth and lag, and the leader's counters. Totals, not deltas: a lost or late
+heartbeat costs nothing, and the supervisor adds the last totals of every actor that
+ended to what the live ones report, so its counters never go backwards across restarts.
+An actor sends one last Heartbeat right before Stopped, so a clean stop loses no count.
 """
 
 from __future__ import annotations
@@ -32,14 +40,31 @@ class Started(msgspec.Struct, tag="started", frozen=True):
     actor_id: int
 
 
+class KindTally(msgspec.Struct, array_like=True, frozen=True):
+    """Runs of one kind since the actor started: counts per result, duration buckets."""
+
+    kind: str
+    is_work: bool  # a resource work (reconcile); False for a plain job
+    results: dict[str, int]
+    buckets: list[int]  # runs per metrics.BUCKETS bound (not cumulative), then the overflow
+    seconds: float  # the sum of the run durations
+
+
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
-    """The actor lives; its counters since it started."""
+    """The actor lives; its counters since it started, and its gauges now."""
 
     running: int
     claimed: int
     completed: int
     failed: int
     queue_depth: int
+    queue_lag: float = 0.0  # seconds the oldest available work of the namespace has waited
+    max_workers: int = 0
+    kinds: list[KindTally] = []
+    rescued: int = 0  # claims the leader's rescuer returned to work
+    is_leader: bool = False
+    elected: int = 0  # terms this leader candidate won
+    lost: int = 0  # terms it lost or gave up
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):

@@ -11,6 +11,7 @@ tool can apply the same files in order instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,17 +62,24 @@ def required_version() -> int:
     return len(migrations())
 
 
-def migrate(conn: psycopg.Connection) -> list[Migration]:
-    """Apply the missing migrations in one transaction; return what was applied."""
+def migrate(
+    conn: psycopg.Connection,
+    on_applying: Callable[[int, int, Migration], None] | None = None,
+) -> list[Migration]:
+    """Apply the missing migrations in one transaction; return what was applied.
+
+    `on_applying(done, total, migration)` is called before each migration is applied.
+    """
     with conn.transaction():
         # Lock first: two concurrent CREATE TABLE IF NOT EXISTS race on the catalog.
         conn.execute(queries.LOCK_MIGRATIONS)
         conn.execute(queries.CREATE_MIGRATION_TABLE)
         applied = {row[0] for row in conn.execute(queries.SELECT_APPLIED_MIGRATIONS)}
-        done = []
-        for migration in migrations():
-            if migration.version in applied:
-                continue
+        pending = [m for m in migrations() if m.version not in applied]
+        done: list[Migration] = []
+        for migration in pending:
+            if on_applying is not None:
+                on_applying(len(done), len(pending), migration)
             # Migration files are shipped with the package, never user input.
             conn.execute(migration.sql)  # type: ignore[arg-type,unused-ignore]
             conn.execute(queries.RECORD_MIGRATION, (migration.version, migration.name))

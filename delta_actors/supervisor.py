@@ -23,6 +23,11 @@ Invariants:
 - SIGTERM/SIGINT: Stop(shutdown_timeout) to every actor, wait for them (plus a grace
   period, then SIGKILL), exit 0. A second signal: SIGKILL every actor, rescue their
   claims, exit 1.
+
+Metrics (metrics.py): with a metrics port, the supervisor feeds every spawn, heartbeat,
+exit and rescue to a SupervisorMetrics and serves it over HTTP from one thread. That
+thread only reads what this loop wrote, under a lock; the forked child closes the
+listening socket it inherits and never serves.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import psycopg
 
@@ -45,6 +51,7 @@ from delta_actors.actor import ActorSpec, run_actor
 from delta_actors.app import App
 from delta_actors.database import drive, translate_errors
 from delta_actors.errors import ConfigError, ProtocolError
+from delta_actors.metrics import SupervisorMetrics, serve
 from delta_actors.rescue import rescue_actors
 from delta_actors.schema import check_schema
 
@@ -99,6 +106,8 @@ class Supervisor:
             heartbeat intervals plus the supervisor's one-second tick must fit in it.
         lease_ttl: seconds a leader's lease lasts; failover after a crash takes at most this.
         start_timeout: seconds an actor may take to report Started.
+        metrics_port: serve Prometheus metrics on this port (0: any free port); None: no.
+        metrics_host: the address the metrics server binds to.
     """
 
     def __init__(
@@ -112,6 +121,8 @@ class Supervisor:
         rescue_ttl: float = 10.0,
         lease_ttl: float = 15.0,
         start_timeout: float = 60.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         longest_hang = rescue_ttl - 2 * heartbeat_interval - TICK
         if hang_timeout > longest_hang:
@@ -145,6 +156,9 @@ class Supervisor:
         self._next_rescue_at = 0.0
         self._rescue_failing = False
         self._wakeup_read, self._wakeup_write = socket.socketpair()
+        self.metrics = SupervisorMetrics()
+        self._metrics_address = (metrics_host, metrics_port)
+        self._metrics_server: WSGIServer | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -159,6 +173,7 @@ class Supervisor:
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
         self.check()
+        self._serve_metrics()
         self._install_signals()
         logger.info(
             "supervisor %d starting %d actors: %s", os.getpid(), len(self.slots),
@@ -170,6 +185,26 @@ class Supervisor:
             return self._loop()
         finally:
             self._selector.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+
+    def _serve_metrics(self) -> None:
+        host, port = self._metrics_address
+        if port is None:
+            return
+        try:
+            self._metrics_server = serve(self.metrics, host, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                "choose another --metrics-port (0 picks a free one) or --metrics-host"
+            ) from exc
+        bound_host, bound_port = self._metrics_server.server_address[:2]
+        logger.info(
+            "serving metrics on http://%s:%d/metrics", bound_host, bound_port,
+            extra={"event": "supervisor.metrics", "port": bound_port},
+        )  # fmt: skip
 
     def _loop(self) -> int:
         while True:
@@ -231,6 +266,7 @@ class Supervisor:
         child = Child(slot, pid, parent_end, started_at=now, last_seen=now)
         self.children[pid] = child
         self._selector.register(parent_end, selectors.EVENT_READ, child)
+        self.metrics.actor_started(slot.name, slot.spec.namespace)
         logger.info("started actor %s (pid %d)", slot.name, pid, extra={"event": "actor.spawned"})
 
     def _forget_in_child(self) -> None:
@@ -244,6 +280,8 @@ class Supervisor:
         self._wakeup_read.close()
         self._wakeup_write.close()
         self._selector.close()
+        if self._metrics_server is not None:
+            self._metrics_server.socket.close()
 
     def _on_readable(self, child: Child) -> None:
         try:
@@ -276,6 +314,7 @@ class Supervisor:
                 child.running = True
             case protocol.Heartbeat():
                 child.heartbeat = message
+                self.metrics.actor_heartbeat(child.slot.name, message)
             case protocol.Stopped(handed_back=handed_back):
                 child.stopped_cleanly = True
                 logger.info(
@@ -322,6 +361,7 @@ class Supervisor:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(child.pipe)
         child.pipe.close()
+        self.metrics.actor_ended(child.slot.name)
         code = os.waitstatus_to_exitcode(status)
         clean = child.stopped_cleanly and code == 0
         if not clean and child.actor_id:
@@ -374,6 +414,7 @@ class Supervisor:
                 )  # fmt: skip
             self._rescue_failing = True
             return
+        self.metrics.rescued(rescued)
         if rescued:
             logger.warning(
                 "rescued %d claims of dead actors %s", rescued, sorted(self._unrescued.values()),

@@ -48,6 +48,7 @@ from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import make_async_pool, translate_errors
 from delta_actors.errors import ActorLostError
+from delta_actors.metrics import Recorder
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
@@ -104,6 +105,7 @@ class Worker:
         self._fence = max(fence, heartbeat_interval)
         self._retry_policy = retry_policy
         self.stats = WorkerStats()
+        self.recorder = Recorder()
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
         self._scheduler = Scheduler(self._pool) if run_scheduler else None
         self._listener = Listener(dsn, namespace, self._notified)
@@ -322,6 +324,8 @@ class Worker:
     # ------------------------------------------------------------------ running
 
     async def _run_job(self, claim: Claim) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             result: Result
             if claim.resource_id is None:
@@ -335,6 +339,7 @@ class Worker:
             self._handed_back.append(claim)
             self._running.pop(claim.id, None)
             return
+        self.recorder.observe(claim.kind, result, loop.time() - started)
         assert self._completer is not None
         try:
             await self._completer.add(result)
@@ -403,12 +408,12 @@ class Worker:
             cur = await conn.execute(queries.HAND_BACK_JOBS, (ids, attempts, self.actor_id))
             return len(await cur.fetchall())
 
-    async def queue_depth(self) -> int:
-        """Return how many jobs wait in this namespace (capped at 100,000)."""
+    async def queue_depth(self) -> tuple[int, float]:
+        """Return the namespace's available jobs (capped at 100,000) and the oldest's wait."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(queries.COUNT_AVAILABLE_JOBS, (self.namespace,))
+            cur = await conn.execute(queries.COUNT_AVAILABLE_JOBS, {"queue": self.namespace})
             row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
 
     async def _unregister(self) -> None:
         if self._owns_actor and self.actor_id is not None:

@@ -48,6 +48,15 @@ class Report(delta.Object, kind="report"):
         return self.key
 
 
+class Flaky(delta.Object, kind="flaky"):
+    """Work for the default namespace that always fails (retried with backoff)."""
+
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
 class Sabotage(delta.Job, kind="sabotage"):
     """Writes a garbage frame to the actor's supervisor pipe."""
 
@@ -78,6 +87,11 @@ class ReportController(delta.Controller[Report]):
         await _record(resource, 0.0)  # type: ignore[arg-type]
 
 
+class FlakyController(delta.Controller[Flaky]):
+    async def work(self, resource: delta.Resource[Flaky]) -> None:
+        raise RuntimeError(f"flaky {resource.object_id} failed")
+
+
 def sabotage(job: Sabotage) -> None:
     """Find this actor's end of the supervisor pipe (the unnamed Unix socket) and corrupt it."""
     for name in os.listdir("/proc/self/fd"):
@@ -92,7 +106,7 @@ def sabotage(job: Sabotage) -> None:
 
 
 app = delta.App(
-    controllers=[TaskController(), ReportController()],
+    controllers=[TaskController(), ReportController(), FlakyController()],
     jobs={Sabotage: sabotage},
     namespaces={
         "default": delta.Namespace(max_workers=20),

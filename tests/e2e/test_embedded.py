@@ -44,11 +44,19 @@ def test_db_start_status_stop(data_dir):
     assert status.stdout.startswith("running")
     again = cli("db", "start", "--data-dir", str(data_dir))  # reuses the running server
     assert again.returncode == 0
+    # With no DSN, `delta-actors status` reads the running embedded database.
+    cluster_status = cli("status", "--data-dir", str(data_dir))
+    assert cluster_status.returncode == 0, cluster_status.stderr
+    assert "leader: none elected yet" in cluster_status.stdout
     stopped = cli("db", "stop", "--data-dir", str(data_dir))
     assert stopped.returncode == 0
     status = cli("db", "status", "--data-dir", str(data_dir))
     assert status.returncode == 3
     assert status.stdout.startswith("stopped")
+    # Stopped: status does not start it, and names the ways to give it a database.
+    cluster_status = cli("status", "--data-dir", str(data_dir))
+    assert cluster_status.returncode == 2
+    assert "delta-actors db start" in cluster_status.stderr
 
 
 def test_migrate_and_status_on_a_missing_folder(tmp_path):
