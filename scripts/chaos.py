@@ -254,6 +254,7 @@ class Harness:
         self.informs = 0
         self.inform_errors = 0
         self.faults: list[Fault] = []
+        self.supervisor_exits: list[int] = []  # exit codes of supervisors that ended by themselves
         self.paused: set[int] = set()
         self.stop_workload = threading.Event()
         self.lock = threading.Lock()
@@ -441,6 +442,7 @@ class Harness:
                 claims = self.claims_of(victims)
                 proc.kill()
                 proc.wait()
+                self.supervisors[slot] = None  # ours to restart, below
                 delay = self.rng.uniform(0.5, 3.0)
                 threading.Timer(delay, self.start_supervisor, (slot,)).start()
                 detail = f"SIGKILL supervisor {slot} pid {proc.pid}, restart in {delay:.1f}s"
@@ -477,6 +479,7 @@ class Harness:
         end = time.monotonic() + duration
         while time.monotonic() < end:
             time.sleep(self.rng.uniform(1.0, 3.0))
+            self.restart_exited()
             if not deck:
                 deck = self.fault_kinds()
                 self.rng.shuffle(deck)
@@ -489,6 +492,18 @@ class Harness:
             if fault is not None:
                 self.faults.append(fault)
                 print(f"  {time.strftime('%H:%M:%S')} {fault.detail}", flush=True)
+
+    def restart_exited(self) -> None:
+        """A supervisor that exited by itself is started again, as systemd would.
+
+        `supervise` refuses to start while PostgreSQL is unreachable (exit 2); a restart
+        fault right at its start does that. Any exit is reported with its code.
+        """
+        for slot, proc in enumerate(self.supervisors):
+            if proc is not None and proc.poll() is not None:
+                self.supervisor_exits.append(proc.returncode)
+                print(f"  supervisor {slot} exited with {proc.returncode}; restarting it")
+                self.start_supervisor(slot)
 
     def watch_rescues(self) -> None:
         """Time until each victim's claims left `running` under the victim."""
@@ -516,10 +531,10 @@ class Harness:
     def settle(self, timeout: float) -> float:
         for pid in list(self.paused):
             self._resume(pid)
-        for slot, proc in enumerate(self.supervisors):
-            if proc is None or proc.poll() is not None:
-                self.start_supervisor(slot)
+        self.restart_exited()
         started = time.monotonic()
+        while None in self.supervisors and time.monotonic() - started < 5:
+            time.sleep(0.1)  # a killed supervisor's restart timer is about to fire
         while time.monotonic() - started < timeout:
             with contextlib.suppress(psycopg.OperationalError):
                 rows = self.query(
@@ -566,6 +581,7 @@ class Harness:
             **order,
             "faults": by_kind,
             "fault_count": len(self.faults),
+            "supervisor_exits": self.supervisor_exits,
             "rescues_measured": len(latencies),
             "rescue_max_s": round(latencies[-1], 3) if latencies else None,
             "rescue_p99_s": round(_percentile(latencies, 0.99), 3) if latencies else None,
