@@ -21,6 +21,7 @@ from delta_actors.errors import (
     UnknownKindError,
     UnknownNamespaceError,
 )
+from delta_actors.events import AsyncSubscription, Event, Gap, Subscription
 from delta_actors.job import Job
 from delta_actors.object import Object
 from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
@@ -33,6 +34,7 @@ from delta_actors.resource import InformOutcome, InformResult, Resource, State
 __all__ = [
     "App",
     "AsyncClient",
+    "AsyncSubscription",
     "Cancel",
     "Client",
     "ClusterError",
@@ -44,6 +46,8 @@ __all__ = [
     "DeltaError",
     "EncodeError",
     "EnqueuedJob",
+    "Event",
+    "Gap",
     "InformOptions",
     "InformOutcome",
     "InformResult",
@@ -61,6 +65,7 @@ __all__ = [
     "Resource",
     "SchemaError",
     "State",
+    "Subscription",
     "UnknownKindError",
     "UnknownNamespaceError",
     "Worker",
