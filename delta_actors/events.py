@@ -43,6 +43,10 @@ Slow subscribers
     that could not renew its lease for `SUBSCRIBER_TTL` seconds (its process paused) may
     have lost events to the Cleaner: it registers again and reports `Gap(missed=None)`.
 
+A reader that loses its connection (PostgreSQL restarted, backend terminated) reconnects
+with backoff and goes on from its cursor; any other error ends the iteration with a
+DatabaseError.
+
 Closing a subscription (leave its `with` block, or call `close()`) stops the reader,
 deletes its lease, so results stop producing events for it, and closes its connection.
 """
@@ -86,6 +90,7 @@ logger = logging.getLogger(__name__)
 SUBSCRIBER_TTL = 30.0  # seconds a subscription's lease lasts without renewal
 RENEW_INTERVAL = SUBSCRIBER_TTL / 6
 READ_BATCH = 1000  # events per read
+RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: first and longest wait before reconnecting
 EVENT_STATES = (State.SYNCED, State.FAILED, State.DEGRADED, State.DELETED)
 
 
@@ -272,19 +277,24 @@ class Reader:
                 events.append(Event(kind, object_id, state, generation, error, at))
         lapsed = False
         if time.monotonic() >= self._renew_at:
-            renewed = yield queries.RENEW_SUBSCRIBER, {
-                "id": self.subscriber_id, "cursor_xid": str(self._xid), "ttl": SUBSCRIBER_TTL
-            }  # fmt: skip
-            if not renewed:
-                lapsed = True
-                logger.warning(
-                    "subscription %s lost its lease (paused longer than %.0fs?); "
-                    "events may have been missed",
-                    self.subscriber_id, SUBSCRIBER_TTL, extra={"event": "subscriber.lapsed"},
-                )  # fmt: skip
-                yield from self.register()
-            self._renew_at = time.monotonic() + RENEW_INTERVAL
+            lapsed = yield from self.renew()
         return Read(events, lapsed, more=len(rows) == READ_BATCH)
+
+    def renew(self) -> Generator[Statement, Rows, bool]:
+        """Renew the lease, or register again if it lapsed; return whether it had."""
+        renewed = yield queries.RENEW_SUBSCRIBER, {
+            "id": self.subscriber_id, "cursor_xid": str(self._xid), "ttl": SUBSCRIBER_TTL
+        }  # fmt: skip
+        self._renew_at = time.monotonic() + RENEW_INTERVAL
+        if renewed:
+            return False
+        logger.warning(
+            "subscription %s lost its lease (paused or disconnected longer than %.0fs?); "
+            "events may have been missed",
+            self.subscriber_id, SUBSCRIBER_TTL, extra={"event": "subscriber.lapsed"},
+        )  # fmt: skip
+        yield from self.register()
+        return True
 
     def unregister(self) -> Generator[Statement, Rows, None]:
         """Give the lease up: results stop producing events for this subscription."""
@@ -305,8 +315,15 @@ def _check_poll_interval(poll_interval: float) -> float:
     return float(poll_interval)
 
 
+def _log_reconnect(exc: BaseException, delay: float) -> None:
+    logger.warning(
+        "subscription lost its connection, reconnecting in %.1fs: %s", delay, exc,
+        extra={"event": "subscriber.reconnect"},
+    )  # fmt: skip
+
+
 def _lost(exc: BaseException) -> DatabaseError:
-    return DatabaseError(f"subscription lost its connection to PostgreSQL: {exc}")
+    return DatabaseError(f"subscription stopped reading events: {exc}")
 
 
 class Subscription:
@@ -326,7 +343,8 @@ class Subscription:
         self._changed = threading.Condition()
         self._closing = threading.Event()
         self._error: BaseException | None = None
-        self._conn = connect(_subscriber_conninfo(conninfo), action="subscribe")
+        self._conninfo = _subscriber_conninfo(conninfo)
+        self._conn = connect(self._conninfo, action="subscribe")
         try:
             with translate_errors("subscribe"):
                 drive(self._conn, self._reader.register())
@@ -342,16 +360,28 @@ class Subscription:
         return self._buffer.missed
 
     def _run(self) -> None:
+        backoff = RECONNECT_BACKOFF[0]
         while not self._closing.is_set():
             try:
+                lapsed = False
+                if self._conn.closed:
+                    self._conn = connect(self._conninfo, action="subscribe")
+                    lapsed = drive(self._conn, self._reader.renew())
                 read = drive(self._conn, self._reader.poll())
-            except psycopg.Error as exc:
+            except (psycopg.OperationalError, DatabaseError) as exc:
+                self._conn.close()
+                _log_reconnect(exc, backoff)
+                self._closing.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+                continue
+            except Exception as exc:  # noqa: BLE001 (handed to the consumer, not lost)
                 with self._changed:
                     self._error = exc
                     self._changed.notify_all()
                 return
+            backoff = RECONNECT_BACKOFF[0]
             with self._changed:
-                if read.lapsed:
+                if lapsed or read.lapsed:
                     self._buffer.lapse()
                 for event in read.events:
                     self._buffer.put(event)
@@ -376,12 +406,14 @@ class Subscription:
 
     def close(self) -> None:
         """Stop the reader, give up the lease and close the connection (idempotent)."""
-        if self._conn.closed:
+        if self._closing.is_set():
             return
         with self._changed:
             self._closing.set()
             self._changed.notify_all()
         self._thread.join()
+        if self._conn.closed:
+            return  # the lease lapses by itself
         try:
             drive(self._conn, self._reader.unregister())
         except psycopg.Error as exc:
@@ -409,7 +441,7 @@ class AsyncSubscription:
     def __init__(
         self, conninfo: str, filters: Filters, *, buffer_size: int, poll_interval: float
     ) -> None:
-        self._conninfo = conninfo
+        self._conninfo = _subscriber_conninfo(conninfo)
         self._poll_interval = _check_poll_interval(poll_interval)
         self._buffer = Buffer(buffer_size)
         self._reader = Reader(filters)
@@ -429,7 +461,7 @@ class AsyncSubscription:
         """Take the lease and start the reader; coverage starts when this returns."""
         if self._conn is not None or self._closed:
             return
-        conn = await connect_async(_subscriber_conninfo(self._conninfo), action="subscribe")
+        conn = await connect_async(self._conninfo, action="subscribe")
         try:
             with translate_errors("subscribe"):
                 await drive_async(conn, self._reader.register())
@@ -437,26 +469,42 @@ class AsyncSubscription:
             await conn.close()
             raise
         self._conn = conn
-        self._task = asyncio.create_task(self._run(conn), name="delta:subscriber")
+        self._task = asyncio.create_task(self._run(), name="delta:subscriber")
 
-    async def _run(self, conn: psycopg.AsyncConnection) -> None:
+    async def _run(self) -> None:
         # Stopped between reads, never cancelled within one: the connection stays usable
         # for giving the lease up.
+        backoff = RECONNECT_BACKOFF[0]
         while not self._stopping.is_set():
             try:
-                read = await drive_async(conn, self._reader.poll())
-            except psycopg.Error as exc:
+                lapsed = False
+                if self._conn is None or self._conn.closed:
+                    self._conn = await connect_async(self._conninfo, action="subscribe")
+                    lapsed = await drive_async(self._conn, self._reader.renew())
+                read = await drive_async(self._conn, self._reader.poll())
+            except (psycopg.OperationalError, DatabaseError) as exc:
+                if self._conn is not None:
+                    await self._conn.close()
+                _log_reconnect(exc, backoff)
+                await self._wait_stopping(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+                continue
+            except Exception as exc:  # noqa: BLE001 (handed to the consumer, not lost)
                 self._error = exc
                 self._changed.set()
                 return
-            if read.lapsed:
+            backoff = RECONNECT_BACKOFF[0]
+            if lapsed or read.lapsed:
                 self._buffer.lapse()
             for event in read.events:
                 self._buffer.put(event)
             self._changed.set()
             if not read.more:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+                await self._wait_stopping(self._poll_interval)
+
+    async def _wait_stopping(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout)
 
     def __aiter__(self) -> AsyncSubscription:
         return self
@@ -483,7 +531,7 @@ class AsyncSubscription:
         self._stopping.set()
         if self._task is not None:
             await self._task
-        if self._conn is not None:
+        if self._conn is not None and not self._conn.closed:
             try:
                 await drive_async(self._conn, self._reader.unregister())
             except psycopg.Error as exc:

@@ -363,6 +363,30 @@ async def test_a_lapsed_lease_is_reported_as_a_gap_of_unknown_size(dsn, monkeypa
         await client.close()
 
 
+async def test_a_reader_whose_connection_dies_reconnects_and_misses_nothing(dsn):
+    """pg_terminate_backend on the subscription's connection: it reconnects, keeps its
+    lease and cursor, and delivers the results written meanwhile without a gap."""
+    app = make_app()
+    client = await delta.AsyncClient.connect(dsn, app=app)
+    try:
+        async with client.subscribe(poll_interval=0.02) as subscription:
+            lease = subscription._reader.subscriber_id
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s",
+                    (events_module.APPLICATION_NAME,),
+                )
+            async with running_worker(app, dsn):
+                await client.inform_many([Item(key=f"ok-{i}") for i in range(5)])
+                items = await collect(subscription, 5)
+            assert sorted(outcomes(items)) == [f"ok-{i}" for i in range(5)]
+            assert subscription._reader.subscriber_id == lease
+            assert subscriber_backends(dsn) == 1
+    finally:
+        await client.close()
+
+
 async def test_cleaner_keeps_unread_events_and_deletes_the_rest(dsn, monkeypatch):
     """Events after a live subscriber's stored cursor stay; once it closes they go, and
     so do leases that lapsed."""
