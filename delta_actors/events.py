@@ -99,7 +99,8 @@ class Event(msgspec.Struct, frozen=True, tag="event"):
 
     `id` is the object's id, `event` the state it set (synced, failed, degraded or
     deleted), `generation` the resource generation the work reconciled, `error` the
-    failure's message (or a Delete's reason), `at` the database time of the commit.
+    failure's message (or a Delete's reason), `at` the database time the result was
+    written.
     """
 
     kind: str

@@ -207,6 +207,28 @@ def test_reader_never_skips_a_transaction_that_commits_after_a_later_one(dsn):
     assert [first.id, second.id] == ["early", "late"]  # type: ignore[union-attr]
 
 
+def test_a_blocking_reader_reconnects_after_its_connection_dies(dsn):
+    """The sync reader thread survives pg_terminate_backend and goes on from its cursor."""
+    insert = (
+        "INSERT INTO delta_event (resource_id, kind, object_id, namespace, event, generation)"
+        " VALUES (1, 'item', %s, 'default', 'synced', 1)"
+    )
+    with (
+        delta.Client.connect(dsn) as client,
+        client.subscribe(poll_interval=0.02) as subscription,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        conn.execute(insert, ("before",))
+        assert next(subscription).id == "before"  # type: ignore[union-attr]
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (events_module.APPLICATION_NAME,),
+        )
+        conn.execute(insert, ("after",))
+        assert next(subscription).id == "after"  # type: ignore[union-attr]
+        assert subscription._buffer.take() is None  # nothing twice, no gap
+
+
 async def test_filters_deliver_only_the_kinds_and_events_asked_for(dsn):
     """kinds=[Item], events=["failed", "degraded"]: nothing of Other, no synced."""
     app = make_app()
@@ -230,6 +252,9 @@ async def test_filters_deliver_only_the_kinds_and_events_asked_for(dsn):
             )
         assert outcomes(got_failures) == {"flaky": [(FAILED, 1)], "bad": [(DEGRADED, 1)]}
         assert outcomes(got_others) == {"o": [(SYNCED, 1)]}
+        # Results no subscription wanted were never written.
+        wanted = "SELECT count(*) FROM delta_event WHERE kind = 'item' AND event = 'synced'"
+        assert count(dsn, wanted) == 0
         # Nothing more came for either subscription.
         assert failures._buffer.take() is None
         assert others._buffer.take() is None
