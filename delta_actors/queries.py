@@ -227,7 +227,9 @@ events AS (
     INSERT INTO delta_event (resource_id, kind, object_id, namespace, event, generation, error)
     SELECT x.id, x.kind, x.object_id, x.namespace, x.state, x.generation, x.error
     FROM resources AS x
-    WHERE x.applied AND x.state IN ('synced', 'failed', 'degraded', 'deleted')
+    -- Uncorrelated first: with nobody subscribed, one check per statement, not per row.
+    WHERE EXISTS (SELECT 1 FROM delta_subscriber WHERE expires_at > now())
+      AND x.applied AND x.state IN ('synced', 'failed', 'degraded', 'deleted')
       AND EXISTS (SELECT 1 FROM delta_subscriber AS s
                   WHERE s.expires_at > now()
                     AND (s.kinds IS NULL OR x.kind = ANY(s.kinds))
