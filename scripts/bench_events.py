@@ -1,7 +1,7 @@
 """Benchmark what resource events cost the statement that writes work results.
 
 Times `queries.COMPLETE_WORKS` for batches of `--batch` synced results, interleaving
-three variants round by round so that machine drift hits them alike:
+three variants round by round (order rotated) so that machine drift hits them alike:
 - `without`: the statement with its events CTE cut out (the code before events);
 - `idle`: the statement as shipped, nobody subscribed (one probe of delta_subscriber);
 - `subscribed`: the statement as shipped, one live subscription (an insert per result).
@@ -76,8 +76,12 @@ def main() -> None:
                 "subscribed": (queries.COMPLETE_WORKS, True),
             }
             times: dict[str, list[float]] = {name: [] for name in variants}
-            for _ in range(args.rounds):
-                for name, (statement, subscribed) in variants.items():
+            names = list(variants)
+            for round_ in range(args.rounds):
+                # Rotated each round, so that no variant always runs first or last.
+                shift = round_ % len(names)
+                for name in names[shift:] + names[:shift]:
+                    statement, subscribed = variants[name]
                     # Untimed: claims back to running, the lease live or expired.
                     conn.execute(
                         "UPDATE delta_job SET state = 'running', attempt = 1, claimed_by = %s,"
