@@ -13,7 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors import events as events_module
-from delta_actors.maintenance import Cleaner
+from delta_actors import queries
+from delta_actors.maintenance import Cleaner, Rescuer
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until, wait_until_async
 
@@ -127,6 +128,34 @@ async def test_synced_failed_degraded_and_deleted_results_arrive_as_events(dsn):
             assert errors[("ok", SYNCED)] is None
             assert all(e.kind == "item" and e.at is not None for e in items)  # type: ignore[union-attr]
     finally:
+        await client.close()
+
+
+async def test_rescue_of_a_dead_actors_claim_is_a_failed_event(dsn):
+    """An actor died holding a work: rescue fails the attempt, and subscribers see it."""
+    client = await delta.AsyncClient.connect(dsn, app=make_app())
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False)
+    await pool.open()
+    try:
+        await client.inform(Item(key="orphan"))
+        async with client.subscribe(poll_interval=0.02) as subscription:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "INSERT INTO delta_actor (host, pid, namespace, role, heartbeat_at) VALUES"
+                    " ('gone', 1, 'default', 'worker', now() - interval '1 minute') RETURNING id"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                await conn.execute(
+                    queries.CLAIM_JOBS, {"queue": "default", "limit": 1, "actor": row[0]}
+                )
+            assert (await Rescuer(pool, ttl=10).run_once())["claims"] == 1
+            (event,) = await collect(subscription, 1)
+        assert isinstance(event, delta.Event)
+        assert (event.id, event.event, event.generation) == ("orphan", FAILED, 1)
+        assert event.error is not None and event.error.startswith("rescued: actor")
+    finally:
+        await pool.close()
         await client.close()
 
 
@@ -277,6 +306,10 @@ def test_subscribe_rejects_unknown_kinds_and_events_naming_the_valid_ones(dsn):
             client.subscribe(buffer_size=0)
         with pytest.raises(delta.ConfigError, match="poll_interval must be > 0"):
             client.subscribe(poll_interval=0)
+    with delta.Client.connect(dsn) as bare:  # no app: kinds are checked as names only
+        with pytest.raises(delta.ConfigError, match="invalid kind 'Items'"):
+            bare.subscribe(kinds=["Items"])
+        bare.subscribe(kinds=["anything"]).close()
     assert count(dsn, "SELECT count(*) FROM delta_subscriber") == 0
 
 
