@@ -23,8 +23,9 @@ How events travel
     a transaction that took its ids early and committed late.) Per resource, xid order is
     commit order: a resource runs one work at a time, its next work is claimed only after
     the previous result committed, so the next result's transaction gets a larger xid.
-    The price is latency: a transaction that stays open anywhere in the database holds
-    the horizon back, and events wait (never lost) until it ends.
+    The price is latency: a transaction that has written and stays open anywhere in the
+    PostgreSQL cluster (any database) holds the horizon back, and events wait (never
+    lost) until it ends. Open read-only transactions do not.
 
 Why a table and not NOTIFY
     NOTIFY payloads are commit-ordered and reach every host, but a notifying commit takes
