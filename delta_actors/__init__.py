@@ -22,6 +22,7 @@ from delta_actors.errors import (
     UnknownKindError,
     UnknownNamespaceError,
 )
+from delta_actors.events import AsyncSubscription, Event, Gap, Subscription
 from delta_actors.job import Job
 from delta_actors.object import Object
 from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
@@ -35,6 +36,7 @@ __all__ = [
     "ActorLostError",
     "App",
     "AsyncClient",
+    "AsyncSubscription",
     "Cancel",
     "Client",
     "ClusterError",
@@ -46,6 +48,8 @@ __all__ = [
     "DeltaError",
     "EncodeError",
     "EnqueuedJob",
+    "Event",
+    "Gap",
     "InformOptions",
     "InformOutcome",
     "InformResult",
@@ -63,6 +67,7 @@ __all__ = [
     "Resource",
     "SchemaError",
     "State",
+    "Subscription",
     "UnknownKindError",
     "UnknownNamespaceError",
     "Worker",

@@ -30,9 +30,10 @@ from delta_actors.database import (
     translate_errors,
 )
 from delta_actors.errors import ConfigError, DecodeError
+from delta_actors.events import AsyncSubscription, Subscription, make_filters
 from delta_actors.inform import InformParams, inform, prepare
 from delta_actors.job import Job
-from delta_actors.kinds import kind_of
+from delta_actors.kinds import Kinded, kind_of
 from delta_actors.object import Object
 from delta_actors.queue.insert import (
     InsertOptions,
@@ -42,7 +43,7 @@ from delta_actors.queue.insert import (
     insert_jobs_async,
 )
 from delta_actors.queue.rows import EnqueuedJob, JobRow, job_row
-from delta_actors.resource import InformResult, Resource, resource_from_row
+from delta_actors.resource import InformResult, Resource, State, resource_from_row
 from delta_actors.schema import check_schema, check_schema_async
 
 T = TypeVar("T", bound=Object)
@@ -72,6 +73,16 @@ def _resource(object_type: type[T], row: tuple[Any, ...] | None) -> Resource[T] 
             f"({exc}); inform a current object to replace it"
         ) from exc
     return resource_from_row(row, obj)
+
+
+def _conninfo(pool: ConnectionPool | AsyncConnectionPool) -> str:
+    """The pool's connection string: a subscription opens its own connection with it."""
+    if not isinstance(pool.conninfo, str):
+        raise ConfigError(
+            "subscribe needs a pool whose conninfo is a string, not a callable: "
+            "create the client with Client.connect(dsn) or a pool built from a DSN"
+        )
+    return pool.conninfo
 
 
 def _require_dsn(dsn: str | None) -> str:
@@ -319,6 +330,34 @@ class Client:
             row = conn.execute(queries.GET_RESOURCE, (kind, object_id)).fetchone()
         return _resource(object_type, row)
 
+    # ------------------------------------------------------------------ events
+
+    def subscribe(
+        self,
+        kinds: Iterable[str | type[Kinded]] | None = None,
+        events: Iterable[str | State] | None = None,
+        *,
+        buffer_size: int = 10_000,
+        poll_interval: float = 0.1,
+    ) -> Subscription:
+        """Receive resource events from every process and host, until closed.
+
+        Iterate the returned Subscription (use it as a context manager, so its connection
+        and lease are released) for `Event` items, in commit order per resource, and a
+        `Gap(missed=n)` wherever this consumer fell more than `buffer_size` events behind.
+        Results written after this returns are covered; workers never wait for it.
+
+        Args:
+            kinds: kinds (names or Object types) to receive; None: all.
+            events: any of "synced", "failed", "degraded", "deleted"; None: all.
+            buffer_size: events held for a slow consumer before they are dropped and counted.
+            poll_interval: seconds between reads of new events (the added latency).
+        """
+        filters = make_filters(kinds, events, self.app)
+        return Subscription(
+            _conninfo(self._pool), filters, buffer_size=buffer_size, poll_interval=poll_interval
+        )
+
 
 class AsyncClient:
     """Enqueue jobs and read their state (async twin of Client)."""
@@ -526,3 +565,22 @@ class AsyncClient:
                 cur = await conn.execute(queries.GET_RESOURCE, (kind, object_id))
                 row = await cur.fetchone()
         return _resource(object_type, row)
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(
+        self,
+        kinds: Iterable[str | type[Kinded]] | None = None,
+        events: Iterable[str | State] | None = None,
+        *,
+        buffer_size: int = 10_000,
+        poll_interval: float = 0.1,
+    ) -> AsyncSubscription:
+        """Receive resource events as an async iterator (see Client.subscribe).
+
+        Coverage starts when the subscription is entered (`async with`) or first iterated.
+        """
+        filters = make_filters(kinds, events, self.app)
+        return AsyncSubscription(
+            _conninfo(self._pool), filters, buffer_size=buffer_size, poll_interval=poll_interval
+        )

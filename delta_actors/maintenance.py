@@ -20,11 +20,13 @@ from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.database import drive_async
+from delta_actors.events import SUBSCRIBER_TTL
 from delta_actors.rescue import find_dead_actors, rescue_actors
 
 logger = logging.getLogger(__name__)
 
 BATCH = 1000
+EVENT_BATCHES_PER_RUN = 1000  # at 1,000 rows each: 1M events a run, ~16k/s at 60 s
 
 
 async def run_periodically(
@@ -98,7 +100,8 @@ class Expirer:
 
 
 class Cleaner:
-    """Deletes finished jobs and deleted resources past their namespace's retention."""
+    """Deletes finished jobs and deleted resources past their namespace's retention, and
+    events every live subscriber has read (events.py)."""
 
     def __init__(
         self, app: App, pool: AsyncConnectionPool, *, interval: float = 60.0, limit: int = BATCH
@@ -118,4 +121,18 @@ class Cleaner:
                 jobs += cur.rowcount
                 cur = await conn.execute(queries.DELETE_DELETED_RESOURCES, params)
                 resources += cur.rowcount
-        return {"jobs": jobs, "resources": resources}
+            events = await self._delete_read_events(conn)
+            cur = await conn.execute(queries.DELETE_LAPSED_SUBSCRIBERS, {"grace": SUBSCRIBER_TTL})
+            subscribers = cur.rowcount
+        return {"jobs": jobs, "resources": resources, "events": events, "subscribers": subscribers}
+
+    async def _delete_read_events(self, conn: psycopg.AsyncConnection) -> int:
+        # Events pile up as fast as works finish: keep deleting, a batch per statement,
+        # until they are caught up or this run has done its share.
+        deleted = 0
+        for _ in range(EVENT_BATCHES_PER_RUN):
+            cur = await conn.execute(queries.DELETE_READ_EVENTS, {"limit": self.limit})
+            deleted += cur.rowcount
+            if cur.rowcount < self.limit:
+                break
+        return deleted

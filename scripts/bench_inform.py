@@ -4,7 +4,8 @@ Measures, each `--runs` times (median reported):
 - inform_many of new objects, objects/s (batches of `--batch`);
 - inform_many of unchanged objects (the skip path), objects/s;
 - end to end: resources/s from the first inform to the last synced, one worker process
-  at concurrency 100 with a no-op controller.
+  at concurrency 100 with a no-op controller (`--subscribe`: while a subscriber takes
+  every event).
 
 Prints a table and writes JSON (`--out`). Usage: python scripts/bench_inform.py [--quick]
 """
@@ -12,11 +13,13 @@ Prints a table and writes JSON (`--out`). Usage: python scripts/bench_inform.py 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,12 +53,27 @@ def bench_informs(client: delta.Client, dsn: str, count: int, batch: int) -> tup
     return new_rate, unchanged_rate
 
 
-def bench_end_to_end(client: delta.Client, dsn: str, count: int, batch: int) -> float:
+def bench_end_to_end(
+    client: delta.Client, dsn: str, count: int, batch: int, subscribe: bool = False
+) -> float:
     reset(dsn)
     proc = start_worker(dsn, 100, count, "resources")
-    started = time.time()
-    inform_all(client, [Item(key=f"e2e-{i}") for i in range(count)], batch)
-    result = finish_worker(proc)
+    with contextlib.ExitStack() as stack:
+        if subscribe:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("TRUNCATE delta_event")  # no Cleaner runs here
+            # A subscriber that takes every event: results write delta_event rows.
+            subscription = client.subscribe()
+            taken: list[int] = []
+            drain = threading.Thread(target=lambda: taken.append(sum(1 for _ in subscription)))
+            drain.start()
+            # On exit: close (ends the iteration), join, then report.
+            stack.callback(lambda: print(f"subscriber took {taken} items", file=sys.stderr))
+            stack.callback(drain.join)
+            stack.callback(subscription.close)
+        started = time.time()
+        inform_all(client, [Item(key=f"e2e-{i}") for i in range(count)], batch)
+        result = finish_worker(proc)
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'synced'), count(*) FROM delta_resource"
@@ -70,6 +88,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
+    parser.add_argument(
+        "--subscribe", action="store_true", help="end to end with a subscriber taking events"
+    )
     parser.add_argument("--out", default="bench-results/inform.json")
     args = parser.parse_args()
     if args.quick:
@@ -91,7 +112,7 @@ def main() -> None:
                 results["inform_new_objects_per_s"].append(new)
                 results["inform_unchanged_objects_per_s"].append(unchanged)
                 results["end_to_end_resources_per_s"].append(
-                    bench_end_to_end(client, dsn, args.count, args.batch)
+                    bench_end_to_end(client, dsn, args.count, args.batch, args.subscribe)
                 )
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:

@@ -16,6 +16,7 @@ from delta_actors.informers import InformerScheduler
 from delta_actors.maintenance import Cleaner, Expirer, Rescuer
 from tests.waiting import wait_until_async
 
+NO_EVENTS = {"events": 0, "subscribers": 0}
 FAST = {"ttl": 1.5, "renew_interval": 0.3, "elect_interval": 0.2, "margin": 0.3}
 
 
@@ -347,10 +348,10 @@ async def test_cleanup_respects_retention_and_batch_limits(dsn):
                 "updated_at = now() - interval '2 hours' WHERE object_id = 'dead'"
             )
         cleaner = Cleaner(app, pool, limit=1000)
-        assert await cleaner.run_once() == {"jobs": 1000, "resources": 1}
-        assert await cleaner.run_once() == {"jobs": 1000, "resources": 0}
-        assert await cleaner.run_once() == {"jobs": 500, "resources": 0}
-        assert await cleaner.run_once() == {"jobs": 0, "resources": 0}
+        assert await cleaner.run_once() == {"jobs": 1000, "resources": 1, **NO_EVENTS}
+        assert await cleaner.run_once() == {"jobs": 1000, "resources": 0, **NO_EVENTS}
+        assert await cleaner.run_once() == {"jobs": 500, "resources": 0, **NO_EVENTS}
+        assert await cleaner.run_once() == {"jobs": 0, "resources": 0, **NO_EVENTS}
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM delta_job")
             assert await cur.fetchone() == (12,)
