@@ -235,8 +235,9 @@ class Supervisor:
             data = b""
         if not data:
             self._selector.unregister(child.pipe)
+            if child.frames.buffered and not child.last_failure:
+                child.last_failure = f"pipe closed inside a frame ({child.frames.buffered} bytes)"
             return  # the process is exiting; _reap handles it
-        child.last_seen = time.monotonic()
         try:
             messages = child.frames.feed(data)
         except ProtocolError as exc:
@@ -247,6 +248,10 @@ class Supervisor:
             child.last_failure = f"protocol error: {exc}"
             self._kill(child)
             return
+        if messages:
+            # Only whole frames count as signs of life: bytes that never complete a frame
+            # (a truncated one) would otherwise keep a deaf actor alive forever.
+            child.last_seen = time.monotonic()
         for message in messages:
             self._on_message(child, message)
 
@@ -279,6 +284,8 @@ class Supervisor:
                 child.last_failure = f"no Started within {self.start_timeout:g}s"
             elif child.running and now - child.last_seen > self.hang_timeout:
                 child.last_failure = f"hung: no heartbeat for {now - child.last_seen:.1f}s"
+                if child.frames.buffered:
+                    child.last_failure += f" ({child.frames.buffered} bytes of an unfinished frame)"
             else:
                 continue
             logger.error(
