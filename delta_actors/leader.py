@@ -82,7 +82,8 @@ class Leader:
             with translate_errors("start leader", self._dsn):
                 await check_schema_async(conn)
                 self.actor_id = await register_actor(conn, LEADER_NAMESPACE, "leader")
-        await self._pool.open()
+        with translate_errors("start leader", self._dsn):
+            await self._pool.open(wait=True, timeout=30)
         self.elector = Elector(
             self._dsn,
             self.actor_id,

@@ -108,10 +108,7 @@ class Invoker:
             if is_async:
                 await fn(arg)
             else:
-                try:
-                    await loop.run_in_executor(self._executor, _call_in_thread, fn, arg)
-                except _RaisedInThread as raised:
-                    raise raised.error from None
+                await loop.run_in_executor(self._executor, fn, arg)
         except asyncio.CancelledError as exc:
             if self._is_stopping() or not claim.timed_out:
                 raise
@@ -138,27 +135,6 @@ class Invoker:
     def shutdown(self) -> None:
         """Stop the threads once idle, dropping handlers not yet started."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _RaisedInThread(Exception):  # noqa: N818 (a carrier, not an error of its own)
-    """Carries a BaseException out of a worker thread."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def _call_in_thread(fn: Callable[[Any], Any], arg: Any) -> Any:
-    # A BaseException in a future's result is thrown into the awaiting task, and a thrown
-    # GeneratorExit closes every coroutine frame up to the task instead of propagating:
-    # the runner could not return the claim's result. Carried as an Exception, it is
-    # re-raised in invoke() like one raised by async code.
-    try:
-        return fn(arg)
-    except Exception:
-        raise
-    except BaseException as exc:  # noqa: BLE001 (re-raised by invoke)
-        raise _RaisedInThread(exc) from None
 
 
 class ClaimRunner:
@@ -216,12 +192,16 @@ class JobRunner(ClaimRunner):
             )  # fmt: skip
         except HandlerTimeout as exc:
             return self._failed(claim, exc, str(exc))
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # GeneratorExit: see Worker._run_job
         except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
             return self._failed(claim, exc)
         self._stats.completed += 1
         return JobResult(claim.id, claim.attempt, JobState.COMPLETED)
+
+    def escaped(self, claim: Claim, exc: BaseException) -> JobResult:
+        """The result for a run that `exc` ended outside run() (see Worker._run_job)."""
+        return self._failed(claim, exc)
 
     def _failed(self, claim: Claim, exc: BaseException, message: str | None = None) -> JobResult:
         error = error_entry(claim.attempt, exc, message)

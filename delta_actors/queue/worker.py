@@ -115,7 +115,8 @@ class Worker:
                 await check_schema_async(conn)
                 if self.actor_id is None:
                     self.actor_id = await register_actor(conn, self.namespace, "worker")
-        await self._pool.open()
+        with translate_errors(action, self._dsn):
+            await self._pool.open(wait=True, timeout=30)
         self._completer = Completer(
             self._pool,
             self.actor_id,
@@ -274,6 +275,12 @@ class Worker:
             self._handed_back.append(claim)
             self._running.pop(claim.id, None)
             return
+        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+            # A GeneratorExit raised by a handler, or thrown into this task through a
+            # future it awaited (a plain def's thread), closes the runner's frames: they
+            # cannot return a result. The claim still fails, counted once.
+            runner = self._jobs if claim.resource_id is None else self._works
+            result = runner.escaped(claim, exc)
         assert self._completer is not None
         try:
             await self._completer.add(result)

@@ -52,6 +52,10 @@ class Behaviour:
         cls.gate = threading.Event()
 
 
+def _raise(error: BaseException) -> None:
+    raise error
+
+
 class AsyncItems(delta.Controller[Item]):
     max_attempts = 1
     timeout = 0.3
@@ -60,6 +64,9 @@ class AsyncItems(delta.Controller[Item]):
         Behaviour.worked.append(resource.object.key)
         if resource.object.key.startswith("hang"):
             await asyncio.Event().wait()  # never set
+        if resource.object.key == "thrown":  # through a future: thrown into the task
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, _raise, GeneratorExit("from a thread"))
         error = Behaviour.by_key.get(resource.object.key)
         if error is not None:
             raise error
@@ -70,6 +77,8 @@ class SyncItems(AsyncItems):
         Behaviour.worked.append(resource.object.key)
         if resource.object.key.startswith("hang"):
             Behaviour.gate.wait(30)  # a blocking call that ignores its timeout
+        if resource.object.key == "thrown":
+            raise GeneratorExit("from a thread")
         error = Behaviour.by_key.get(resource.object.key)
         if error is not None:
             raise error
@@ -85,6 +94,7 @@ def base_exceptions() -> dict[str, BaseException]:
         "exit": SystemExit(3),
         "generator-exit": GeneratorExit("from work"),
         "own": GeneratorExitLike("from work"),
+        "thrown": GeneratorExit("from a thread"),
     }
 
 
@@ -117,13 +127,13 @@ async def test_base_exceptions_in_work_fail_the_attempt_and_the_worker_goes_on(d
         async with running_worker(app, dsn) as worker:
             await client.inform_many([Item(key=key) for key in keys])
             await wait_until_async(lambda: settled(client, keys), 10, "every work to settle")
-            assert worker.stats.failed == 4
+            assert worker.stats.failed == 5
         got = {key: await client.get(Item, key) for key in keys}
         assert got["fine"] is not None and got["fine"].state is delta.State.SYNCED
         for key, error in base_exceptions().items():
             resource = got[key]
             assert resource is not None and resource.state is delta.State.DEGRADED
-            assert resource.errors[-1].error.startswith(type(error).__qualname__)
+            assert resource.errors[-1].error == f"{type(error).__qualname__}: {error}"
     finally:
         await client.close()
 
@@ -178,6 +188,25 @@ async def test_stored_job_args_that_no_longer_decode_fail_naming_the_type(dsn):
     assert row is not None and row.state is delta.JobState.DISCARDED
     assert "no longer decode into Charge" in row.errors[-1].error
     assert "Expected `int`, got `str`" in row.errors[-1].error
+
+
+async def test_a_plain_job_raising_generator_exit_fails_once_and_the_worker_goes_on(dsn):
+    """The job path too: a GeneratorExit from a plain def's thread fails the attempt
+    (discarded at max_attempts, counted once) and frees its slot."""
+
+    def handler(job: Ping) -> None:
+        raise GeneratorExit("from a job")
+
+    app = delta.App(jobs={Ping: handler}, namespaces={"default": delta.Namespace(max_workers=1)})
+    async with await delta.AsyncClient.connect(dsn) as client:
+        jobs = [await client.enqueue(Ping(), max_attempts=1) for _ in range(3)]
+        async with running_worker(app, dsn) as worker:
+            await wait_until_async(lambda: worker.stats.discarded == 3, 10, "three discards")
+            assert worker.stats.failed == 3
+        for job in jobs:
+            row = await client.get_job(job.id)
+            assert row is not None and row.state is delta.JobState.DISCARDED
+            assert row.errors[-1].error == "GeneratorExit: from a job"
 
 
 # ---------------------------------------------------------------- informers
