@@ -235,8 +235,6 @@ class Supervisor:
             data = b""
         if not data:
             self._selector.unregister(child.pipe)
-            if child.frames.buffered and not child.last_failure:
-                child.last_failure = f"pipe closed inside a frame ({child.frames.buffered} bytes)"
             return  # the process is exiting; _reap handles it
         try:
             messages = child.frames.feed(data)
