@@ -244,9 +244,13 @@ async def _informer(pool: AsyncConnectionPool) -> tuple[object, ...]:
             "SELECT cursor, last_error, runs, failures FROM delta_informer WHERE kind = 'item'"
         )
         row = await cur.fetchone()
-        await conn.execute("UPDATE delta_informer SET next_run_at = now()")  # due again
     assert row is not None
     return tuple(row)
+
+
+async def _make_due(pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE delta_informer SET next_run_at = now()")
 
 
 @pytest.mark.parametrize(
@@ -273,6 +277,7 @@ async def test_an_informer_raising_a_base_exception_midway_keeps_its_cursor(dsn,
             assert error.__qualname__ in str(last_error)
             assert not loop.done()
             Listing.fail_at = None
+            await _make_due(pool)
             await wait_until_async(lambda: _runs(pool), 5, "a clean informer run")
         finally:
             loop.cancel()
@@ -285,11 +290,11 @@ async def test_an_informer_raising_a_base_exception_midway_keeps_its_cursor(dsn,
 
 
 async def _failures(pool: AsyncConnectionPool) -> bool:
-    return (await _informer(pool))[3] == 1
+    return (await _informer(pool))[3] >= 1
 
 
 async def _runs(pool: AsyncConnectionPool) -> bool:
-    return (await _informer(pool))[2] == 1
+    return (await _informer(pool))[2] >= 1
 
 
 async def test_an_informer_listing_a_kind_with_no_controller_fails_naming_it(dsn):
