@@ -11,7 +11,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from delta_actors.errors import ConfigError, DatabaseError, SchemaError
+from delta_actors.errors import ConfigError, DatabaseError, EncodeError, SchemaError
 
 DSN_ENV = "DELTA_DATABASE_URL"
 
@@ -77,6 +77,13 @@ def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
             f"{action}: the delta_actors schema is incomplete ({exc.diag.message_primary}); "
             "run `delta-actors migrate` against this database"
         ) from exc
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        # A value of the caller's that PostgreSQL cannot store: a NUL in a text, a key
+        # too big for its index. Nothing was written; the caller must change the value.
+        detail = exc.diag.message_primary or str(exc)  # no diag: refused before sending
+        if exc.diag.message_detail:
+            detail += f" ({exc.diag.message_detail})"
+        raise EncodeError(f"{action}: PostgreSQL cannot store a value given: {detail}") from exc
     except psycopg.OperationalError as exc:
         where = f" at {redact_dsn(dsn)}" if dsn else ""
         detail = _redact_message(str(exc).strip(), dsn)

@@ -24,7 +24,7 @@ class UnknownNamespaceError(ConfigError):
 
 
 class EncodeError(DeltaError):
-    """Raised when a job or object cannot be encoded for storage."""
+    """Raised when a job, an object or a value given cannot be encoded for storage."""
 
 
 class DecodeError(DeltaError):

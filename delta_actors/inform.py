@@ -100,11 +100,9 @@ def prepare(objects: Iterable[Object], options: InformParams, app: App | None) -
             known = checked[object_type] = _check_type(object_type, options, app)
         kind, namespace, max_attempts, compares = known
         object_id = obj.id()
-        if not isinstance(object_id, str) or not 1 <= len(object_id) <= OBJECT_ID_MAX_LENGTH:
-            raise ConfigError(
-                f"{object_type.__qualname__}.id() must return a string of 1.."
-                f"{OBJECT_ID_MAX_LENGTH} characters, got {object_id!r:.100}"
-            )
+        problem = _object_id_problem(object_id)
+        if problem:
+            raise ConfigError(f"{object_type.__qualname__}.id() {problem}, got {object_id!r:.100}")
         try:
             encoded = _encoder.encode(obj)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
@@ -119,6 +117,19 @@ def prepare(objects: Iterable[Object], options: InformParams, app: App | None) -
             )
         )  # fmt: skip
     return items
+
+
+def _object_id_problem(object_id: object) -> str:
+    """Say why PostgreSQL could not store or index `object_id`, or return ''."""
+    if not isinstance(object_id, str):
+        return "must return a string"
+    # The limit is in bytes: the identity index takes ~2700 bytes, a character up to 4.
+    size = len(object_id.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= OBJECT_ID_MAX_LENGTH:
+        return f"must return a string of 1..{OBJECT_ID_MAX_LENGTH} bytes in UTF-8 ({size} given)"
+    if "\x00" in object_id:
+        return "must return a string without NUL characters"
+    return ""
 
 
 def _check_type(

@@ -127,7 +127,7 @@ class InformerScheduler:
                 written += await self._write(registration, batch)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 (an informer's failure is recorded, not fatal)
+        except BaseException as exc:  # noqa: BLE001 (an informer's SystemExit is its failure too)
             # What was listed before the failure is real data: keep it.
             if batch:
                 try:
@@ -164,7 +164,7 @@ class InformerScheduler:
         return len(items)
 
     async def _failed(
-        self, kind: str, registration: ControllerRegistration, written: int, exc: Exception
+        self, kind: str, registration: ControllerRegistration, written: int, exc: BaseException
     ) -> None:
         interval = registration.controller.inform_interval or FAILURE_BACKOFF
         logger.error(

@@ -21,7 +21,7 @@ import contextlib
 import logging
 
 from delta_actors.app import App
-from delta_actors.database import make_async_pool, translate_errors
+from delta_actors.database import connect_async, make_async_pool, translate_errors
 from delta_actors.election import Elector
 from delta_actors.informers import InformerScheduler
 from delta_actors.maintenance import Cleaner, Expirer, Rescuer, run_periodically
@@ -78,11 +78,13 @@ class Leader:
         """Connect, register and start campaigning; returns once started."""
         if self._main is not None:
             return
-        with translate_errors("start leader", self._dsn):
-            await self._pool.open(wait=True, timeout=30)
-            async with self._pool.connection() as conn:
+        # A connection of its own, not the pool's: see Worker.start.
+        async with await connect_async(self._dsn, action="start leader") as conn:
+            with translate_errors("start leader", self._dsn):
                 await check_schema_async(conn)
                 self.actor_id = await register_actor(conn, LEADER_NAMESPACE, "leader")
+        with translate_errors("start leader", self._dsn):
+            await self._pool.open(wait=True, timeout=30)
         self.elector = Elector(
             self._dsn,
             self.actor_id,

@@ -126,6 +126,11 @@ class FrameReader:
                 raise ProtocolError(f"undecodable frame of {length} bytes: {exc}") from exc
         return messages
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received of a frame not yet complete."""
+        return len(self._buffer)
+
     def close(self) -> None:
         """The stream ended: raise ProtocolError if it stopped inside a frame."""
         if self._buffer:

@@ -102,8 +102,8 @@ class Reconciler(ClaimRunner):
             )  # fmt: skip
         except HandlerTimeout as exc:
             return self._failed(claim, generation, attempt, exc, str(exc))
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # GeneratorExit: see Worker._run_job
         except BaseException as exc:  # noqa: BLE001 (a controller's SystemExit is a failure)
             return self._failed(claim, generation, attempt, exc)
         self._stats.completed += 1
@@ -128,6 +128,12 @@ class Reconciler(ClaimRunner):
             claim.id, claim.attempt, generation, JobState.DISCARDED, State.FAILED,
             count_attempt=True, delay=delay, error=error_entry(attempt + 1, exc, message),
         )  # fmt: skip
+
+    def escaped(self, claim: Claim, exc: BaseException) -> WorkResult:
+        """The result for a work that `exc` ended outside run() (see Worker._run_job)."""
+        row = claim.resource
+        assert row is not None  # run() returns before user code for a vanished row
+        return self._failed(claim, row[5], row[6], exc)
 
     @staticmethod
     def hand_back(claim: Claim) -> WorkResult:

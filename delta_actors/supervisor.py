@@ -293,7 +293,6 @@ class Supervisor:
         if not data:
             self._selector.unregister(child.pipe)
             return  # the process is exiting; _reap handles it
-        child.last_seen = time.monotonic()
         try:
             messages = child.frames.feed(data)
         except ProtocolError as exc:
@@ -304,6 +303,10 @@ class Supervisor:
             child.last_failure = f"protocol error: {exc}"
             self._kill(child)
             return
+        if messages:
+            # Only whole frames count as signs of life: bytes that never complete a frame
+            # (a truncated one) would otherwise keep a deaf actor alive forever.
+            child.last_seen = time.monotonic()
         for message in messages:
             self._on_message(child, message)
 
@@ -337,6 +340,8 @@ class Supervisor:
                 child.last_failure = f"no Started within {self.start_timeout:g}s"
             elif child.running and now - child.last_seen > self.hang_timeout:
                 child.last_failure = f"hung: no heartbeat for {now - child.last_seen:.1f}s"
+                if child.frames.buffered:
+                    child.last_failure += f" ({child.frames.buffered} bytes of an unfinished frame)"
             else:
                 continue
             logger.error(

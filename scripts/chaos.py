@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,9 @@ import delta_actors as delta
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS chaos_run (
     id bigserial PRIMARY KEY,
+    -- Recording retries when its connection dies; a commit whose reply was lost must not
+    -- record the run twice (two identical rows would look like an overlap).
+    run uuid NOT NULL UNIQUE,
     kind text NOT NULL,
     object_id text NOT NULL,
     generation bigint NOT NULL,
@@ -69,8 +73,8 @@ CREATE TABLE IF NOT EXISTS chaos_run (
 )
 """
 RECORD_RUN = (
-    "INSERT INTO chaos_run (kind, object_id, generation, pid, started_at, ended_at, ok) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO chaos_run (run, kind, object_id, generation, pid, started_at, ended_at, ok) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING"
 )
 
 # Timing of the runtime under test: production's ratios, scaled down so a run is short.
@@ -175,8 +179,8 @@ def _record_sync(row: tuple[Any, ...]) -> None:
 async def _run_async(resource: delta.Resource[Any], fail: bool) -> None:
     started = time.time()
     await asyncio.sleep(_work_seconds(resource))
-    row = (resource.kind, resource.object_id, resource.generation, os.getpid(), started)
-    await _recorder.record((*row, time.time(), not fail))
+    row = (uuid.uuid4(), resource.kind, resource.object_id, resource.generation, os.getpid())
+    await _recorder.record((*row, started, time.time(), not fail))
     if fail:
         raise RuntimeError(f"first attempts of {resource.object_id} fail, by design")
 
@@ -205,8 +209,8 @@ class TicketController(delta.Controller[Ticket]):
     def work(self, resource: delta.Resource[Ticket]) -> None:
         started = time.time()
         time.sleep(_work_seconds(resource))
-        row = (resource.kind, resource.object_id, resource.generation, os.getpid(), started)
-        _record_sync((*row, time.time(), True))
+        row = (uuid.uuid4(), resource.kind, resource.object_id, resource.generation, os.getpid())
+        _record_sync((*row, started, time.time(), True))
 
 
 app = delta.App(

@@ -21,6 +21,8 @@ from psycopg import sql
 from delta_actors import schema
 from delta_actors.cluster import PostgresCluster, throwaway_cluster
 
+pytest_plugins = ["tests.roles"]  # the `role` fixture
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:

@@ -45,6 +45,7 @@ class WorkerStats:
     stale: int = 0
     unknown_kind: int = 0
     claims: int = 0
+    claim_failures: int = 0  # claims that failed on the database (logged as claim_failed)
 
 
 @dataclass(slots=True)
@@ -83,11 +84,19 @@ def error_entry(attempt: int, exc: BaseException | None, message: str | None = N
 
 
 class Invoker:
-    """Calls user code for claims: async on the loop, sync on a thread, under a deadline."""
+    """Calls user code for claims: async on the loop, sync on a thread, under a deadline.
 
-    def __init__(self, threads: ThreadPoolExecutor, is_stopping: Callable[[], bool]) -> None:
+    A plain def that overruns its deadline cannot be stopped and keeps its thread. Its
+    pool is then replaced (the old one's other threads finish what they run and exit), so
+    hung handlers, however many, never leave later ones waiting for a thread.
+    """
+
+    def __init__(self, threads: int, name: str, is_stopping: Callable[[], bool]) -> None:
         self._threads = threads
+        self._name = name
         self._is_stopping = is_stopping
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.abandoned_threads = 0
 
     async def invoke(
         self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
@@ -99,7 +108,7 @@ class Invoker:
             if is_async:
                 await fn(arg)
             else:
-                await loop.run_in_executor(self._threads, fn, arg)
+                await loop.run_in_executor(self._executor, fn, arg)
         except asyncio.CancelledError as exc:
             if self._is_stopping() or not claim.timed_out:
                 raise
@@ -107,7 +116,25 @@ class Invoker:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if not is_async:
+                self._abandon_thread(claim)
             raise HandlerTimeout(f"timed out after {timeout:g}s") from exc
+
+    def _abandon_thread(self, claim: Claim) -> None:
+        old, self._executor = (
+            self._executor, ThreadPoolExecutor(self._threads, thread_name_prefix=self._name),
+        )  # fmt: skip
+        old.shutdown(wait=False)
+        self.abandoned_threads += 1
+        logger.warning(
+            "%s %d overran its timeout in a thread that cannot be stopped; %d such threads "
+            "so far, later handlers get fresh ones", claim.kind, claim.id,
+            self.abandoned_threads, extra={"event": "worker.thread_abandoned"},
+        )  # fmt: skip
+
+    def shutdown(self) -> None:
+        """Stop the threads once idle, dropping handlers not yet started."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ClaimRunner:
@@ -165,12 +192,16 @@ class JobRunner(ClaimRunner):
             )  # fmt: skip
         except HandlerTimeout as exc:
             return self._failed(claim, exc, str(exc))
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # GeneratorExit: see Worker._run_job
         except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
             return self._failed(claim, exc)
         self._stats.completed += 1
         return JobResult(claim.id, claim.attempt, JobState.COMPLETED)
+
+    def escaped(self, claim: Claim, exc: BaseException) -> JobResult:
+        """The result for a run that `exc` ended outside run() (see Worker._run_job)."""
+        return self._failed(claim, exc)
 
     def _failed(self, claim: Claim, exc: BaseException, message: str | None = None) -> JobResult:
         error = error_entry(claim.attempt, exc, message)

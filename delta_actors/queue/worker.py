@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -46,7 +45,7 @@ from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.database import make_async_pool, translate_errors
+from delta_actors.database import connect_async, make_async_pool, translate_errors
 from delta_actors.errors import ActorLostError
 from delta_actors.metrics import Recorder
 from delta_actors.queue.completer import Completer, Result
@@ -110,7 +109,7 @@ class Worker:
         self._scheduler = Scheduler(self._pool) if run_scheduler else None
         self._listener = Listener(dsn, namespace, self._notified)
         self._completer: Completer | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._invoker: Invoker | None = None
         self._running: dict[int, Claim] = {}
         self._wake = asyncio.Event()
         self._maybe_more = True
@@ -128,26 +127,24 @@ class Worker:
         """Connect, check the schema, register, and start claiming; returns once started."""
         if self._main is not None:
             return
-        with translate_errors(f"start worker for namespace {self.namespace!r}", self._dsn):
+        action = f"start worker for namespace {self.namespace!r}"
+        # A connection of its own, not the pool's: a wrong password or a full server then
+        # fails at once with PostgreSQL's reason, instead of as a pool timeout 30 s later.
+        async with await connect_async(self._dsn, action=action) as conn:
+            with translate_errors(action, self._dsn):
+                await check_schema_async(conn)
+                if self.actor_id is None:
+                    self.actor_id = await register_actor(conn, self.namespace, "worker")
+        with translate_errors(action, self._dsn):
             await self._pool.open(wait=True, timeout=30)
-            try:
-                async with self._pool.connection() as conn:
-                    await check_schema_async(conn)
-                    if self.actor_id is None:
-                        self.actor_id = await register_actor(conn, self.namespace, "worker")
-            except BaseException:
-                await self._pool.close()
-                raise
         self._completer = Completer(
             self._pool,
             self.actor_id,
             max_pending=max(64, 4 * self.max_workers),
             on_written=self._results_written,
         )
-        self._threads = ThreadPoolExecutor(
-            max_workers=self.max_workers, thread_name_prefix=f"delta-{self.namespace}"
-        )
-        invoker = Invoker(self._threads, lambda: self._cancelling)
+        invoker = Invoker(self.max_workers, f"delta-{self.namespace}", lambda: self._cancelling)
+        self._invoker = invoker
         self._jobs = JobRunner(self._app, invoker, self.stats, self._retry_policy)
         self._works = Reconciler(self._app, invoker, self.stats, self._retry_policy)
         self._main = asyncio.create_task(self._run_components(), name=f"worker:{self.namespace}")
@@ -204,8 +201,8 @@ class Worker:
             )
         await self._unregister()
         await self._pool.close()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._invoker is not None:
+            self._invoker.shutdown()
         self._stopped.set()
         logger.info(
             "worker stopped for namespace %s", self.namespace,
@@ -278,6 +275,7 @@ class Worker:
                 claims = await self._claim(free)
             except (psycopg.Error, OSError) as exc:
                 self._replies_lost = True
+                self.stats.claim_failures += 1
                 logger.warning(
                     "claiming jobs failed: %s", exc,
                     extra={"event": "worker.claim_failed", "namespace": self.namespace},
@@ -339,6 +337,12 @@ class Worker:
             self._handed_back.append(claim)
             self._running.pop(claim.id, None)
             return
+        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+            # A GeneratorExit raised by a handler, or thrown into this task through a
+            # future it awaited (a plain def's thread), closes the runner's frames: they
+            # cannot return a result. The claim still fails, counted once.
+            runner = self._jobs if claim.resource_id is None else self._works
+            result = runner.escaped(claim, exc)
         self.recorder.observe(claim.kind, result, loop.time() - started)
         assert self._completer is not None
         try:
