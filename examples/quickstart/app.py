@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ import delta_actors as delta
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "customers.jsonl"
-REPORTS = HERE / "reports"
+REPORTS = Path(os.environ.get("DELTA_EXAMPLE_OUT", HERE / "reports"))
 
 
 class Customer(delta.Object, kind="customer"):
