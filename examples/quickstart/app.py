@@ -12,6 +12,8 @@ Run it from the repository root:
 
 then edit customers.jsonl (change a name, bump its updated_at, add or remove a line)
 and watch reports/ follow within seconds.
+
+$DELTA_EXAMPLE_OUT, if set, names another folder for the reports (the tests use it).
 """
 
 from __future__ import annotations
