@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import delta_actors as delta
@@ -107,7 +108,7 @@ def test_http_sync_follows_the_api_edits_and_deletions(run_example, dsn):
     assert example.stop() == 0, example.log
 
 
-def test_cpu_heavy_counts_primes_on_two_processes(run_example):
+def test_cpu_heavy_counts_primes_on_two_processes(run_example, dsn):
     """Every chunk is counted correctly by the workers of the two-process namespace."""
     example = run_example("-m", "delta_actors", "supervise", "--app", "examples.cpu_heavy.app:app")
     wait_until(lambda: len(example.outputs()) == CHUNKS, 20, f"{CHUNKS} chunks counted")
@@ -116,5 +117,11 @@ def test_cpu_heavy_counts_primes_on_two_processes(run_example):
         chunk = Chunk(start=i * CHUNK_SIZE, stop=(i + 1) * CHUNK_SIZE)
         assert results[chunk.id()]["primes"] == count_primes(chunk.start, chunk.stop)
     assert sum(result["primes"] for result in results.values()) == 27_608  # the primes below 320000
-    assert os.getpid() not in {result["pid"] for result in results.values()}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM delta_actor WHERE namespace = 'cpu' AND role = 'worker'"
+        ).fetchall()
+    cpu_actors = {pid for (pid,) in rows}
+    assert len(cpu_actors) == 2  # processes=2
+    assert {result["pid"] for result in results.values()} <= cpu_actors
     assert example.stop() == 0, example.log
