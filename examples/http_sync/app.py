@@ -65,7 +65,12 @@ class ArticleController(delta.Controller[Article]):
     tombstones = True
 
     async def inform(self, options: delta.InformOptions) -> AsyncIterator[Article]:
-        base = os.environ[URL_ENV]
+        base = os.environ.get(URL_ENV)
+        if not base:
+            raise RuntimeError(
+                f"${URL_ENV} is not set: run this example with `python3 -m examples.http_sync`, "
+                "which starts the API and sets it"
+            )
         query: dict[str, str] = {"limit": str(PAGE)}
         if options.after is not None:
             query["created_after"] = options.after.isoformat()
