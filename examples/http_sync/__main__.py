@@ -1,18 +1,36 @@
-"""One command: serve the example API, then run `delta-actors supervise` on this app.
+"""`python3 -m examples.http_sync`: serve the articles API, then supervise the app.
 
-python -m examples.http_sync [supervise options, e.g. --dsn URL]
+The API runs in its own process (the supervisor forks its actors, so it should not own
+threads); its URL reaches the informer through $HTTP_SYNC_URL. Extra arguments are passed
+to `delta-actors supervise` (e.g. `--dsn postgresql://...`).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
-from delta_actors.cli import main
-from examples.http_sync.api import Store, serve
+from delta_actors.cli import main as cli
+from examples.http_sync.app import URL_ENV
 
-server = serve(Store())
-host, port = server.server_address[:2]
-os.environ["HTTP_SYNC_API"] = f"http://{host}:{port}"
-print(f"example API on {os.environ['HTTP_SYNC_API']}/products", file=sys.stderr, flush=True)
-main(["supervise", "--app", "examples.http_sync.app:app", *sys.argv[1:]])
+
+def main() -> None:
+    api = subprocess.Popen(
+        [sys.executable, "-m", "examples.http_sync.api"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert api.stdout is not None
+        url = api.stdout.readline().strip()
+        if not url:
+            sys.exit(f"the articles API did not start (exit code {api.wait()})")
+        print(f"articles API: {url}", flush=True)
+        os.environ[URL_ENV] = url
+        cli(["supervise", "--app", "examples.http_sync.app:app", *sys.argv[1:]])
+    finally:
+        api.terminate()
+        api.wait()
+
+
+if __name__ == "__main__":
+    main()

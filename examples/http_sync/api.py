@@ -1,101 +1,145 @@
-"""A small paginated JSON API, standing in for an external system.
+"""A tiny paginated JSON API of articles: the "external system" of the HTTP example.
 
-`GET /products?limit=N&cursor=C` lists products ordered by (updated_at, sku); the reply
-has `items` and `next` (the cursor of the page after, or null). `after=ISO-TIME` lists
-only products changed after that time, which is what the informer asks for between full
-listings. A deleted product simply disappears: the informer's full listings let
-delta_actors mark it deleted (tombstones).
+    GET    /articles?created_after=ISO&cursor=C&limit=N  -> {"items": [...], "next": C | null}
+    PUT    /articles/ID  {"title": ...}                  -> the article (version + 1)
+    DELETE /articles/ID                                  -> 204
 
-A churn thread makes the system change by itself, deterministically: every `tick`
-seconds one product's price changes; every third tick the newest product is deleted
-and a new one added.
+Items are ordered by (created_at, id); `cursor` is the opaque position after the last item
+of the previous page. Run `python -m examples.http_sync.api` to serve it alone; it prints
+its URL on the first line of stdout.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 import threading
-import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+ARTICLES = 25
+MAX_LIMIT = 100
 
 
 class Store:
-    """The external system's data, changing on its own."""
+    """The articles, in memory; a lock makes each request see one consistent state."""
 
-    def __init__(self, count: int = 25) -> None:
+    def __init__(self, count: int = ARTICLES) -> None:
         self.lock = threading.Lock()
-        self.products: dict[str, dict[str, object]] = {}
-        self.next_sku = 0
-        for _ in range(count):
-            self._add()
+        self.articles: dict[str, dict[str, Any]] = {}
+        for i in range(count):
+            article_id = f"a{i:03d}"
+            self.articles[article_id] = {
+                "id": article_id,
+                "title": f"Article {i}",
+                "version": 1,
+                "created_at": (START + timedelta(minutes=i)).isoformat(),
+            }
 
-    def _add(self) -> None:
-        sku = f"sku-{self.next_sku:04d}"
-        self.next_sku += 1
-        self.products[sku] = {
-            "sku": sku, "name": f"Product {sku}", "price": 10.0 + self.next_sku,
-            "updated_at": datetime.now(UTC).isoformat(),
-        }  # fmt: skip
-
-    def churn(self, tick: int) -> None:
+    def page(self, created_after: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
         with self.lock:
-            skus = sorted(self.products)
-            product = self.products[skus[tick % len(skus)]]
-            product["price"] = round(float(product["price"]) * 1.1, 2)  # type: ignore[arg-type]
-            product["updated_at"] = datetime.now(UTC).isoformat()
-            if tick % 3 == 2:
-                del self.products[skus[-1]]
-                self._add()
-
-    def page(self, after: str | None, cursor: str | None, limit: int) -> dict[str, object]:
-        with self.lock:
-            rows = sorted(self.products.values(), key=lambda p: (p["updated_at"], p["sku"]))
-        if after:
-            rows = [p for p in rows if str(p["updated_at"]) > after]
-        if cursor:
-            rows = [p for p in rows if f"{p['updated_at']}|{p['sku']}" > cursor]
-        items = rows[:limit]
-        more = len(rows) > limit
-        last = items[-1] if items else None
-        return {
-            "items": items,
-            "next": f"{last['updated_at']}|{last['sku']}" if more and last else None,
-        }
+            ordered = sorted(self.articles.values(), key=lambda a: (a["created_at"], a["id"]))
+        if created_after is not None:
+            after = datetime.fromisoformat(created_after)
+            ordered = [a for a in ordered if datetime.fromisoformat(a["created_at"]) > after]
+        if cursor is not None:
+            last = json.loads(base64.urlsafe_b64decode(cursor))
+            ordered = [a for a in ordered if [a["created_at"], a["id"]] > last]
+        items = ordered[:limit]
+        more = len(ordered) > limit
+        next_cursor = (
+            base64.urlsafe_b64encode(
+                json.dumps([items[-1]["created_at"], items[-1]["id"]]).encode()
+            ).decode()
+            if more
+            else None
+        )
+        return {"items": items, "next": next_cursor}
 
 
-def serve(store: Store, port: int = 0, tick: float = 2.0) -> ThreadingHTTPServer:
-    """Serve `store` on 127.0.0.1:`port` (0: any free port) and churn it; return the server."""
+class Handler(BaseHTTPRequestHandler):
+    store: Store
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            if url.path != "/products":
-                self.send_error(404)
-                return
-            query = {key: values[0] for key, values in parse_qs(url.query).items()}
-            body = json.dumps(
-                store.page(query.get("after"), query.get("cursor"), int(query.get("limit", 10)))
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/articles":
+            self._send(404, {"error": f"no such path {url.path}; try /articles"})
+            return
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            limit = min(int(query.get("limit", "10")), MAX_LIMIT)
+            body = self.store.page(query.get("created_after"), query.get("cursor"), limit)
+        except ValueError as exc:
+            self._send(400, {"error": f"bad query: {exc}"})
+            return
+        self._send(200, body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    def do_PUT(self) -> None:
+        article_id = self._article_id()
+        if article_id is None:
+            return
+        length = int(self.headers.get("Content-Length", "0"))
+        title = json.loads(self.rfile.read(length) or b"{}").get("title")
+        with self.store.lock:
+            article = self.store.articles.get(article_id)
+            if article is not None:
+                if title is not None:
+                    article["title"] = title
+                article["version"] += 1
+                article = dict(article)
+        if article is None:
+            self._send(404, {"error": f"no article {article_id}"})
+        else:
+            self._send(200, article)
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True, name="api").start()
+    def do_DELETE(self) -> None:
+        article_id = self._article_id()
+        if article_id is None:
+            return
+        with self.store.lock:
+            found = self.store.articles.pop(article_id, None) is not None
+        self._send(204 if found else 404, None)
 
-    def churn() -> None:
-        count = 0
-        while True:
-            time.sleep(tick)
-            store.churn(count)
-            count += 1
+    def _article_id(self) -> str | None:
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "articles":
+            self._send(404, {"error": "use /articles/ID"})
+            return None
+        return parts[1]
 
-    threading.Thread(target=churn, daemon=True, name="churn").start()
-    return server
+    def _send(self, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the informer polls
+
+
+def serve(host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """Return a server bound to host:port (0: an ephemeral port), not yet serving."""
+    handler = type("ArticlesHandler", (Handler,), {"store": Store()})
+    return ThreadingHTTPServer((host, port), handler)
+
+
+def main() -> None:
+    server = serve()
+    host, port = server.server_address[:2]
+    print(f"http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

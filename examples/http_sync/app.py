@@ -1,89 +1,100 @@
-"""Sync from a paginated HTTP API: cursor, created_at, compare and tombstones.
+"""Sync articles from a paginated HTTP API into PostgreSQL; write one file per article.
 
-The informer pages through `$HTTP_SYNC_API/products` (served by `api.py`, started by
-`python -m examples.http_sync`): every 2 seconds it asks for the products changed after
-its cursor (the newest `created_at()` it has seen), every 10 seconds for everything, and
-after such a full listing the products the API no longer lists are marked deleted
-(tombstones: the resource's state becomes `deleted`, no work runs). `compare()` keeps an
-older copy of a product from overwriting a newer one. The controller writes one file per
-product version into `out/` (or `$DELTA_EXAMPLE_OUT`). Watch it with
-`delta-actors status` and `delta-actors inspect product sku-0003`."""
+The API (`api.py`) pages with an opaque cursor and filters by `created_after`. The
+informer runs every 2 seconds: usually it lists only articles created after the newest
+`created_at` it has seen (the delta cursor), and every 10 seconds it lists everything, so
+that edits are picked up (`version` is the `compare` field: a higher version is newer)
+and articles the API no longer lists are marked deleted (`tombstones = True`).
+
+Run it from the repository root with one command (it starts the API, then supervises):
+
+    python3 -m examples.http_sync
+
+then, with the URL it prints, `curl -X PUT -d '{"title": "New"}' URL/articles/a001` or
+`curl -X DELETE URL/articles/a002` and watch examples/http_sync/out/ follow.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
+from urllib.request import urlopen
 
 import delta_actors as delta
 
-HERE = Path(__file__).resolve().parent
-OUT = Path(os.environ.get("DELTA_EXAMPLE_OUT") or HERE / "out")
+URL_ENV = "HTTP_SYNC_URL"
+OUT = Path(os.environ.get("DELTA_EXAMPLE_OUT", Path(__file__).resolve().parent / "out"))
+PAGE = 10
 
 
-class Product(delta.Object, kind="product"):
-    """A product as the API lists it."""
+def _get(url: str) -> Any:
+    """GET a JSON document (blocking; the informer runs it in a thread)."""
+    with urlopen(url, timeout=10) as response:  # noqa: S310 (our own http:// API)
+        return json.load(response)
 
-    sku: str
-    name: str
-    price: float
-    updated_at: datetime
+
+class Article(delta.Object, kind="article"):
+    """An article as the API serves it."""
+
+    id_: str
+    title: str
+    version: int
+    created: datetime
 
     def id(self) -> str:
-        return self.sku
+        return self.id_
 
-    def compare(self, stored: Product) -> int:
-        # The API's updated_at orders versions: an older copy is stale, not stored.
-        return (self.updated_at > stored.updated_at) - (self.updated_at < stored.updated_at)
+    def compare(self, stored: Article) -> int:
+        return self.version - stored.version
 
     def created_at(self) -> datetime:
-        # The informer's cursor: the next run asks for changes after the newest one seen.
-        return self.updated_at
+        return self.created
 
 
-def _get(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own API)
-        return json.loads(response.read())  # type: ignore[no-any-return]
+class ArticleController(delta.Controller[Article]):
+    """Pages through the API and writes each article to `OUT/<id>.json`."""
 
-
-class ProductController(delta.Controller[Product]):
     inform_interval = 2.0
     full_interval = 10.0
     tombstones = True
 
-    async def inform(self, options: delta.InformOptions) -> AsyncIterator[Product]:
-        base = os.environ["HTTP_SYNC_API"]
-        cursor: str | None = None
+    async def inform(self, options: delta.InformOptions) -> AsyncIterator[Article]:
+        base = os.environ.get(URL_ENV)
+        if not base:
+            raise RuntimeError(
+                f"${URL_ENV} is not set: run this example with `python3 -m examples.http_sync`, "
+                "which starts the API and sets it"
+            )
+        query: dict[str, str] = {"limit": str(PAGE)}
+        if options.after is not None:
+            query["created_after"] = options.after.isoformat()
         while True:
-            query = {"limit": "10"}
-            if options.after is not None:
-                query["after"] = options.after.isoformat()
-            if cursor:
-                query["cursor"] = cursor
-            # Blocking I/O off the event loop; an error leaves the informer's cursor as it was.
-            page = await asyncio.to_thread(_get, f"{base}/products?{urlencode(query)}")
-            for item in page["items"]:  # type: ignore[attr-defined]
-                yield Product(
-                    sku=item["sku"], name=item["name"], price=float(item["price"]),
-                    updated_at=datetime.fromisoformat(item["updated_at"]),
-                )  # fmt: skip
-            cursor = page["next"]  # type: ignore[assignment]
-            if cursor is None:
+            page = await asyncio.to_thread(_get, f"{base}/articles?{urlencode(query)}")
+            for item in page["items"]:
+                yield Article(
+                    id_=item["id"],
+                    title=item["title"],
+                    version=item["version"],
+                    created=datetime.fromisoformat(item["created_at"]),
+                )
+            if page["next"] is None:
                 return
+            query["cursor"] = page["next"]
 
-    def work(self, resource: delta.Resource[Product]) -> None:
-        product = resource.object
+    def work(self, resource: delta.Resource[Article]) -> None:
+        # A plain def: blocking file I/O runs off the event loop.
+        article = resource.object
         OUT.mkdir(parents=True, exist_ok=True)
-        target = OUT / f"{product.sku}.json"
+        target = OUT / f"{article.id_}.json"
         tmp = target.with_suffix(".tmp")
-        record = {"sku": product.sku, "price": product.price, "generation": resource.generation}
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps({"title": article.title, "version": article.version}))
         tmp.replace(target)
 
 
-app = delta.App(controllers=[ProductController()])
+app = delta.App(controllers=[ArticleController()])

@@ -12,6 +12,8 @@ Run it from the repository root:
 
 then edit customers.jsonl (change a name, bump its updated_at, add or remove a line)
 and watch reports/ follow within seconds.
+
+$DELTA_EXAMPLE_OUT, if set, names another folder for the reports (the tests use it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import delta_actors as delta
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "customers.jsonl"
-REPORTS = Path(os.environ.get("DELTA_EXAMPLE_OUT") or HERE / "reports")
+REPORTS = Path(os.environ.get("DELTA_EXAMPLE_OUT", HERE / "reports"))
 
 
 class Customer(delta.Object, kind="customer"):

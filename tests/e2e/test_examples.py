@@ -1,86 +1,127 @@
-"""Each example runs with its one command and does what its docstring says."""
+"""The examples, each run with its one documented command against the test database."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 
+import delta_actors as delta
+from examples.cpu_heavy.app import CHUNK_SIZE, CHUNKS, Chunk, count_primes
+from examples.http_sync.app import Article
 from tests.e2e.conftest import ROOT
 from tests.waiting import wait_until
 
 
-@contextmanager
-def running(argv: list[str], out: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """Run an example's command with its output folder in `out`; SIGTERM it afterwards."""
-    log = out.parent / f"{out.name}.log"
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "DELTA_EXAMPLE_OUT": str(out), **env}
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=environment, stdout=sink, stderr=sink, text=True
+class Example:
+    """One example's command, with its output folder and log in tmp_path."""
+
+    def __init__(self, dsn: str, tmp_path: Path, *argv: str) -> None:
+        self.out = tmp_path / "out"
+        self.log_path = tmp_path / "example.log"
+        env = {
+            **os.environ, "DELTA_DATABASE_URL": dsn, "DELTA_EXAMPLE_OUT": str(self.out),
+            "PYTHONPATH": str(ROOT),
+        }  # fmt: skip
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, *argv], env=env, cwd=ROOT, stdout=log, stderr=log
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def outputs(self) -> dict[str, dict[str, object]]:
+        """The example's output files that are complete, by name."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the example exited {self.proc.returncode}:\n{self.log}")
+        if not self.out.exists():
+            return {}
+        return {path.stem: json.loads(path.read_text()) for path in self.out.glob("*.json")}
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful shutdown) and return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def request(url: str, method: str, data: bytes | None = None) -> None:
+    """Send one request to the example's API; fail on an HTTP error."""
+    assert url.startswith("http://127.0.0.1:"), url
+    urllib.request.urlopen(urllib.request.Request(url, data, method=method)).close()  # noqa: S310
+
+
+@pytest.fixture
+def run_example(dsn: str, tmp_path: Path) -> Iterator[type[Example]]:
+    started: list[Example] = []
+
+    def start(*argv: str) -> Example:
+        example = Example(dsn, tmp_path, *argv)
+        started.append(example)
+        return example
+
+    yield start  # type: ignore[misc]
+    for example in started:
+        example.stop()
+
+
+def test_quickstart_renders_a_report_per_customer(run_example):
+    """The README's command: every customer of customers.jsonl gets its report."""
+    example = run_example("-m", "delta_actors", "supervise", "--app", "examples.quickstart.app:app")
+    lines = (ROOT / "examples/quickstart/customers.jsonl").read_text().splitlines()
+    emails = {json.loads(line)["email"] for line in lines if line.strip()}
+    wait_until(lambda: len(example.outputs()) == len(emails), 20, "a report per customer")
+    assert {report["customer"] for report in example.outputs().values()} == emails
+    assert example.stop() == 0, example.log
+
+
+def test_http_sync_follows_the_api_edits_and_deletions(run_example, dsn):
+    """All pages are synced; an edit is picked up and a deletion becomes a tombstone."""
+    example = run_example("-m", "examples.http_sync")
+    wait_until(lambda: len(example.outputs()) == 25, 20, "25 articles written")
+    lines = example.log.splitlines()
+    url = next(line.split(": ", 1)[1] for line in lines if line.startswith("articles API"))
+    request(f"{url}/articles/a001", "PUT", b'{"title": "Edited"}')
+    request(f"{url}/articles/a002", "DELETE")
+    with delta.Client.connect(dsn) as client:
+        wait_until(lambda: example.outputs()["a001"]["title"] == "Edited", 20, "the edit synced")
+        wait_until(
+            lambda: client.get(Article, "a002").state == delta.State.DELETED, 20, "a tombstone"
         )
-    try:
-        yield proc
-        assert proc.poll() is None, log.read_text()[-3000:]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, log.read_text()[-3000:]
+        assert client.get(Article, "a001").object.version == 2
+        assert client.get(Article, "a003").state == delta.State.SYNCED
+    assert example.stop() == 0, example.log
 
 
-def files(folder: Path, pattern: str) -> list[Path]:
-    return sorted(folder.glob(pattern)) if folder.is_dir() else []
-
-
-def states(dsn: str, kind: str) -> dict[str, int]:
+def test_cpu_heavy_counts_primes_on_two_processes(run_example, dsn):
+    """Every chunk is counted correctly by the workers of the two-process namespace."""
+    example = run_example("-m", "delta_actors", "supervise", "--app", "examples.cpu_heavy.app:app")
+    wait_until(lambda: len(example.outputs()) == CHUNKS, 20, f"{CHUNKS} chunks counted")
+    results = example.outputs()
+    for i in range(CHUNKS):
+        chunk = Chunk(start=i * CHUNK_SIZE, stop=(i + 1) * CHUNK_SIZE)
+        assert results[chunk.id()]["primes"] == count_primes(chunk.start, chunk.stop)
+    assert sum(result["primes"] for result in results.values()) == 27_608  # the primes below 320000
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT state::text, count(*) FROM delta_resource WHERE kind = %s GROUP BY 1", (kind,)
-        )
-        return dict(rows.fetchall())  # type: ignore[arg-type]
-
-
-SUPERVISE = [sys.executable, "-m", "delta_actors", "supervise"]
-
-
-def test_quickstart_renders_a_report_per_customer(dsn, tmp_path):
-    out = tmp_path / "reports"
-    customers = (ROOT / "examples" / "quickstart" / "customers.jsonl").read_text().split("\n")
-    expected = len([line for line in customers if line.strip()])
-    with running([*SUPERVISE, "--app", "examples.quickstart.app:app", "--dsn", dsn], out):
-        wait_until(lambda: len(files(out, "*.json")) == expected, 30, "a report per customer")
-    assert states(dsn, "customer") == {"synced": expected}
-
-
-def test_http_sync_follows_the_api_through_pages_changes_and_deletions(dsn, tmp_path):
-    out = tmp_path / "products"
-    with running([sys.executable, "-m", "examples.http_sync", "--dsn", dsn], out):
-        # 25 products over 3 pages of 10.
-        wait_until(lambda: len(files(out, "*.json")) >= 25, 30, "every product written")
-        # The API changes a price every 2 s: a second generation is informed and worked.
-        wait_until(
-            lambda: any('"generation": 2' in p.read_text() for p in files(out, "*.json")),
-            30, "a changed product worked again",
-        )  # fmt: skip
-        # Every third change deletes a product: the next full listing tombstones it.
-        wait_until(lambda: states(dsn, "product").get("deleted", 0) >= 1, 40, "a tombstone")
-
-
-def test_cpu_heavy_runs_in_two_processes(dsn, tmp_path):
-    out = tmp_path / "digests"
-    command = [*SUPERVISE, "--app", "examples.cpu_heavy.app:app", "--dsn", dsn]
-    with running(command, out, CPU_HEAVY_COUNT="60"):
-        wait_until(lambda: len(files(out, "*.txt")) == 60, 60, "60 digests")
-    pids = {path.read_text().split()[1] for path in files(out, "*.txt")}
-    assert len(pids) == 2, pids  # processes=2: both actors of the namespace took work
-    assert states(dsn, "document") == {"synced": 60}
+            "SELECT pid FROM delta_actor WHERE namespace = 'cpu' AND role = 'worker'"
+        ).fetchall()
+    cpu_actors = {pid for (pid,) in rows}
+    assert len(cpu_actors) == 2  # processes=2
+    assert {result["pid"] for result in results.values()} <= cpu_actors
+    assert example.stop() == 0, example.log

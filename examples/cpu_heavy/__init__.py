@@ -1,0 +1,1 @@
+"""A CPU-bound controller spread over two actor processes (see app.py)."""
