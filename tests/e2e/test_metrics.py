@@ -51,9 +51,13 @@ def test_metrics_move_as_work_happens_and_survive_restarts(supervise, e2e_dsn):
     url = metrics_url(process)
     assert url.startswith("http://127.0.0.1:")
     task = {"namespace": "default", "kind": "task"}
+    # Gauges arrive with each actor's first heartbeat frame, which may follow its start.
+    wait_until(
+        lambda: value(scrape(url), "delta_max_workers", namespace="default") == 20,
+        30, "the default actor's first heartbeat",
+    )  # fmt: skip
     before = scrape(url)
     assert value(before, "delta_reconcile_total", **task, result="success") == 0
-    assert value(before, "delta_max_workers", namespace="default") == 20
 
     with delta.Client.connect(e2e_dsn) as client:
         client.inform_many([Task(key=f"t{i}") for i in range(10)])
