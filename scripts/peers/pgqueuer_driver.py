@@ -1,0 +1,99 @@
+"""pgqueuer 1.x workloads (run by scripts/bench_peers.py with the peers' venv).
+
+Settings: documented defaults (PsycopgDriver, QueueManager); throughput settings:
+`max_concurrent_tasks` as given and `batch_size` half of it (the most it allows;
+default 10), drain mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from datetime import timedelta
+
+import psycopg
+from _common import latency_result, run, until_recorded
+from pgqueuer import PsycopgDriver, QueueManager
+from pgqueuer.models import Job
+from pgqueuer.queries import Queries
+from pgqueuer.types import QueueExecutionMode
+
+
+async def connect(dsn: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+
+async def setup(dsn: str) -> dict[str, object]:
+    async with await connect(dsn) as conn:
+        await Queries(PsycopgDriver(conn)).install()
+    return {}
+
+
+async def reset(dsn: str) -> None:
+    async with await connect(dsn) as conn:
+        await conn.execute("TRUNCATE pgqueuer, pgqueuer_log")
+        await conn.execute("VACUUM ANALYZE pgqueuer")
+
+
+async def bulk(dsn: str, count: float) -> dict[str, object]:
+    await reset(dsn)
+    n = int(count)
+    async with await connect(dsn) as conn:
+        queries = Queries(PsycopgDriver(conn))
+        started = time.perf_counter()
+        await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
+        return {"rate": count / (time.perf_counter() - started)}
+
+
+async def drain(dsn: str, count: float, concurrency: float) -> dict[str, object]:
+    await reset(dsn)
+    n, c = int(count), int(concurrency)
+    async with await connect(dsn) as conn:
+        await Queries(PsycopgDriver(conn)).enqueue(["noop"] * n, [None] * n, [0] * n)
+        qm = QueueManager(Queries(PsycopgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            return None
+
+        started = time.perf_counter()
+        batch = max(1, c // 2)
+        await qm.run(batch_size=batch, max_concurrent_tasks=c, mode=QueueExecutionMode.drain)
+        elapsed = time.perf_counter() - started
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM pgqueuer),"
+            " (SELECT count(DISTINCT job_id) FROM pgqueuer_log WHERE status = 'successful')"
+        )
+        row = await cur.fetchone()
+    assert row == (0, n), f"not every job succeeded exactly once (left, done): {row}"
+    return {"rate": count / elapsed}
+
+
+async def latency(dsn: str, count: float, rate: float) -> dict[str, object]:
+    await reset(dsn)
+    latencies: list[float] = []
+    async with await connect(dsn) as conn, await connect(dsn) as enqueue_conn:
+        qm = QueueManager(Queries(PsycopgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            assert job.payload is not None
+            latencies.append(time.time() - struct.unpack("d", job.payload)[0])
+
+        worker = asyncio.create_task(qm.run(dequeue_timeout=timedelta(seconds=30)))
+        await asyncio.sleep(1.0)
+        queries = Queries(PsycopgDriver(enqueue_conn))
+        next_at = time.perf_counter()
+        for _ in range(int(count)):
+            next_at += 1.0 / rate
+            await queries.enqueue("noop", struct.pack("d", time.time()))
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await until_recorded(latencies, count, worker)
+        qm.shutdown.set()
+        await worker
+    return latency_result(latencies)
+
+
+if __name__ == "__main__":
+    run({"setup": setup, "bulk": bulk, "drain": drain, "latency": latency})
