@@ -72,7 +72,7 @@ _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
 _states = {state.value: state for state in State}
 
 
-def decode_metadata(text: str) -> dict[str, Any]:
+def _decode_metadata(text: str) -> dict[str, Any]:
     """The metadata column, read as text (see queries.RESOURCE_COLUMNS)."""
     return _metadata_decoder.decode(text) if text != "{}" else {}
 
@@ -86,6 +86,6 @@ def resource_from_row(row: Sequence[Any], obj: T) -> Resource[T]:
     return Resource(
         id_, kind, object_id, namespace, obj, _states[state], generation, attempt, max_attempts,
         _errors_decoder.decode(errors) if errors and errors != "[]" else [],
-        list(tags), decode_metadata(metadata),
+        list(tags), _decode_metadata(metadata),
         created_at, updated_at, attempted_at, synced_at,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from delta_actors import queries
 from delta_actors.database import translate_errors
 from delta_actors.names import validate_name
 from delta_actors.queue.rows import JobError
-from delta_actors.resource import decode_metadata
+from delta_actors.resource import resource_from_row
 from delta_actors.schema import check_schema
 
 RECENT_FAILURES = 10
@@ -135,7 +135,6 @@ class NotFoundError(LookupError):
     """Raised by inspect_resource when no resource has the kind and id asked for."""
 
 
-_errors_decoder = msgspec.json.Decoder(list[JobError])
 _error_decoder = msgspec.json.Decoder(JobError)
 
 
@@ -176,16 +175,13 @@ def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> Res
         if row is None:
             raise NotFoundError(_not_found(conn, kind, object_id))
         works = conn.execute(queries.SELECT_LIVE_WORKS_OF_RESOURCE, (row[0],)).fetchall()
-    (
-        id_, kind, object_id, namespace, state, generation, attempt, max_attempts,
-        errors, tags, metadata, created_at, updated_at, attempted_at, synced_at, obj,
-    ) = row  # fmt: skip
+    # The row is GET_RESOURCE's: RESOURCE_COLUMNS (decoded as for Resource), then the object.
+    stored = resource_from_row(row, msgspec.Raw(bytes(row[15])))
     return ResourceDetail(
-        id_, kind, object_id, namespace, state, generation, attempt, max_attempts,
-        msgspec.Raw(bytes(obj)),
-        _errors_decoder.decode(errors) if errors and errors != "[]" else [],
-        list(tags), decode_metadata(metadata), created_at, updated_at, attempted_at, synced_at,
-        [WorkStatus(*work) for work in works],
+        stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,
+        stored.generation, stored.attempt, stored.max_attempts, stored.object, stored.errors,
+        stored.tags, stored.metadata, stored.created_at, stored.updated_at,
+        stored.attempted_at, stored.synced_at, [WorkStatus(*work) for work in works],
     )  # fmt: skip
 
 
