@@ -314,9 +314,9 @@ class Worker:
         for job_id, attempt, _, resource_id, generation in unknown:
             if resource_id is not None:
                 await self._completer.add(Reconciler.give_back(job_id, attempt, generation))
-        jobs = [(row[0], row[1]) for row in unknown if row[3] is None]
+        jobs = [row for row in unknown if row[3] is None]
         if jobs:
-            await self._return_jobs([i for i, _ in jobs], [a for _, a in jobs])
+            await self._return_jobs([row[0] for row in jobs], [row[1] for row in jobs])
         self.stats.handed_back += len(unknown)
 
     # ------------------------------------------------------------------ running
