@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 import delta_actors as delta
 from examples.cpu_heavy.app import CHUNK_SIZE, CHUNKS, Chunk, count_primes
 from examples.http_sync.app import Article
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, terminate
 from tests.waiting import wait_until
 
 
@@ -50,14 +49,7 @@ class Example:
 
     def stop(self) -> int:
         """SIGTERM (a graceful shutdown) and return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc)
 
 
 def request(url: str, method: str, data: bytes | None = None) -> None:
