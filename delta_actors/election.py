@@ -159,11 +159,11 @@ class Elector:
             return
         self.trusted_until = started + self.ttl - self.margin
 
-    async def _lose(self, why: str) -> None:
+    async def _lose(self, why: str, level: int = logging.WARNING) -> None:
         if self.term is None:
             return
-        logger.warning(
-            "lost leadership (term %d): %s", self.term, why,
+        logger.log(
+            level, "lost leadership (term %d): %s", self.term, why,
             extra={"event": "election.lost", "term": self.term},
         )  # fmt: skip
         self.term = None
@@ -174,7 +174,7 @@ class Elector:
         if self.term is None:
             return
         term = self.term
-        await self._lose("resigning")
+        await self._lose("resigning", logging.INFO)  # a clean stop is no warning
         with contextlib.suppress(psycopg.Error, OSError):
             await conn.execute(queries.RESIGN_LEASE, {"term": term, "actor": self.actor_id})
             logger.info("resigned leadership (term %d)", term, extra={"event": "election.resigned"})

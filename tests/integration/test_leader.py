@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -75,8 +76,8 @@ async def _true(value: object) -> bool:
     return bool(value)
 
 
-async def test_clean_resignation_hands_over_at_once(dsn):
-    """A leader that stops resigns and wakes a candidate well before elect_interval."""
+async def test_clean_resignation_hands_over_at_once(dsn, caplog):
+    """A leader that stops resigns, without a warning, and wakes a candidate at once."""
     first, first_seen = make_elector(
         dsn, 1, elect_interval=5.0, renew_interval=1.0, ttl=15, margin=2
     )
@@ -91,12 +92,16 @@ async def test_clean_resignation_hands_over_at_once(dsn):
         assert not second.is_leader
         loop = asyncio.get_running_loop()
         resigned_at = loop.time()
+        caplog.set_level(logging.INFO, logger="delta_actors.election")
         first_task.cancel()
         await asyncio.gather(first_task, return_exceptions=True)
         await wait_until_async(lambda: _true(second.is_leader), 2, "the hand-over")
         assert loop.time() - resigned_at < 1.0
         assert second_seen.terms == [first_seen.terms[0] + 1]
         assert first_seen.lost == 1
+        stopping = [r for r in caplog.records if r.name == "delta_actors.election"]
+        assert any("resigned leadership" in r.getMessage() for r in stopping)
+        assert all(r.levelno < logging.WARNING for r in stopping), "a clean stop warned"
     finally:
         second_task.cancel()
         await asyncio.gather(second_task, return_exceptions=True)
