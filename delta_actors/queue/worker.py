@@ -2,7 +2,8 @@
 
 Components (each a named task in one TaskGroup; the first to fail stops the worker):
 - listener: LISTEN/NOTIFY wake-ups for the namespace;
-- producer: claims jobs, at most the free slots, one claim in flight at a time;
+- producer: claims jobs, at most the free slots, one claim in flight at a time, on a
+  connection of its own where the claim's plan is made once (see claimer.py);
 - completer: writes results in fenced batches;
 - scheduler (optional): promotes due scheduled/retryable jobs;
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
@@ -48,6 +49,7 @@ from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import connect_async, make_async_pool, translate_errors
 from delta_actors.errors import ActorLostError
 from delta_actors.metrics import Recorder
+from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.retry import retry_delay
@@ -108,6 +110,7 @@ class Worker:
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
         self._scheduler = Scheduler(self._pool) if run_scheduler else None
         self._listener = Listener(dsn, namespace, self._notified)
+        self._claimer = Claimer(dsn, namespace)
         self._completer: Completer | None = None
         self._invoker: Invoker | None = None
         self._running: dict[int, Claim] = {}
@@ -257,6 +260,12 @@ class Worker:
         self._wake.set()
 
     async def _produce(self) -> None:
+        try:
+            await self._produce_until_stopped()
+        finally:
+            await self._claimer.close()
+
+    async def _produce_until_stopped(self) -> None:
         while self._claiming:
             raise_if_cancelling()
             try:
@@ -289,9 +298,7 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"queue": self.namespace, "limit": limit, "actor": self.actor_id}
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(queries.CLAIM_JOBS, params)
-            rows = await cur.fetchall()
+        rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
         return [Claim.from_row(row) for row in rows]

@@ -12,6 +12,7 @@ import psycopg
 
 import delta_actors as delta
 from delta_actors import queries
+from delta_actors.queue.claimer import Claimer
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
@@ -23,20 +24,25 @@ class Note(delta.Job, kind="note"):
 
 CLAIM_LIMIT = 7
 
-# Loops CLAIM_JOBS as one actor until the queue is empty; prints each claim's ids on a line.
+# Loops claims as one actor, the way a worker's producer makes them (a generic plan on a
+# connection of its own), until the queue is empty; prints each claim's ids on a line.
 CLAIMER = f"""
-import sys, psycopg
-from delta_actors import queries
+import asyncio, sys
+from delta_actors.queue.claimer import Claimer
 dsn, actor = sys.argv[1], int(sys.argv[2])
-with psycopg.connect(dsn, autocommit=True) as conn:
+async def main():
+    claimer = Claimer(dsn, "default")
+    await claimer.claim({{"queue": "none", "limit": 1, "actor": actor}})  # connected
     print("ready", flush=True)
     sys.stdin.readline()  # every claimer starts at once
     while True:
         params = {{"queue": "default", "limit": {CLAIM_LIMIT}, "actor": actor}}
-        ids = [row[0] for row in conn.execute(queries.CLAIM_JOBS, params)]
+        ids = [row[0] for row in await claimer.claim(params)]
         if not ids:
             break
         print(" ".join(map(str, ids)), flush=True)
+    await claimer.close()
+asyncio.run(main())
 """
 
 
@@ -270,3 +276,73 @@ async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
             (informed.resource.id,),
         )
         assert await cur.fetchone() == ("synced", 0)
+
+
+async def _claim_plan(claimer: Claimer) -> str:
+    """The plan the claimer's prepared claim runs now, as EXPLAIN prints it."""
+    conn = claimer._conn
+    assert conn is not None
+    cur = await conn.execute("SELECT name FROM pg_prepared_statements")
+    (name,) = [row[0] for row in await cur.fetchall()]
+    cur = await conn.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}('default', 10, 1)")
+    return "\n".join(row[0] for row in await cur.fetchall())
+
+
+async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
+    """The claim's generic plan, made on empty tables, looks every row up by index, so it
+    stays sound as the tables grow; after the replan interval the next claim remakes it.
+    (On empty tables PostgreSQL would otherwise plan a sequential scan of delta_resource,
+    which made every claim of a resource work scan the whole table: 25x slower.)"""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("ALTER TABLE delta_resource SET (autovacuum_enabled = false)")
+        claimer = Claimer(dsn, "default", replan_interval=1.0)
+        claim = {"queue": "default", "limit": 10, "actor": 1}
+        try:
+            await claimer.claim(claim)
+            plan = await _claim_plan(claimer)
+            assert "Seq Scan" not in plan, plan
+            assert "on delta_resource_pkey" in plan, plan
+            await conn.execute(
+                "INSERT INTO delta_resource (kind, object_id, namespace, object, hash,"
+                " max_attempts) SELECT 'gizmo', 'g' || i, 'default', '{}', '', 5"
+                " FROM generate_series(1, 20000) AS i"
+            )
+            await asyncio.sleep(1.1)
+            await claimer.claim(claim)  # the first claim past the interval remakes it
+            assert claimer.replans == 1
+            await claimer.claim(claim)  # and the next one, within it, does not
+            assert claimer.replans == 1
+            plan = await _claim_plan(claimer)
+            assert "Seq Scan" not in plan, plan
+        finally:
+            await claimer.close()
+
+
+async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
+    """Terminating the producer's own connection costs one failed claim at most: the next
+    claim opens a new connection, and the jobs enqueued meanwhile run."""
+    ran: list[int] = []
+
+    async def note(job: Note) -> None:
+        ran.append(job.n)
+
+    app = delta.App(jobs={Note: note})
+    async with (
+        await delta.AsyncClient.connect(dsn, app=app) as client,
+        running_worker(app, dsn, poll_interval=0.1) as worker,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
+    ):
+        await client.enqueue(Note(n=1))
+        await wait_until_async(lambda: ran == [1], 10, "the first job")
+        cur = await admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'delta-claim-default'"
+        )
+        assert await cur.fetchone() == (1,)
+        await client.enqueue(Note(n=2))
+        await wait_until_async(lambda: ran == [1, 2], 10, "the job after")
+        assert worker.stats.claim_failures <= 1
+        cur = await admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'delta-claim-default'"
+        )
+        assert await cur.fetchone() == (1,)

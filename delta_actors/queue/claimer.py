@@ -1,0 +1,84 @@
+"""The producer's own connection, on which a claim runs a plan made once.
+
+Why: CLAIM_JOBS is the statement a worker runs most, always in the same shape. Planned
+for its parameters it spends about as long in the planner (0.2 ms) as in the executor
+for ten rows, and at low concurrency, where every claim takes a few rows, that planning
+was half the server's time per job. Our pools plan every execution (see database.py),
+so the claim has a connection of its own, configured for generic plans, on which it is a
+prepared statement: planned once, then only executed.
+
+Invariants:
+- One claim at a time: only the producer claims, and it never claims twice at once, so
+  one connection serves it and no pool is needed.
+- The claim's plan finds every row through an index (`enable_seqscan = off` on this
+  connection): made on empty tables, a generic plan would scan delta_resource
+  sequentially, and a claim of resource works got 25x slower as the table grew.
+- A generic plan is fixed at the statistics it was made with; an ANALYZE invalidates it,
+  but growth alone does not. So the plan is dropped (`DISCARD PLANS`) every
+  `replan_interval` seconds and remade at the next claim.
+- A claim that failed or was interrupted leaves the connection in an unknown state: it is
+  closed, and the next claim opens a new one. Connecting raises psycopg's own errors, which
+  the producer already treats as a failed claim (logged, counted, retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from delta_actors import queries
+
+# Every row the claim touches is found through an index. Made on empty tables, a generic
+# plan would otherwise scan delta_resource sequentially, and keep doing so as it grows.
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+REPLAN = "DISCARD PLANS"
+REPLAN_INTERVAL = 10.0
+
+
+class Claimer:
+    """Runs CLAIM_JOBS for one producer on a connection of its own."""
+
+    def __init__(self, dsn: str, namespace: str, replan_interval: float = REPLAN_INTERVAL):
+        # Named, so operators can tell it apart in pg_stat_activity.
+        self._conninfo = make_conninfo(dsn, application_name=f"delta-claim-{namespace}"[:63])
+        self._replan_interval = replan_interval
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._replan_at = 0.0
+        self.replans = 0  # plans dropped to be remade (tests read it)
+
+    async def claim(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Claim jobs; on any failure the connection is dropped and the error raised."""
+        try:
+            conn = await self._connection()
+            loop = asyncio.get_running_loop()
+            if loop.time() >= self._replan_at:
+                await conn.execute(REPLAN, prepare=False)
+                self.replans += 1
+                self._replan_at = loop.time() + self._replan_interval
+            cur = await conn.execute(queries.CLAIM_JOBS, params, prepare=True)
+            return await cur.fetchall()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            try:
+                await conn.execute(GENERIC_PLANS)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+            self._replan_at = asyncio.get_running_loop().time() + self._replan_interval
+        return self._conn
