@@ -49,6 +49,7 @@ from delta_actors.cluster import throwaway_cluster
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench" / "peers-venv"
 PEERS = {"procrastinate": "procrastinate==3.10.0", "pgqueuer": "pgqueuer==1.6.0"}
+DRIVERS = ["psycopg[binary]", "asyncpg", "uvloop"]  # what the peers run on at their best
 INFORM_BATCH = 5_000
 SYNC_METRICS = {
     "inform_new_per_s": "inform_many, new objects/s",
@@ -61,12 +62,15 @@ METRICS = ["bulk_jobs_per_s", "drain_c10_jobs_per_s", "drain_c100_jobs_per_s", "
 
 
 def peers_python() -> str:
-    """The peers' venv python, creating the venv on first use."""
+    """The peers' venv python, creating the venv on first use or when the pins changed."""
     python = VENV / "bin" / "python"
+    wanted = [*DRIVERS, *PEERS.values()]
+    stamp = VENV / "delta-bench-requirements.txt"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "psycopg[binary]", *PEERS.values()]
-        subprocess.run(pip, check=True)
+    if not stamp.exists() or stamp.read_text().split() != wanted:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *wanted], check=True)
+        stamp.write_text("\n".join(wanted))
     return str(python)
 
 

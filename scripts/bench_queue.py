@@ -80,15 +80,19 @@ def worker_main(dsn: str, concurrency: int, count: int, mode: str) -> None:
         await worker.wait_listening()
         print(json.dumps({"ready": True}), flush=True)
         started = None
+        cpu_started = time.process_time()
         while worker.stats.completed < count or worker._completer.backlog:
             if started is None and worker.stats.claimed:
                 started = time.perf_counter()
+                cpu_started = time.process_time()
             await asyncio.sleep(0.0005 if started is None else 0.002)
         elapsed = time.perf_counter() - (started or time.perf_counter())
+        cpu = time.process_time() - cpu_started
         finished_at = time.time()
         stats = dataclasses.asdict(worker.stats)
         await worker.stop()
-        return {"elapsed": elapsed, "finished_at": finished_at, "latencies": latencies, **stats}
+        return {"elapsed": elapsed, "cpu": cpu, "finished_at": finished_at,
+                "latencies": latencies, **stats}  # fmt: skip
 
     print(json.dumps(uvloop.run(main())), flush=True)
 

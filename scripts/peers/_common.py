@@ -5,8 +5,33 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import uvloop
+
+
+class Span:
+    """From the first job's start to the last job's end, marked by the peer's handler.
+
+    A drain's rate over this span leaves out the peer's start-up, its first fetch, its
+    last completion writes and its final empty poll: generous to the peer.
+    """
+
+    def __init__(self) -> None:
+        self.first = 0.0
+        self.last = 0.0
+
+    def start(self) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        self.last = time.perf_counter()
+
+    def rate(self, count: float) -> float:
+        return count / (self.last - self.first)
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -29,7 +54,10 @@ async def until_recorded(latencies: list[float], count: float, worker: asyncio.T
 
 
 def run(ops: dict[str, Callable[..., Awaitable[dict[str, object]]]]) -> None:
-    """argv: <dsn> <op> [numbers...]; print the op's result as one JSON line."""
+    """argv: <dsn> <op> [numbers...]; print the op's result as one JSON line.
+
+    Every peer runs on uvloop, as delta_actors does.
+    """
     dsn, op, *numbers = sys.argv[1:]
-    result = asyncio.run(ops[op](dsn, *(float(n) for n in numbers)))
+    result = uvloop.run(ops[op](dsn, *(float(n) for n in numbers)))
     print(json.dumps(result), flush=True)

@@ -1,8 +1,9 @@
 """pgqueuer 1.x workloads (run by scripts/bench_peers.py with the peers' venv).
 
-Settings: documented defaults (PsycopgDriver, QueueManager); throughput settings:
-`max_concurrent_tasks` as given and `batch_size` half of it (the most it allows;
-default 10), drain mode.
+Settings: documented defaults (QueueManager) with those of pgqueuer's own benchmark
+(tools/benchmark.py) for throughput: the asyncpg driver (AsyncpgDriver; its PsycopgDriver
+drained 3-4x slower here) on uvloop; `max_concurrent_tasks` as given and `batch_size`
+half of it (the most it allows; default 10); drain mode.
 """
 
 from __future__ import annotations
@@ -10,28 +11,36 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import psycopg
-from _common import latency_result, run, until_recorded
-from pgqueuer import PsycopgDriver, QueueManager
+import asyncpg
+from _common import Span, latency_result, run, until_recorded
+from pgqueuer import AsyncpgDriver, QueueManager
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 from pgqueuer.types import QueueExecutionMode
 
 
-async def connect(dsn: str) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        if not conn.is_closed():
+            await conn.close()
 
 
 async def setup(dsn: str) -> dict[str, object]:
-    async with await connect(dsn) as conn:
-        await Queries(PsycopgDriver(conn)).install()
+    async with connect(dsn) as conn:
+        await Queries(AsyncpgDriver(conn)).install()
     return {}
 
 
 async def reset(dsn: str) -> None:
-    async with await connect(dsn) as conn:
+    async with connect(dsn) as conn:
         await conn.execute("TRUNCATE pgqueuer, pgqueuer_log")
         await conn.execute("VACUUM ANALYZE pgqueuer")
 
@@ -39,8 +48,8 @@ async def reset(dsn: str) -> None:
 async def bulk(dsn: str, count: float) -> dict[str, object]:
     await reset(dsn)
     n = int(count)
-    async with await connect(dsn) as conn:
-        queries = Queries(PsycopgDriver(conn))
+    async with connect(dsn) as conn:
+        queries = Queries(AsyncpgDriver(conn))
         started = time.perf_counter()
         await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
         return {"rate": count / (time.perf_counter() - started)}
@@ -49,32 +58,33 @@ async def bulk(dsn: str, count: float) -> dict[str, object]:
 async def drain(dsn: str, count: float, concurrency: float) -> dict[str, object]:
     await reset(dsn)
     n, c = int(count), int(concurrency)
-    async with await connect(dsn) as conn:
-        await Queries(PsycopgDriver(conn)).enqueue(["noop"] * n, [None] * n, [0] * n)
-        qm = QueueManager(Queries(PsycopgDriver(conn)))
+    async with connect(dsn) as conn:
+        await Queries(AsyncpgDriver(conn)).enqueue(["noop"] * n, [None] * n, [0] * n)
+    async with connect(dsn) as conn:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        span = Span()
 
         @qm.entrypoint("noop")
         async def noop(job: Job) -> None:
-            return None
+            span.start()
+            span.end()
 
-        started = time.perf_counter()
         batch = max(1, c // 2)
         await qm.run(batch_size=batch, max_concurrent_tasks=c, mode=QueueExecutionMode.drain)
-        elapsed = time.perf_counter() - started
-        cur = await conn.execute(
+    async with connect(dsn) as conn:
+        row = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM pgqueuer),"
             " (SELECT count(DISTINCT job_id) FROM pgqueuer_log WHERE status = 'successful')"
         )
-        row = await cur.fetchone()
-    assert row == (0, n), f"not every job succeeded exactly once (left, done): {row}"
-    return {"rate": count / elapsed}
+    assert tuple(row) == (0, n), f"not every job succeeded exactly once (left, done): {row}"
+    return {"rate": span.rate(count)}
 
 
 async def latency(dsn: str, count: float, rate: float) -> dict[str, object]:
     await reset(dsn)
     latencies: list[float] = []
-    async with await connect(dsn) as conn, await connect(dsn) as enqueue_conn:
-        qm = QueueManager(Queries(PsycopgDriver(conn)))
+    async with connect(dsn) as conn, connect(dsn) as enqueue_conn:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
         @qm.entrypoint("noop")
         async def noop(job: Job) -> None:
@@ -83,7 +93,7 @@ async def latency(dsn: str, count: float, rate: float) -> dict[str, object]:
 
         worker = asyncio.create_task(qm.run(dequeue_timeout=timedelta(seconds=30)))
         await asyncio.sleep(1.0)
-        queries = Queries(PsycopgDriver(enqueue_conn))
+        queries = Queries(AsyncpgDriver(enqueue_conn))
         next_at = time.perf_counter()
         for _ in range(int(count)):
             next_at += 1.0 / rate

@@ -12,9 +12,10 @@ import time
 
 import procrastinate
 import psycopg
-from _common import latency_result, run, until_recorded
+from _common import Span, latency_result, run, until_recorded
 
 latencies: list[float] = []
+span = Span()
 
 
 def make_app(dsn: str) -> procrastinate.App:
@@ -22,8 +23,10 @@ def make_app(dsn: str) -> procrastinate.App:
 
     @app.task(name="noop")
     async def noop(sent_at: float = 0.0) -> None:
+        span.start()
         if sent_at:
             latencies.append(time.time() - sent_at)
+        span.end()
 
     return app
 
@@ -53,16 +56,14 @@ async def drain(dsn: str, count: float, concurrency: float) -> dict[str, object]
     await reset(dsn)
     async with make_app(dsn).open_async() as app:
         await app.tasks["noop"].batch_defer_async(*({} for _ in range(int(count))))
-        started = time.perf_counter()
         await app.run_worker_async(concurrency=int(concurrency), wait=False)
-        elapsed = time.perf_counter() - started
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM procrastinate_jobs"
         )
         row = await cur.fetchone()
     assert row == (int(count), int(count)), f"not every job succeeded exactly once: {row}"
-    return {"rate": count / elapsed}
+    return {"rate": span.rate(count)}
 
 
 async def latency(dsn: str, count: float, rate: float) -> dict[str, object]:
