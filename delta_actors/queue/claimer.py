@@ -28,7 +28,7 @@ import contextlib
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from delta_actors import queries
 
@@ -37,14 +37,19 @@ from delta_actors import queries
 GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
 REPLAN = "DISCARD PLANS"
 REPLAN_INTERVAL = 10.0
+CONNECT_TIMEOUT = 10
 
 
 class Claimer:
     """Runs CLAIM_JOBS for one producer on a connection of its own."""
 
     def __init__(self, dsn: str, namespace: str, replan_interval: float = REPLAN_INTERVAL):
-        # Named, so operators can tell it apart in pg_stat_activity.
-        self._conninfo = make_conninfo(dsn, application_name=f"delta-claim-{namespace}"[:63])
+        # Named, so operators can tell it apart in pg_stat_activity; a black-holed server
+        # fails the claim after a while (as a pool's checkout would) instead of hanging it.
+        options: dict[str, Any] = {"application_name": f"delta-claim-{namespace}"[:63]}
+        if "connect_timeout" not in conninfo_to_dict(dsn):
+            options["connect_timeout"] = CONNECT_TIMEOUT
+        self._conninfo = make_conninfo(dsn, **options)
         self._replan_interval = replan_interval
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._replan_at = 0.0
