@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import psycopg
+from benchlib import migrated_cluster, wait_registered
 
 import delta_actors as delta
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
 
 PROCESSES = int(os.environ.get("BENCH_PROCESSES", "1"))
 HASH_ROUNDS = int(os.environ.get("BENCH_HASH_ROUNDS", "0"))
@@ -120,16 +119,7 @@ def run_once(dsn: str, processes: int, count: int, rounds: int) -> dict[str, flo
             "--app", "bench_cpu:app", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env)
     try:
-        expected_actors = processes + 2
-        deadline = time.monotonic() + 30
-        while True:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM delta_actor").fetchone()
-            if row and row[0] >= expected_actors:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("supervise did not start its actors")
-            time.sleep(0.05)
+        wait_registered(dsn, proc, processes + 2)  # heavy actors, the light one, the leader
         with delta.Client.connect(dsn, app=app) as client:
             started = time.perf_counter()
             client.inform_many([Heavy(key=f"h{i}") for i in range(count)])
@@ -159,18 +149,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/cpu.json")
     args = parser.parse_args()
     rounds = calibrate()
-    cluster = throwaway_cluster()
     results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
-    try:
-        dsn = cluster.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+    with migrated_cluster() as dsn:
         for run in range(args.runs):
             for processes in (1, 2):
                 results[processes].append(run_once(dsn, processes, args.count, rounds))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-    finally:
-        cluster.remove()
     medians = {
         p: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for p, runs in results.items()

@@ -29,10 +29,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_queue import Item, ItemController
+from benchlib import migrated_cluster, wait_registered
 
 import delta_actors as delta
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
 
 CONCURRENCY = 100
 app = delta.App(
@@ -65,18 +64,6 @@ def processes(dsn: str, supervisor: int) -> dict[str, int]:
     for role, namespace, pid in rows:
         found[f"{role} {namespace}" if role != "leader" else "leader"] = pid
     return found
-
-
-def wait_registered(dsn: str, proc: subprocess.Popen[bytes], count: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT count(*) FROM delta_actor").fetchone()
-        if row and row[0] >= count:
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("supervise did not start its actors")
-        time.sleep(0.05)
 
 
 def run_once(dsn: str, count: int, batch: int) -> dict[str, object]:
@@ -154,17 +141,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--out", default="bench-results/supervise.json")
     args = parser.parse_args()
-    cluster = throwaway_cluster()
     runs = []
-    try:
-        dsn = cluster.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+    with migrated_cluster() as dsn:
         for run in range(args.runs):
             runs.append(run_once(dsn, args.count, args.batch))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-    finally:
-        cluster.remove()
     rates = [float(r["resources_per_s"]) for r in runs]  # type: ignore[arg-type]
     shown = ", ".join(f"{r:,.0f}" for r in rates)
     print(f"\ninform -> synced through supervise: {statistics.median(rates):,.0f} resources/s")

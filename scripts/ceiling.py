@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from benchlib import migrated_cluster
 
-from delta_actors import queries, schema
-from delta_actors.cluster import throwaway_cluster
+from delta_actors import queries
 
 GRID = list(itertools.product((2, 4, 10), (50, 200)))  # (connections, batch)
 
@@ -149,17 +149,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--count", type=int, default=20_000)
     args = parser.parse_args()
-    cluster = throwaway_cluster()
-    try:
-        dsn = cluster.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+    with migrated_cluster() as dsn:
         for cycle in CYCLES:
             for c, b in GRID:
                 rate = cycle_rate(dsn, cycle, args.count, c, b)
                 print(f"{cycle:<10} {c:>3} connections, batch {b:>3}: {rate:>9,.0f} jobs/s")
-    finally:
-        cluster.remove()
 
 
 if __name__ == "__main__":
