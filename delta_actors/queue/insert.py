@@ -1,6 +1,7 @@
 """Inserting jobs, in the caller's connection and transaction.
 
-Small batches, and batches with unique keys, are one INSERT over `unnest` that skips rows
+One job without a unique key is a plain VALUES insert that wakes its queue. Other small
+batches, and batches with unique keys, are one INSERT over `unnest` that skips rows
 whose unique key a live job holds and sends one NOTIFY per queue that got available work
 (Postgres folds identical notifications of a transaction into one and delivers them only
 at commit). Duplicates are then looked up and reported as the existing job. Large batches
@@ -280,8 +281,27 @@ async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) ->
     return results
 
 
+def _one_job(batch: InsertBatch) -> dict[str, Any] | None:
+    """INSERT_ONE_JOB's parameters when `batch` is one job without a unique key, else None."""
+    if len(batch) != 1 or batch.unique_keys[0] is not None:
+        return None
+    return {
+        "kind": batch.kinds[0],
+        "queue": batch.queues[0],
+        "args": batch.args[0],
+        "priority": batch.priorities[0],
+        "max_attempts": batch.max_attempts[0],
+        "scheduled_at": batch.scheduled_at[0],
+    }
+
+
 def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Insert `batch` in the connection's current transaction (or its own, in autocommit)."""
+    one = _one_job(batch)
+    if one is not None:
+        inserted_one = conn.execute(queries.INSERT_ONE_JOB, one).fetchone()
+        assert inserted_one is not None
+        return [_enqueued(inserted_one, duplicate=False)]
     if _use_copy(batch):
         return _copy_jobs(conn, batch)
     out: list[EnqueuedJob] = []
@@ -308,6 +328,11 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
 
 async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Async twin of insert_jobs."""
+    one = _one_job(batch)
+    if one is not None:
+        inserted_one = await (await conn.execute(queries.INSERT_ONE_JOB, one)).fetchone()
+        assert inserted_one is not None
+        return [_enqueued(inserted_one, duplicate=False)]
     if _use_copy(batch):
         return await _copy_jobs_async(conn, batch)
     out: list[EnqueuedJob] = []

@@ -56,7 +56,7 @@ def test_enqueue_tx_is_invisible_to_others_until_commit(dsn):
 
 
 def test_rolled_back_enqueues_leave_no_row_and_no_notification(dsn):
-    """enqueue_tx and enqueue_many_tx (both insert paths) rolled back: no row, no NOTIFY."""
+    """enqueue_tx and enqueue_many_tx (every insert path) rolled back: no row, no NOTIFY."""
     with delta.Client.connect(dsn) as client, listen(dsn) as listener:
         with psycopg.connect(dsn) as conn:
             client.enqueue_tx(conn, Note(n=1))
@@ -72,7 +72,8 @@ def test_rolled_back_enqueues_leave_no_row_and_no_notification(dsn):
 
 
 def test_notify_is_sent_at_commit_once_per_queue_for_many_jobs(dsn):
-    """Jobs of two queues over both insert paths in one transaction: one NOTIFY per queue."""
+    """Jobs of two queues over every insert path (one job, unnest, COPY, unique key) in one
+    transaction: one NOTIFY per queue."""
     with delta.Client.connect(dsn) as client, listen(dsn) as listener, psycopg.connect(dsn) as conn:
         for i in range(20):
             client.enqueue_tx(conn, Note(n=i))
