@@ -108,9 +108,9 @@ async def connect_async(
 
 # Our statements join unnest()-ed arrays and CTEs whose sizes a generic plan cannot know:
 # prepared generic plans ran 2-10x slower than custom ones (benchmarks collapsed from
-# the second run on). Our pools plan every execution for its parameters; statements on
-# a caller's connection are sent unprepared. The one exception is the claim, whose
-# generic plan is sound and saves its planning: it runs on a connection of its own
+# the second run on). Our pools plan every execution for its parameters; an inform on
+# a caller's connection is sent unprepared (drive below). The one exception is the claim,
+# whose generic plan is sound and saves its planning: it runs on a connection of its own
 # (queue/claimer.py).
 PLAN_CACHE_MODE: LiteralString = "SET plan_cache_mode = force_custom_plan"
 
