@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypedDict
 
 import psycopg
 
@@ -66,7 +68,12 @@ def processes(dsn: str, supervisor: int) -> dict[str, int]:
     return found
 
 
-def run_once(dsn: str, count: int, batch: int) -> dict[str, object]:
+class SyncRun(TypedDict):
+    resources_per_s: float
+    memory: dict[str, dict[str, float]]  # process label -> figure -> MiB
+
+
+def run_once(dsn: str, count: int, batch: int) -> SyncRun:
     """One supervise run: informs to synced, and memory idle and under load."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE delta_job, delta_resource, delta_actor")
@@ -118,9 +125,9 @@ def run_once(dsn: str, count: int, batch: int) -> dict[str, object]:
     }
 
 
-def median_memory(runs: list[dict[str, object]]) -> dict[str, dict[str, float]]:
-    """Per process label, the median of each memory figure over `runs`."""
-    memories: list[dict[str, dict[str, float]]] = [r["memory"] for r in runs]  # type: ignore[misc]
+def median_memory(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per process label, the median of each memory figure over `runs` (their "memory")."""
+    memories: list[dict[str, dict[str, float]]] = [r["memory"] for r in runs]
     return {
         label: {k: statistics.median(m[label][k] for m in memories) for k in figures}
         for label, figures in memories[0].items()
@@ -141,12 +148,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--out", default="bench-results/supervise.json")
     args = parser.parse_args()
-    runs = []
+    runs: list[SyncRun] = []
     with migrated_cluster() as dsn:
         for run in range(args.runs):
             runs.append(run_once(dsn, args.count, args.batch))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-    rates = [float(r["resources_per_s"]) for r in runs]  # type: ignore[arg-type]
+    rates = [r["resources_per_s"] for r in runs]
     shown = ", ".join(f"{r:,.0f}" for r in rates)
     print(f"\ninform -> synced through supervise: {statistics.median(rates):,.0f} resources/s")
     print(f"  runs: {shown}")

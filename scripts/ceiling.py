@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from benchlib import migrated_cluster
@@ -85,7 +85,7 @@ async def _delta_job_step(
     return list(await cur.fetchall())
 
 
-def _fill_minimal(conn: psycopg.Connection[Any], count: int) -> str:
+def _fill_minimal(conn: psycopg.Connection[Any], count: int) -> LiteralString:
     conn.execute(MINIMAL_SCHEMA)
     conn.execute(
         "INSERT INTO ceiling_job (payload) SELECT '{}'::jsonb FROM generate_series(1, %s)",
@@ -95,7 +95,7 @@ def _fill_minimal(conn: psycopg.Connection[Any], count: int) -> str:
     return "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FROM ceiling_job"
 
 
-def _fill_delta_job(conn: psycopg.Connection[Any], count: int) -> str:
+def _fill_delta_job(conn: psycopg.Connection[Any], count: int) -> LiteralString:
     conn.execute("TRUNCATE delta_job, delta_resource")
     conn.execute(
         "INSERT INTO delta_job (kind, queue, args, max_attempts)"
@@ -106,7 +106,7 @@ def _fill_delta_job(conn: psycopg.Connection[Any], count: int) -> str:
     return "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FROM delta_job"
 
 
-CYCLES: dict[str, tuple[Callable[[psycopg.Connection[Any], int], str], Step]] = {
+CYCLES: dict[str, tuple[Callable[[psycopg.Connection[Any], int], LiteralString], Step]] = {
     "minimal": (_fill_minimal, _minimal_step),
     "delta_job": (_fill_delta_job, _delta_job_step),
 }
@@ -133,7 +133,7 @@ def cycle_rate(dsn: str, cycle: str, count: int, connections: int, batch: int) -
     asyncio.run(_drive(dsn, step, connections, batch))
     elapsed = time.perf_counter() - started
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(check).fetchone()  # type: ignore[call-overload]
+        row = conn.execute(check).fetchone()
     assert row == (count, count), f"{cycle} ceiling: not every job completed once: {row}"
     return count / elapsed
 
