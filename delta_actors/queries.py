@@ -106,14 +106,19 @@ RETURNING id, kind, queue, state::text, unique_key,
 """
 
 # Bulk path (no unique keys): reserve ids and read the transaction's clock, COPY the
-# rows in, then wake each queue once.
+# rows in (binary), then wake each queue once. A batch of jobs all due now leaves state
+# and scheduled_at to their defaults.
 RESERVE_JOB_IDS: LiteralString = """
 SELECT now(), array(SELECT nextval('delta_job_id_seq') FROM generate_series(1, %s))
 """
 
 COPY_JOBS: LiteralString = """
 COPY delta_job (id, kind, queue, args, priority, max_attempts, state, scheduled_at)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
+"""
+
+COPY_DUE_JOBS: LiteralString = """
+COPY delta_job (id, kind, queue, args, priority, max_attempts) FROM STDIN (FORMAT BINARY)
 """
 
 NOTIFY_QUEUES: LiteralString = """

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 import msgspec
 import psycopg
@@ -98,9 +98,44 @@ def build_batch(
 ) -> InsertBatch:
     """Validate and encode `jobs`; raise before anything is written if one is bad."""
     batch = InsertBatch()
-    checked_namespaces: set[str] = set()
-    checked_types: set[type] = set()
+    checks = _Checks(app)
+    # Kinds of the Job types that passed as plain items: a later plain item of such a
+    # type takes the same call defaults, already checked, and only needs encoding.
+    plain: dict[type, str] = {}
     for position, item in enumerate(jobs):
+        job_options = options
+        kind = plain.get(type(item))
+        if kind is None:
+            kind, job_options = checks.item(position, item, options)
+            if job_options is options:
+                plain[type(item)] = kind
+        job = item.job if isinstance(item, JobSpec) else item
+        try:
+            encoded = _encoder.encode(job)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise EncodeError(f"job {position} of kind {kind!r} does not encode: {exc}") from exc
+        batch.kinds.append(kind)
+        batch.queues.append(job_options.namespace)
+        batch.args.append(encoded)
+        batch.priorities.append(job_options.priority)
+        batch.max_attempts.append(job_options.max_attempts)
+        batch.unique_keys.append(job_options.unique_key)
+        batch.scheduled_at.append(job_options.scheduled_at)
+    return batch
+
+
+class _Checks:
+    """Checks an item and its options, each job type and namespace against the app once."""
+
+    def __init__(self, app: App | None) -> None:
+        self.app = app
+        self.namespaces: set[str] = set()
+        self.types: set[type] = set()
+
+    def item(
+        self, position: int, item: Job | JobSpec, options: InsertOptions
+    ) -> tuple[str, InsertOptions]:
+        """The item's kind and options: `options` itself for a plain Job, else the spec's."""
         spec = item if isinstance(item, JobSpec) else None
         job = spec.job if spec else item
         if not isinstance(job, Job):
@@ -109,43 +144,40 @@ def build_batch(
             )
         job_type = type(job)
         kind = kind_of(job_type)
-        if job_type not in checked_types:
-            if app is not None:
-                app.job(kind)
-            checked_types.add(job_type)
-        namespace = _pick(spec.namespace if spec else None, options.namespace)
-        if namespace not in checked_namespaces:
-            validate_name(namespace, "namespace")
-            if app is not None:
-                app.namespace(namespace)
-            checked_namespaces.add(namespace)
-        priority = _pick(spec.priority if spec else None, options.priority)
+        if job_type not in self.types:
+            if self.app is not None:
+                self.app.job(kind)
+            self.types.add(job_type)
+        if spec is not None:
+            options = InsertOptions(
+                namespace=_pick(spec.namespace, options.namespace),
+                priority=_pick(spec.priority, options.priority),
+                scheduled_at=spec.scheduled_at or options.scheduled_at,
+                unique_key=spec.unique_key or options.unique_key,
+                max_attempts=_pick(spec.max_attempts, options.max_attempts),
+            )
+        self._options(options)
+        return kind, options
+
+    def _options(self, options: InsertOptions) -> None:
+        if options.namespace not in self.namespaces:
+            validate_name(options.namespace, "namespace")
+            if self.app is not None:
+                self.app.namespace(options.namespace)
+            self.namespaces.add(options.namespace)
+        priority, max_attempts = options.priority, options.max_attempts
         if not (isinstance(priority, int) and 1 <= priority <= 4):
             raise ConfigError(f"priority must be 1 (first) to 4 (last), got {priority!r}")
-        max_attempts = _pick(spec.max_attempts if spec else None, options.max_attempts)
         if not (isinstance(max_attempts, int) and 1 <= max_attempts <= _MAX_ATTEMPTS_LIMIT):
             raise ConfigError(
                 f"max_attempts must be 1..{_MAX_ATTEMPTS_LIMIT}, got {max_attempts!r}"
             )
-        scheduled_at = spec.scheduled_at if spec and spec.scheduled_at else options.scheduled_at
+        scheduled_at = options.scheduled_at
         if scheduled_at is not None and scheduled_at.tzinfo is None:
             raise ConfigError(
                 f"scheduled_at {scheduled_at.isoformat()} has no time zone: pass an aware "
                 "datetime, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
-        unique_key = spec.unique_key if spec and spec.unique_key else options.unique_key
-        try:
-            encoded = _encoder.encode(job)
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
-            raise EncodeError(f"job {position} of kind {kind!r} does not encode: {exc}") from exc
-        batch.kinds.append(kind)
-        batch.queues.append(namespace)
-        batch.args.append(encoded)
-        batch.priorities.append(priority)
-        batch.max_attempts.append(max_attempts)
-        batch.unique_keys.append(unique_key)
-        batch.scheduled_at.append(scheduled_at)
-    return batch
 
 
 def _pick(value: _T | None, default: _T) -> _T:
@@ -231,38 +263,57 @@ def _use_copy(batch: InsertBatch) -> bool:
     return len(batch) >= COPY_THRESHOLD and all(key is None for key in batch.unique_keys)
 
 
-def _copy_rows(
+# Binary COPY types of COPY_JOBS' columns; a label is sent as text, which is also the
+# binary form an enum receives.
+_COPY_TYPES = ["int8", "text", "text", "bytea", "int2", "int2", "text", "timestamptz"]
+_COPY_DUE_TYPES = _COPY_TYPES[:6]
+
+
+def _copy_plan(
     batch: InsertBatch, now: datetime, ids: list[int]
-) -> tuple[list[tuple[Any, ...]], list[EnqueuedJob], list[str]]:
-    """Rows for COPY_JOBS with reserved ids and states decided on the database's clock."""
-    rows: list[tuple[Any, ...]] = []
-    results: list[EnqueuedJob] = []
-    woken: set[str] = set()
-    for index, job_id in enumerate(ids):
-        at = batch.scheduled_at[index]
-        state = JobState.AVAILABLE if at is None or at <= now else JobState.SCHEDULED
-        queue = batch.queues[index]
-        if state is JobState.AVAILABLE:
-            woken.add(queue)
-        kind = batch.kinds[index]
-        rows.append(
-            (
-                job_id, kind, queue, batch.args[index], batch.priorities[index],
-                batch.max_attempts[index], state.value, at or now,
-            )
-        )  # fmt: skip
-        results.append(EnqueuedJob(id=job_id, kind=kind, namespace=queue, state=state))
-    return rows, results, sorted(woken)
+) -> tuple[LiteralString, list[str], Iterable[tuple[Any, ...]]]:
+    """COPY_JOBS' statement, column types and rows, with ids reserved and states decided.
+
+    A batch with no scheduled job leaves state and scheduled_at to their defaults:
+    'available' and the clock of the transaction that reserved the ids.
+    """
+    columns = (ids, batch.kinds, batch.queues, batch.args, batch.priorities, batch.max_attempts)
+    if all(at is None for at in batch.scheduled_at):
+        return queries.COPY_DUE_JOBS, _COPY_DUE_TYPES, zip(*columns, strict=True)
+    states = [_state(at, now).value for at in batch.scheduled_at]
+    times = [at or now for at in batch.scheduled_at]
+    return queries.COPY_JOBS, _COPY_TYPES, zip(*columns, states, times, strict=True)
 
 
+def _copy_results(
+    batch: InsertBatch, now: datetime, ids: list[int]
+) -> tuple[list[EnqueuedJob], list[str]]:
+    """What a COPY inserted, in input order, and the queues it made work available in."""
+    results = [
+        EnqueuedJob(id=job_id, kind=kind, namespace=queue, state=_state(at, now))
+        for job_id, kind, queue, at in zip(
+            ids, batch.kinds, batch.queues, batch.scheduled_at, strict=True
+        )
+    ]
+    woken = {job.namespace for job in results if job.state is JobState.AVAILABLE}
+    return results, sorted(woken)
+
+
+def _state(at: datetime | None, now: datetime) -> JobState:
+    return JobState.AVAILABLE if at is None or at <= now else JobState.SCHEDULED
+
+
+# The results are made while the server still works through the rows sent.
 def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     with conn.transaction() if conn.autocommit else nullcontext():
         reserved = conn.execute(queries.RESERVE_JOB_IDS, (len(batch),)).fetchone()
         assert reserved is not None
-        rows, results, woken = _copy_rows(batch, *reserved)
-        with conn.cursor().copy(queries.COPY_JOBS) as copy:
+        statement, types, rows = _copy_plan(batch, *reserved)
+        with conn.cursor().copy(statement) as copy:
+            copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
+            results, woken = _copy_results(batch, *reserved)
         if woken:
             conn.execute(queries.NOTIFY_QUEUES, (woken,))
     return results
@@ -272,10 +323,12 @@ async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) ->
     async with conn.transaction() if conn.autocommit else nullcontext():
         reserved = await (await conn.execute(queries.RESERVE_JOB_IDS, (len(batch),))).fetchone()
         assert reserved is not None
-        rows, results, woken = _copy_rows(batch, *reserved)
-        async with conn.cursor().copy(queries.COPY_JOBS) as copy:
+        statement, types, rows = _copy_plan(batch, *reserved)
+        async with conn.cursor().copy(statement) as copy:
+            copy.set_types(types)
             for row in rows:
                 await copy.write_row(row)
+            results, woken = _copy_results(batch, *reserved)
         if woken:
             await conn.execute(queries.NOTIFY_QUEUES, (woken,))
     return results

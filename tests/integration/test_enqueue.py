@@ -172,6 +172,11 @@ def test_enqueue_many_returns_results_in_input_order_with_ascending_ids(dsn, uni
     }
     with psycopg.connect(dsn, autocommit=True) as conn:
         stored = conn.execute("SELECT id, args FROM delta_job ORDER BY id").fetchall()
+        # All due at once, on the clock of the transaction that wrote them.
+        states = conn.execute(
+            "SELECT state, scheduled_at = created_at, count(*) FROM delta_job GROUP BY 1, 2"
+        ).fetchall()
+    assert states == [("available", True, count)]
     decoder = msgspec.json.Decoder(Note)
     assert [row[0] for row in stored] == ids
     assert [decoder.decode(row[1]).n for row in stored] == list(range(count))

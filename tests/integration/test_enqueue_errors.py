@@ -101,8 +101,10 @@ def test_one_bad_job_spec_fails_the_whole_batch(dsn, spec, needle, size):
     ids=["custom-class", "nested-custom-class", "bytes-encode-fine"],
 )
 def test_a_job_that_does_not_encode_raises_encode_error_and_writes_nothing(dsn, value, needle):
-    """A field holding a value msgspec cannot encode: EncodeError naming kind, position, type."""
-    jobs = [Note(n=1), Note(n=2), Loose(value=value)]
+    """A field holding a value msgspec cannot encode: EncodeError naming kind, position, type.
+
+    The first Loose encodes: the failing one is the second of its type in the batch."""
+    jobs = [Loose(value=0), Note(n=2), Loose(value=value)]
     with delta.Client.connect(dsn) as client:
         if needle is None:  # the control: an encodable value goes in
             client.enqueue_many(jobs)
