@@ -137,13 +137,15 @@ WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
-# join let the planner hash the whole table. A resource work comes back with its
+# join let the planner hash the whole table. The claim index leads with hashtext(queue)
+# (migration 6); the queue test on the row settles a collision. A resource work comes back with its
 # resource as stored now, read without a lock (claims never wait on informs).
 CLAIM_JOBS: LiteralString = (
     """
 WITH locked AS (
     SELECT j.id FROM delta_job AS j
-    WHERE j.state = 'available' AND j.queue = %(queue)s
+    WHERE j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s)
+      AND j.queue = %(queue)s
       AND (j.resource_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM delta_job AS busy
             WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
@@ -337,12 +339,15 @@ COUNT_AVAILABLE_JOBS: LiteralString = """
 SELECT
     (SELECT count(*) FROM (
         SELECT 1 FROM delta_job
-        WHERE state = 'available' AND queue = %(queue)s LIMIT 100000
+        WHERE state = 'available' AND hashtext(queue) = hashtext(%(queue)s)
+          AND queue = %(queue)s
+        LIMIT 100000
     ) AS available),
     extract(epoch FROM now() - (
         SELECT min((
             SELECT j.scheduled_at FROM delta_job AS j
-            WHERE j.state = 'available' AND j.queue = %(queue)s AND j.priority = p
+            WHERE j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s)
+              AND j.queue = %(queue)s AND j.priority = p
             ORDER BY j.scheduled_at LIMIT 1
         )) FROM generate_series(1, 4) AS p
     ))::float8

@@ -302,6 +302,7 @@ async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
             plan = await _claim_plan(claimer)
             assert "Seq Scan" not in plan, plan
             assert "on delta_resource_pkey" in plan, plan
+            assert "using delta_job_claim_idx" in plan, plan
             await conn.execute(
                 "INSERT INTO delta_resource (kind, object_id, namespace, object, hash,"
                 " max_attempts) SELECT 'gizmo', 'g' || i, 'default', '{}', '', 5"
@@ -316,6 +317,32 @@ async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
             assert "Seq Scan" not in plan, plan
         finally:
             await claimer.close()
+
+
+# Two valid queue names with one hashtext(): they share a range of the claim index.
+COLLIDING_QUEUES = ("q7169", "q122757")
+
+
+async def test_queues_whose_hashes_collide_claim_only_their_own_jobs(dsn):
+    """The claim index leads with hashtext(queue): a claim of one of two colliding queues
+    gets that queue's jobs only, oldest first, and leaves the other's available."""
+    mine, other = COLLIDING_QUEUES
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT hashtext(%s) = hashtext(%s)", COLLIDING_QUEUES)
+        assert await cur.fetchone() == (True,), "pick two names that collide in this PostgreSQL"
+    jobs = [Note(n=i) for i in range(6)]
+    async with await delta.AsyncClient.connect(dsn) as client:
+        await client.enqueue_many(jobs, namespace=other)  # older, in the same index range
+        expected = [job.id for job in await client.enqueue_many(jobs, namespace=mine)]
+        await client.enqueue_many(jobs, namespace=other)
+    claimer = Claimer(dsn, mine)
+    try:
+        claimed = await claimer.claim({"queue": mine, "limit": 10, "actor": 1})
+    finally:
+        await claimer.close()
+    assert [row[0] for row in claimed] == expected
+    states = job_states(dsn)
+    assert states == {"running": 6, "available": 12}, states
 
 
 async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):

@@ -263,3 +263,32 @@ def test_scheduled_at_with_a_time_zone_is_accepted(dsn):
     assert row is not None
     assert row.state is delta.JobState.SCHEDULED
     assert row.scheduled_at - aware == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO delta_job (kind, queue, args, max_attempts) VALUES ('Note', 'default', '', 1)",
+        "INSERT INTO delta_job (kind, queue, args, max_attempts) VALUES ('note', 'a b', '', 1)",
+        "UPDATE delta_job SET queue = '-lead'",
+        "UPDATE delta_job SET kind = repeat('k', 64)",
+        "INSERT INTO delta_resource (kind, object_id, namespace, object, hash, max_attempts)"
+        " VALUES ('gizmo', 'g1', 'Default', '', '', 1)",
+        "UPDATE delta_resource SET kind = 'gizmo!'",
+    ],
+    ids=["job-kind", "job-queue", "set-queue", "set-long-kind", "resource-namespace",
+         "set-resource-kind"],
+)  # fmt: skip
+def test_the_database_refuses_bad_names_from_any_writer(dsn, statement):
+    """Kinds, queues and namespaces keep the client's naming rule in the database itself
+    (the delta_name domain), for writers that bypass the client."""
+    with delta.Client.connect(dsn) as client:
+        client.enqueue(Note())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO delta_resource (kind, object_id, namespace, object, hash, max_attempts)"
+            " VALUES ('gizmo', 'g0', 'default', '', '', 1)"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation, match="domain delta_name"):
+            conn.execute(statement)
+        assert conn.execute("SELECT kind, queue FROM delta_job").fetchall() == [("note", "default")]
