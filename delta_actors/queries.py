@@ -172,7 +172,9 @@ FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
 # finished; a rescued or handed-back claim matches nothing and is reported stale. The
-# `= ANY` keeps the plan to primary-key lookups whatever the statistics say.
+# `= ANY` keeps the plan to primary-key lookups whatever the statistics say. Arrays of
+# numbers and labels come as literals (completer.array_literal); errors, when a batch has
+# any, as a binary array, else NULL (unnest pads it with NULLs).
 COMPLETE_JOBS: LiteralString = """
 UPDATE delta_job AS j
 SET state = u.state,
@@ -185,7 +187,7 @@ SET state = u.state,
     errors = CASE WHEN u.error IS NULL THEN j.errors
                   ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
 FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
-            %(delays)s::float8[], %(errors)s::jsonb[], %(give_backs)s::boolean[])
+            %(delays)s::float8[], %(errors)b::jsonb[], %(give_backs)s::boolean[])
      AS u(id, attempt, state, delay, error, give_back)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
   AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
@@ -202,7 +204,7 @@ WITH u AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::smallint[], %(generations)s::bigint[],
         %(job_states)s::delta_job_state[], %(resource_states)s::delta_resource_state[],
-        %(count_attempts)s::boolean[], %(delays)s::float8[], %(errors)s::jsonb[])
+        %(count_attempts)s::boolean[], %(delays)s::float8[], %(errors)b::jsonb[])
     AS u(id, attempt, generation, job_state, resource_state, count_attempt, delay, error)
 ),
 finished AS (

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 import delta_actors as delta
+from delta_actors.queue.completer import array_literal
 from delta_actors.queue.runner import UNKNOWN_KIND_DELAY
 from tests.integration.job_table import get_job, is_state
 from tests.integration.workers import running_worker
@@ -446,3 +447,31 @@ async def test_a_job_of_an_unknown_kind_is_kept_and_offered_again_uncounted(dsn)
         assert (worker.stats.failed, worker.stats.completed) == (0, 0)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("values", "cast"),
+    [
+        ([1, 2**40, -3], "bigint[]"),
+        ([0.1, 1e-05, 2.5e300, None, 0.0], "float8[]"),
+        ([True, False, None], "boolean[]"),
+        ([COMPLETED, DISCARDED, None], "delta_job_state[]"),
+        ([delta.State.SYNCED, None, delta.State.DEGRADED], "delta_resource_state[]"),
+    ],
+    ids=["ints", "floats", "booleans", "job-states", "resource-states"],
+)
+def test_result_arrays_reach_postgresql_exactly(dsn, values, cast):
+    """Completions send their numbers, flags and states as array literals: each value
+    arrives as itself, None as NULL, and a batch of Nones only as a NULL array."""
+    literal = array_literal(values)
+    assert array_literal([None] * len(values)) is None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT %s::{cast}::text[]", (literal,)).fetchone()
+    assert row is not None
+    expected = [None if v is None else str(v) for v in values]
+    if cast == "float8[]":
+        assert [None if v is None else float(v) for v in row[0]] == values
+    elif cast == "boolean[]":
+        assert row[0] == [None if v is None else str(v).lower() for v in values]
+    else:
+        assert row[0] == expected
