@@ -7,8 +7,10 @@ pipeline round trip):
 - `minimal`: the bare cycle on a table with only what a queue needs (state, payload,
   timestamps, one partial index), prepared statements, primary-key lookups. It is what
   PostgreSQL itself sustains here.
-- `delta_job`: our own CLAIM_JOBS and COMPLETE_JOBS statements on our own schema, run
-  the way the worker runs them (unprepared custom plans) but with no runtime around them.
+- `delta_job`: our own CLAIM_JOBS and COMPLETE_JOBS statements on our own schema, with
+  the worker's parameters but with no runtime around them. Both are planned on every
+  execution (the worker plans its claim once, on a connection of its own: a session in
+  force_generic_plan would plan the completion generically too, which runs it slower).
 
 A worker's drain rate over `delta_job` is the share of the statements' cost our runtime
 keeps; `delta_job` over `minimal` is what our schema and fencing cost.
@@ -29,6 +31,8 @@ import psycopg
 from benchlib import migrated_cluster
 
 from delta_actors import queries
+from delta_actors.queue.completer import JobResult, job_params
+from delta_actors.queue.rows import JobState
 
 GRID = list(itertools.product((2, 4, 10), (50, 200)))  # (connections, batch)
 
@@ -69,16 +73,8 @@ async def _delta_job_step(
 ) -> list[Any]:
     async with conn.pipeline():
         if done:
-            n = len(done)
-            complete = {
-                "ids": [row[0] for row in done],
-                "attempts": [row[3] for row in done],
-                "states": ["completed"] * n,
-                "delays": [None] * n,
-                "errors": [None] * n,
-                "give_backs": [False] * n,
-                "actor": CEILING_ACTOR,
-            }
+            results = [JobResult(row[0], row[3], JobState.COMPLETED) for row in done]
+            complete = job_params(results, CEILING_ACTOR)
             await conn.execute(queries.COMPLETE_JOBS, complete, prepare=False)
         claim = {"queue": "default", "limit": batch, "actor": CEILING_ACTOR}
         cur = await conn.execute(queries.CLAIM_JOBS, claim, prepare=False)
