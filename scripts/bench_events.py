@@ -68,7 +68,7 @@ def main() -> None:
             assert row is not None
             lease = row[0]
             ids = [row[0] for row in conn.execute("SELECT id FROM delta_job ORDER BY id")]
-            results = [WorkResult(i, 1, 1, JobState.COMPLETED, "synced") for i in ids]
+            results = [WorkResult(i, 1, 1, JobState.COMPLETED, delta.State.SYNCED) for i in ids]
             params = work_params(results, ACTOR)
             variants: dict[str, tuple[LiteralString, bool]] = {
                 "without": (without_events(), False),

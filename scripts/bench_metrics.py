@@ -21,11 +21,12 @@ from delta_actors import protocol
 from delta_actors.metrics import Recorder, SupervisorMetrics
 from delta_actors.queue.completer import WorkResult
 from delta_actors.queue.rows import JobState
+from delta_actors.resource import State
 
 
 def _recorder(kinds: int) -> Recorder:
     recorder = Recorder()
-    results = ["synced", "failed", "scheduled"]
+    results = [State.SYNCED, State.FAILED, State.SCHEDULED]
     for i in range(kinds * 30):
         result = WorkResult(i, 1, 1, JobState.COMPLETED, results[i % 3])
         recorder.observe(f"kind{i % kinds}", result, (i % 100) / 50)
@@ -46,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     recorder = _recorder(args.kinds)
-    result = WorkResult(1, 1, 1, JobState.COMPLETED, "synced")
+    result = WorkResult(1, 1, 1, JobState.COMPLETED, State.SYNCED)
     calls = 200_000
     observe = [
         timeit.timeit(lambda: recorder.observe("kind1", result, 0.03), number=calls) / calls * 1e9

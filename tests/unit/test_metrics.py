@@ -9,14 +9,15 @@ from delta_actors import protocol
 from delta_actors.metrics import Recorder, SupervisorMetrics, result_label
 from delta_actors.queue.completer import JobResult, WorkResult
 from delta_actors.queue.rows import JobState
+from delta_actors.resource import State
 
 
 def synced(job_id: int = 1) -> WorkResult:
-    return WorkResult(job_id, 1, 1, JobState.COMPLETED, "synced")
+    return WorkResult(job_id, 1, 1, JobState.COMPLETED, State.SYNCED)
 
 
 def failed(job_id: int = 1) -> WorkResult:
-    return WorkResult(job_id, 1, 1, JobState.DISCARDED, "failed", count_attempt=True)
+    return WorkResult(job_id, 1, 1, JobState.DISCARDED, State.FAILED, count_attempt=True)
 
 
 def samples(metrics: SupervisorMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -45,9 +46,9 @@ def test_result_labels_name_every_outcome():
     """Each result a runner returns maps to one label; errors are told apart from requeues."""
     assert result_label(synced()) == "success"
     assert result_label(failed()) == "error"
-    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, "scheduled")) == "requeue"
-    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, "deleted")) == "deleted"
-    assert result_label(WorkResult(1, 1, 1, JobState.DISCARDED, "degraded")) == "degraded"
+    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, State.SCHEDULED)) == "requeue"
+    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, State.DELETED)) == "deleted"
+    assert result_label(WorkResult(1, 1, 1, JobState.DISCARDED, State.DEGRADED)) == "degraded"
     assert result_label(WorkResult(1, 1, 0, JobState.CANCELLED, None)) == "cancelled"
     assert result_label(JobResult(1, 1, JobState.COMPLETED)) == "success"
     assert result_label(JobResult(1, 1, JobState.RETRYABLE, delay=1.0)) == "error"
