@@ -138,8 +138,8 @@ WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
 # join let the planner hash the whole table. The claim index leads with hashtext(queue)
-# (migration 6); the queue test on the row settles a collision. A resource work comes back with its
-# resource as stored now, read without a lock (claims never wait on informs).
+# (migration 6); the queue test on the row settles a collision. A resource work comes
+# back with its resource as stored now, read without a lock (claims never wait on informs).
 CLAIM_JOBS: LiteralString = (
     """
 WITH locked AS (
