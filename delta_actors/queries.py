@@ -134,18 +134,24 @@ WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 
 # ---------------------------------------------------------------- worker (queue/worker.py)
 
+# The available jobs of queue %(queue)s, as `j`, through the claim index (migration 6: it
+# leads with hashtext(queue); the queue test on the row settles a collision).
+_AVAILABLE_IN_QUEUE: LiteralString = (
+    "j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s) AND j.queue = %(queue)s"
+)
+
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
-# join let the planner hash the whole table. The claim index leads with hashtext(queue)
-# (migration 6); the queue test on the row settles a collision. A resource work comes
-# back with its resource as stored now, read without a lock (claims never wait on informs).
+# join let the planner hash the whole table. A resource work comes back with its
+# resource as stored now, read without a lock (claims never wait on informs).
 CLAIM_JOBS: LiteralString = (
     """
 WITH locked AS (
     SELECT j.id FROM delta_job AS j
-    WHERE j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s)
-      AND j.queue = %(queue)s
+    WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """
       AND (j.resource_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM delta_job AS busy
             WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
@@ -337,23 +343,25 @@ HEARTBEAT_ACTOR: LiteralString = "UPDATE delta_actor SET heartbeat_at = now() WH
 # Capped: an exact count of a deep queue costs more than a heartbeat is worth. The lag
 # takes the oldest due time per priority (one claim-index lookup each, 1..4), since the
 # index orders by priority first.
-COUNT_AVAILABLE_JOBS: LiteralString = """
+COUNT_AVAILABLE_JOBS: LiteralString = (
+    """
 SELECT
     (SELECT count(*) FROM (
-        SELECT 1 FROM delta_job
-        WHERE state = 'available' AND hashtext(queue) = hashtext(%(queue)s)
-          AND queue = %(queue)s
-        LIMIT 100000
+        SELECT 1 FROM delta_job AS j WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """ LIMIT 100000
     ) AS available),
     extract(epoch FROM now() - (
         SELECT min((
             SELECT j.scheduled_at FROM delta_job AS j
-            WHERE j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s)
-              AND j.queue = %(queue)s AND j.priority = p
+            WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """ AND j.priority = p
             ORDER BY j.scheduled_at LIMIT 1
         )) FROM generate_series(1, 4) AS p
     ))::float8
 """
+)
 
 UNREGISTER_ACTOR: LiteralString = "DELETE FROM delta_actor WHERE id = %s"
 

@@ -468,10 +468,9 @@ def test_result_arrays_reach_postgresql_exactly(dsn, values, cast):
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(f"SELECT %s::{cast}::text[]", (literal,)).fetchone()
     assert row is not None
-    expected = [None if v is None else str(v) for v in values]
     if cast == "float8[]":
         assert [None if v is None else float(v) for v in row[0]] == values
     elif cast == "boolean[]":
         assert row[0] == [None if v is None else str(v).lower() for v in values]
     else:
-        assert row[0] == expected
+        assert row[0] == [None if v is None else str(v) for v in values]

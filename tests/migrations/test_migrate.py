@@ -23,6 +23,7 @@ NOT_PREPARED = {
     "LEADER_CHANNEL": "a channel name",
     "RESOURCE_COLUMNS": "a column list spliced into statements",
     "JOB_COLUMNS": "a column list spliced into statements",
+    "_AVAILABLE_IN_QUEUE": "a condition spliced into statements",
     "CREATE_MIGRATION_TABLE": "DDL, run by migrate() itself",
     "COPY_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
     "COPY_DUE_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
