@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import re
 from collections.abc import Generator, Iterator
@@ -12,6 +15,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError, SchemaError
+
+logger = logging.getLogger(__name__)
 
 DSN_ENV = "DELTA_DATABASE_URL"
 
@@ -123,21 +128,98 @@ async def _configure_async(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(PLAN_CACHE_MODE)
 
 
+CONNECT_TIMEOUT = 10  # seconds; a black-holed server fails a connect instead of hanging it
+
+
+def component_conninfo(dsn: str, component: str) -> str:
+    """`dsn` for one of our components: named in `pg_stat_activity`, with a connect timeout.
+
+    The name (`application_name`, e.g. `delta-claim-billing`) lets an operator, or the
+    fault-injection harness, tell the components' connections apart. Options the DSN sets
+    itself win.
+    """
+    given = psycopg.conninfo.conninfo_to_dict(dsn)
+    options: dict[str, Any] = {}
+    if "application_name" not in given:
+        options["application_name"] = component[:63]
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return psycopg.conninfo.make_conninfo(dsn, **options)
+
+
+# Healing pools. PostgreSQL can end idle connections (a restart, pg_terminate_backend, a
+# pooler or firewall timing out); psycopg_pool only finds out when it hands one to a
+# caller, which then fails. Without help every idle connection fails one caller in turn,
+# for as long as the pool has dead ones (seconds of failed heartbeats after a fault).
+# So the first connection that comes back broken makes the pool test all its idle ones
+# (`check()`: one empty query each) and replace the dead, at once and in the background.
+# That costs nothing while connections work, unlike a `check=` on every checkout, which
+# adds a round trip to every completion batch (docs/performance.md has both measured).
+
+
+class HealingConnectionPool(ConnectionPool):
+    """A ConnectionPool that tests all its idle connections when one comes back broken."""
+
+    def putconn(self, conn: psycopg.Connection[Any]) -> None:
+        """Return `conn`; when it broke, discard every idle connection that broke too."""
+        broken = conn.broken
+        super().putconn(conn)
+        if broken and not self.closed:
+            # Sync callers are threads of their own: checking inline costs this one
+            # caller a round trip per idle connection, once per fault.
+            with contextlib.suppress(Exception):
+                self.check()
+
+
+class HealingAsyncConnectionPool(AsyncConnectionPool):
+    """Async twin of HealingConnectionPool; the check runs as a task the pool owns."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._healing: asyncio.Task[None] | None = None
+        self.heals = 0  # checks run after a broken connection came back (tests read it)
+
+    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Return `conn`; when it broke, start discarding every idle one that broke too."""
+        broken = conn.broken
+        await super().putconn(conn)
+        if broken and not self.closed and (self._healing is None or self._healing.done()):
+            self._healing = asyncio.create_task(self._heal(), name=f"pool:{self.name}:heal")
+
+    async def _heal(self) -> None:
+        self.heals += 1
+        try:
+            await self.check()
+        except Exception as exc:  # noqa: BLE001 (the next broken return tries again)
+            logger.warning(
+                "checking the idle connections of pool %s failed: %s", self.name, exc,
+                extra={"event": "pool.check_failed"},
+            )  # fmt: skip
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool, after any check it is running."""
+        healing, self._healing = self._healing, None
+        if healing is not None:
+            healing.cancel()
+            await asyncio.gather(healing, return_exceptions=True)
+        await super().close(timeout)
+
+
 def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool:
-    """A closed pool of autocommit connections configured for our statements."""
+    """A closed, healing pool of autocommit connections configured for our statements."""
     check_dsn(dsn)
-    return ConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
-        configure=_configure, open=False, name=name,
+    return HealingConnectionPool(
+        component_conninfo(dsn, name), min_size=min_size, max_size=max_size,
+        kwargs={"autocommit": True}, configure=_configure, open=False, name=name,
     )  # fmt: skip
 
 
 def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
     """Async twin of make_pool."""
     check_dsn(dsn)
-    return AsyncConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
-        configure=_configure_async, open=False, name=name,
+    return HealingAsyncConnectionPool(
+        component_conninfo(dsn, name), min_size=min_size, max_size=max_size,
+        kwargs={"autocommit": True}, configure=_configure_async, open=False, name=name,
     )  # fmt: skip
 
 

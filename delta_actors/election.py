@@ -36,6 +36,7 @@ from psycopg import sql
 
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.database import component_conninfo
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Elector:
     ) -> None:
         if not 0 < margin < ttl or not 0 < renew_interval < ttl - margin:
             raise ValueError("election needs 0 < renew_interval < ttl - margin and margin < ttl")
-        self._dsn = dsn
+        self._conninfo = component_conninfo(dsn, "delta-lease")
         self.actor_id = actor_id
         self._on_elected = on_elected
         self._on_lost = on_lost
@@ -90,7 +91,7 @@ class Elector:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True
+                    self._conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(
                         sql.SQL("LISTEN {}").format(sql.Identifier(queries.LEADER_CHANNEL))

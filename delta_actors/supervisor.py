@@ -49,7 +49,7 @@ import psycopg
 from delta_actors import protocol
 from delta_actors.actor import ActorSpec, run_actor
 from delta_actors.app import App
-from delta_actors.database import drive, translate_errors
+from delta_actors.database import component_conninfo, drive, translate_errors
 from delta_actors.errors import ConfigError, ProtocolError
 from delta_actors.metrics import SupervisorMetrics, serve
 from delta_actors.rescue import rescue_actors
@@ -134,6 +134,7 @@ class Supervisor:
             )
         self.app = app
         self.dsn = dsn
+        self._conninfo = component_conninfo(dsn, "delta-supervisor")
         self.shutdown_timeout = shutdown_timeout
         self.hang_timeout = hang_timeout
         self.start_timeout = start_timeout
@@ -405,7 +406,7 @@ class Supervisor:
             return
         try:
             with (
-                psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn,
+                psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn,
                 conn.transaction(),
             ):
                 rescued = drive(conn, rescue_actors(list(self._unrescued), "died"))

@@ -28,16 +28,15 @@ import contextlib
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from delta_actors import queries
+from delta_actors.database import component_conninfo
 
 # Every row the claim touches is found through an index. Made on empty tables, a generic
 # plan would otherwise scan delta_resource sequentially, and keep doing so as it grows.
 GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
 REPLAN = "DISCARD PLANS"
 REPLAN_INTERVAL = 10.0
-CONNECT_TIMEOUT = 10
 
 
 class Claimer:
@@ -46,10 +45,7 @@ class Claimer:
     def __init__(self, dsn: str, namespace: str, replan_interval: float = REPLAN_INTERVAL):
         # Named, so operators can tell it apart in pg_stat_activity; a black-holed server
         # fails the claim after a while (as a pool's checkout would) instead of hanging it.
-        options: dict[str, Any] = {"application_name": f"delta-claim-{namespace}"[:63]}
-        if "connect_timeout" not in conninfo_to_dict(dsn):
-            options["connect_timeout"] = CONNECT_TIMEOUT
-        self._conninfo = make_conninfo(dsn, **options)
+        self._conninfo = component_conninfo(dsn, f"delta-claim-{namespace}")
         self._replan_interval = replan_interval
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._replan_at = 0.0

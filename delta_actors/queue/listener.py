@@ -16,6 +16,7 @@ from psycopg import sql
 
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.database import component_conninfo
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Listener:
     """Calls `on_notify` for every notification on the job channel naming `queue`."""
 
     def __init__(self, dsn: str, queue: str, on_notify: Callable[[], None]) -> None:
-        self._dsn = dsn
+        self._conninfo = component_conninfo(dsn, f"delta-listen-{queue}")
         self._queue = queue
         self._on_notify = on_notify
         self.is_listening = asyncio.Event()
@@ -35,7 +36,7 @@ class Listener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True
+                    self._conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(
                         sql.SQL("LISTEN {}").format(sql.Identifier(queries.JOB_CHANNEL))
