@@ -1,7 +1,8 @@
 """Outcomes a handler signals by raising: control flow, not failures.
 
-Raise one of these from a job handler (or, later, a controller's `work`) to say what
-should happen next. Any other exception is a failure, retried with backoff.
+Raise one of these from a job handler or a controller's `work` to say what should happen
+next. Any other exception is a failure, retried with backoff. `Cancel` is for plain jobs
+only: from a controller's `work` it is a failure whose message names the fix.
 """
 
 from __future__ import annotations

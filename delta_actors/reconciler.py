@@ -7,6 +7,8 @@ resource's generation is still the one the work saw:
     raise Requeue(after=d)      -> scheduled, a new work after d s, no failure counted
     raise Delete(reason)        -> deleted
     raise PermanentError(...)   -> degraded
+    raise Cancel(...)           -> a failure like any other, its message naming the fix
+                                   (Cancel is for plain jobs)
     any other exception/timeout -> failed, attempt + 1, a new work after the retry delay;
                                    degraded once attempt reaches max_attempts
     no controller for the kind  -> left as it is, offered again later (reported)
@@ -89,7 +91,20 @@ class Reconciler(ClaimRunner):
                 if outcome.reason
                 else None,
             )  # fmt: skip
-        except (PermanentError, Cancel) as exc:
+        except Cancel as exc:
+            # Cancel stops a plain job; a resource is not a job to cancel. A mistake in
+            # the controller, so an ordinary failure (retried, then degraded), and said.
+            message = (
+                f"delta.Cancel({exc.reason!r}) raised from a controller's work: Cancel is for "
+                "plain jobs; raise delta.PermanentError to degrade the resource, or "
+                "delta.Delete to delete it"
+            )
+            logger.error(
+                "%s %s: %s", claim.kind, row[2], message,
+                extra={"event": "work.cancel_misused", "resource_id": claim.resource_id},
+            )  # fmt: skip
+            return self._failed(claim, generation, attempt, exc, message)
+        except PermanentError as exc:
             self._stats.discarded += 1
             message = f"permanent error: {exc}"
             logger.warning(

@@ -336,6 +336,25 @@ async def test_permanent_error_degrades_at_once_and_errors_stay_bounded(dsn, rec
         await client.close()
 
 
+async def test_cancel_from_work_is_a_failure_that_names_the_fix(dsn, recorder):
+    """delta.Cancel is for plain jobs: from `work` it fails the attempt (retried, counted)."""
+    recorder.behaviour = {"c": delta.Cancel("not wanted")}
+    client = await delta.AsyncClient.connect(dsn, app=app())
+    try:
+        await client.inform(Doc(key="c"), max_attempts=2)
+        async with running_worker(app(), dsn):
+            await wait_until_async(lambda: state_is(client, "c", delta.State.DEGRADED), 10)
+        cancelled = await get(client, "c")
+        assert sum(1 for run in recorder.runs if run[0].key == "c") == 2, "not retried"
+        assert [e.attempt for e in cancelled.errors] == [1, 2]
+        message = cancelled.errors[-1].error
+        assert "Cancel is for plain jobs" in message
+        assert "delta.PermanentError" in message and "delta.Delete" in message
+        assert "not wanted" in message
+    finally:
+        await client.close()
+
+
 async def test_an_overtaken_work_leaves_a_work_queued_for_the_newer_generation(dsn, recorder):
     """The completion of a work whose generation was overtaken makes sure one is queued.
 
