@@ -9,6 +9,9 @@ Lifecycle, in the child the supervisor forked:
        │                                          stop: finish or hand back ─► Stopped, exit 0
        └─ the body fails while running (a bug, rescue declared us dead) ─► Failed, exit 1
 
+An error that no task's owner handled (asyncio's "Task exception was never retrieved")
+is logged at error as `actor.unhandled_error`: every task has an owner, so it is a bug.
+
 Nothing database-related crosses the fork: the actor opens its own pool after it. SIGINT
 is ignored (Ctrl-C reaches the whole process group; the supervisor coordinates). An actor
 whose supervisor dies sees its pipe close and stops, so it never lingers as an orphan.
@@ -24,7 +27,7 @@ import signal
 import socket
 import traceback
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import uvloop
 
@@ -63,6 +66,20 @@ def run_actor(app: App, spec: ActorSpec, pipe: socket.socket) -> int:
     return uvloop.run(_Actor(app, spec, pipe).run())
 
 
+def log_unhandled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop found an error nobody handled (a task exception never retrieved).
+
+    Every task has an owner that awaits it, so this is a bug: said loudly, with the
+    traceback, under a stable event name that tests and operators can look for.
+    """
+    exc = context.get("exception")
+    logger.error(
+        "unhandled error in the event loop: %s", context.get("message", "?"),
+        exc_info=exc if isinstance(exc, BaseException) else None,
+        extra={"event": "actor.unhandled_error"},
+    )  # fmt: skip
+
+
 class _Actor:
     def __init__(self, app: App, spec: ActorSpec, pipe: socket.socket) -> None:
         self._spec = spec
@@ -93,6 +110,7 @@ class _Actor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(log_unhandled)
         self._pipe.setblocking(False)
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, 30.0)
         try:
@@ -179,7 +197,7 @@ class _Actor:
             return protocol.Heartbeat(
                 running=0, claimed=0, completed=0, failed=0, queue_depth=0,
                 rescued=leader.rescuer.rescued_claims, is_leader=leader.is_leader,
-                elected=leader.terms_led, lost=leader.terms_lost,
+                elected=leader.terms_led, lost=leader.terms_lost, health=leader.health(),
             )  # fmt: skip
         depth, lag = 0, 0.0
         with contextlib.suppress(Exception):
@@ -189,6 +207,7 @@ class _Actor:
             running=len(worker._running), claimed=stats.claimed, completed=stats.completed,
             failed=stats.failed, queue_depth=depth, queue_lag=lag,
             max_workers=worker.max_workers, kinds=worker.recorder.snapshot(),
+            health=worker.health(),
         )  # fmt: skip
 
     async def _send(self, message: protocol.Message) -> None:

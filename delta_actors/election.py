@@ -9,7 +9,9 @@ States of an elector::
 Invariants:
 - Postgres is authoritative: the row `delta_leader` names the leader, its term and the
   lease's expiry on the database clock. A win (ATTEMPT_ELECTION) takes only an expired
-  lease and increments the term; renew and resign match (term, actor).
+  lease, or the candidate's own (a leader whose connection broke gave its term up at once
+  and takes the lease back under a new term when it reconnects), and increments the term;
+  renew and resign match (term, actor).
 - The leader trusts its lease only until `attempt start + ttl - margin` on its own
   monotonic clock: time spent before the row was written and clock drift are covered
   by the margin, and a process paused past that moment (SIGSTOP, GC, swap) sees it expired
@@ -19,6 +21,12 @@ Invariants:
   could harm also check the lease in SQL (the `fence` statements).
 - Resigning frees the lease and NOTIFYs the candidates, so a clean hand-over takes one
   round trip, not a TTL; after a crash it takes at most one TTL.
+- Stepping down (`step_down`, when the leader's own duties keep failing) stops trusting
+  the lease at once, resigns it at the next turn of the loop (at most `renew_interval`
+  later; the leader also resigns it at once when it can), and sits out one TTL before
+  campaigning again, so that a healthy candidate can win.
+- The loop survives any Exception: a failure of the election connection (or anything
+  else) ends the term, and the loop reconnects with backoff.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from psycopg import sql
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.database import component_conninfo
+from delta_actors.health import log_failure
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +88,8 @@ class Elector:
         self.margin = margin
         self.term: int | None = None
         self.trusted_until = 0.0  # loop time
+        self._sit_out_until = 0.0  # loop time before which a candidate does not campaign
+        self._resign_term: int | None = None  # a term stepped down from, not yet resigned
 
     @property
     def is_leader(self) -> bool:
@@ -98,10 +109,10 @@ class Elector:
                     )
                     delay = 0.1
                     await self._campaign(conn)
-            except (psycopg.Error, OSError) as exc:
-                logger.warning(
-                    "election connection failed, retrying in %.1fs: %s", delay, exc,
-                    extra={"event": "election.error"},
+            except Exception as exc:  # noqa: BLE001 (the election goes on; logged)
+                log_failure(
+                    logger, f"election connection failed, retrying in {delay:.1f}s", exc,
+                    "election.error",
                 )  # fmt: skip
                 await self._lose("the election connection failed")
             raise_if_cancelling()
@@ -114,7 +125,12 @@ class Elector:
         try:
             while True:
                 raise_if_cancelling()
-                if self.term is None:
+                if self._resign_term is not None:
+                    await self._resign_term_given_up(conn)
+                sitting_out = self._sit_out_until - asyncio.get_running_loop().time()
+                if self.term is None and sitting_out > 0:
+                    wait = sitting_out
+                elif self.term is None:
                     await self._attempt(conn)
                     wait = self.elect_interval * (1 + random.uniform(0, 0.1))  # noqa: S311
                 else:
@@ -170,6 +186,27 @@ class Elector:
         self.term = None
         self.trusted_until = 0.0
         await self._on_lost()
+
+    async def step_down(self, why: str) -> int | None:
+        """Stop leading now and sit out one TTL; return the term given up (None: none).
+
+        The lease is resigned at the next turn of the campaign loop; the caller may
+        resign it sooner itself (RESIGN_LEASE with the term returned).
+        """
+        term = self.term
+        if term is None:
+            return None
+        self._resign_term = term
+        self._sit_out_until = asyncio.get_running_loop().time() + self.ttl
+        await self._lose(why, logging.ERROR)
+        return term
+
+    async def _resign_term_given_up(self, conn: psycopg.AsyncConnection) -> None:
+        # Matches nothing if the lease expired and another candidate won it meanwhile.
+        await conn.execute(
+            queries.RESIGN_LEASE, {"term": self._resign_term, "actor": self.actor_id}
+        )
+        self._resign_term = None
 
     async def _resign(self, conn: psycopg.AsyncConnection) -> None:
         if self.term is None:

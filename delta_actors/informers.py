@@ -28,7 +28,6 @@ import traceback
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
@@ -36,7 +35,7 @@ from delta_actors.app import App, ControllerRegistration
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.controller import InformOptions, has_informer
 from delta_actors.database import drive_async
-from delta_actors.errors import DeltaError
+from delta_actors.health import Progress, log_failure
 from delta_actors.inform import InformParams, inform, prepare
 from delta_actors.object import Object
 
@@ -61,15 +60,34 @@ class InformerScheduler:
         }
         self._running: dict[str, asyncio.Task[Any]] = {}
 
-    async def run(self, term: int, actor_id: int) -> None:
-        """Start due informers every interval until cancelled (which cancels the runs)."""
-        if not self.informers:
-            return
-        async with self._pool.connection() as conn:
-            await conn.execute(queries.ADD_INFORMERS, (list(self.informers),))
+    @property
+    def interval(self) -> float:
+        """Seconds between checks for due informers."""
+        return self._interval
+
+    async def run(self, term: int, actor_id: int, progress: Progress | None = None) -> None:
+        """Start due informers every interval until cancelled (which cancels the runs).
+
+        Survives any Exception (logged, tried again next interval); each check that went
+        through is progress. Runs are tasks this scheduler owns: they record their own
+        failures (`_run_informer_task`), and cancelling the scheduler cancels them.
+        """
+        progress = progress or Progress("informers", self._interval)
+        added = False
         try:
             while True:
-                await self.start_due(term, actor_id)
+                try:
+                    async with progress.deadline():
+                        if not added:
+                            async with self._pool.connection() as conn:
+                                await conn.execute(queries.ADD_INFORMERS, (list(self.informers),))
+                            added = True
+                        await self.start_due(term, actor_id)
+                except Exception as exc:  # noqa: BLE001 (scheduling goes on; logged)
+                    progress.failed(exc)
+                    log_failure(logger, "scheduling informers failed", exc, "informers.error")
+                else:
+                    progress.ok()
                 raise_if_cancelling()
                 await asyncio.sleep(self._interval)
         finally:
@@ -89,10 +107,20 @@ class InformerScheduler:
             if kind in self._running:
                 continue
             self._running[kind] = asyncio.create_task(
-                self.run_informer(kind, term, actor_id), name=f"leader:inform:{kind}"
+                self._run_informer_task(kind, term, actor_id), name=f"leader:inform:{kind}"
             )
             started.append(kind)
         return started
+
+    async def _run_informer_task(self, kind: str, term: int, actor_id: int) -> None:
+        # The owner of one run: whatever ends it is logged here, never left for the
+        # event loop to find as an unretrieved task exception. A run that fails in our
+        # own statements (the connection lost at START or FINISH) has not advanced its
+        # cursor; it is due again at the next check.
+        try:
+            await self.run_informer(kind, term, actor_id)
+        except Exception as exc:  # noqa: BLE001 (reported; the next check retries)
+            log_failure(logger, f"informer {kind} run failed", exc, "informer.error")
 
     async def run_informer(self, kind: str, term: int, actor_id: int) -> dict[str, Any]:
         """Run one informer now if it is due and we lead; return what it did."""
@@ -132,8 +160,11 @@ class InformerScheduler:
             if batch:
                 try:
                     written += await self._write(registration, batch)
-                except (DeltaError, psycopg.Error, OSError) as write_exc:
-                    logger.warning("writing the informer's last batch failed: %s", write_exc)
+                except Exception as write_exc:  # noqa: BLE001 (the run's failure is recorded next)
+                    log_failure(
+                        logger, "writing the informer's last batch failed", write_exc,
+                        "informer.write_failed",
+                    )  # fmt: skip
             await self._failed(kind, registration, written, exc)
             return {"kind": kind, "ran": True, "error": str(exc), "objects": written}
         tombstoned = 0
@@ -179,8 +210,8 @@ class InformerScheduler:
                     {"kind": kind, "error": message, "objects": written,
                      "next_in": min(FAILURE_BACKOFF, interval)},
                 )  # fmt: skip
-        except (psycopg.Error, OSError) as db_exc:
-            logger.warning("recording the informer failure failed: %s", db_exc)
+        except Exception as db_exc:  # noqa: BLE001 (the failure is logged above already)
+            log_failure(logger, "recording the informer failure failed", db_exc, "informer.error")
 
 
 def _full_due(interval: float | None, last_full: datetime | None, now: datetime) -> bool:

@@ -2,7 +2,7 @@
 
 Every supervisor forks one leader-candidate actor; the candidates elect one leader
 through a lease in Postgres (election.py). Only while it leads does an actor run the
-duties, each a service with its own interval (maintenance.py, informers.py):
+duties, each a loop with its own interval (maintenance.py, informers.py):
 
 - informers: each controller's `inform` on its interval, one run at a time;
 - scheduler: promotes due scheduled and retryable jobs;
@@ -10,8 +10,22 @@ duties, each a service with its own interval (maintenance.py, informers.py):
 - expirer: re-works synced resources past their namespace's `resource_expiry`;
 - cleaner: deletes finished jobs and deleted resources past their retention.
 
-Losing the lease cancels the duties at once. Like every actor, a candidate registers in
-`delta_actor` and heartbeats, so its own death is visible too.
+Supervision of duties (nothing dies silently):
+
+    term won ─► every duty started ─► passes: ok() / failed() on its Progress
+                        ▲                 │ the loop itself ended (a bug): logged with
+                        │ backoff 0.5→30 s│ its traceback, Progress.crashed()
+                        └─────────────────┤
+                                          ▼ RESIGN_AFTER_CRASHES crashes in a row
+                              step down: resign the lease, sit out one TTL
+
+- A duty's loop survives any Exception of a pass; only an escape from the loop counts
+  as a crash. A duty never brings its siblings down (no TaskGroup cancels them).
+- Health is progress, not a renewed lease: each duty's Progress goes out in every
+  heartbeat (pipe and `delta_actor.health`). The supervisor restarts a leader actor
+  that holds the lease while a duty made no progress for its stall time (supervisor.py).
+- Losing the lease cancels the duties at once. Like every actor, a candidate registers
+  in `delta_actor` and heartbeats, so its own death is visible too.
 """
 
 from __future__ import annotations
@@ -19,10 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.database import connect_async, make_async_pool, translate_errors
 from delta_actors.election import Elector
+from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.informers import InformerScheduler
 from delta_actors.maintenance import Cleaner, Expirer, Rescuer, run_periodically
 from delta_actors.queue.scheduler import Scheduler
@@ -32,6 +50,17 @@ from delta_actors.schema import check_schema_async
 logger = logging.getLogger(__name__)
 
 LEADER_NAMESPACE = "leader"
+RESTART_DELAYS = (0.5, 30.0)  # seconds: a crashed duty's first and longest restart delay
+RESIGN_AFTER_CRASHES = 5  # crashes of one duty in a row, with no progress between
+
+
+@dataclass(frozen=True, slots=True)
+class Duty:
+    """One leader duty: a loop that runs until cancelled, reporting to its Progress."""
+
+    name: str
+    progress: Progress
+    loop: Callable[[int, int], Awaitable[None]]  # (term, actor id) -> runs until cancelled
 
 
 class Leader:
@@ -66,8 +95,40 @@ class Leader:
         self.actor_id: int | None = None
         self._main: asyncio.Task[None] | None = None
         self._duties: asyncio.Task[None] | None = None
+        self._stepping_down: asyncio.Task[None] | None = None
         self.terms_led = 0
         self.terms_lost = 0
+        self.duties: list[Duty] = []  # made at start, from the services' settings then
+
+    def _make_duties(self) -> list[Duty]:
+        def periodic(name: str, service: Rescuer | Expirer | Cleaner) -> Duty:
+            progress = Progress(name, service.interval)
+
+            async def loop(term: int, actor_id: int) -> None:
+                await run_periodically(f"leader.{name}", service.interval, service.run_once,
+                                       progress)  # fmt: skip
+
+            return Duty(name, progress, loop)
+
+        scheduler = Progress("scheduler", self.scheduler.interval)
+        duties = [Duty("scheduler", scheduler, lambda term, actor: self.scheduler.run(scheduler))]
+        if self.informers.informers:
+            informers = Progress("informers", self.informers.interval)
+            duties.append(
+                Duty("informers", informers,
+                     lambda term, actor: self.informers.run(term, actor, informers))
+            )  # fmt: skip
+        duties.extend(
+            periodic(name, service)
+            for name, service in (
+                ("rescuer", self.rescuer), ("expirer", self.expirer), ("cleaner", self.cleaner)
+            )
+        )  # fmt: skip
+        return duties
+
+    def health(self) -> list[ComponentHealth]:
+        """Each duty's progress now; empty while this candidate does not lead."""
+        return [duty.progress.snapshot() for duty in self.duties] if self.is_leader else []
 
     @property
     def is_leader(self) -> bool:
@@ -85,6 +146,7 @@ class Leader:
                 self.actor_id = await register_actor(conn, LEADER_NAMESPACE, "leader")
         with translate_errors("start leader", self._dsn):
             await self._pool.open(wait=True, timeout=30)
+        self.duties = self._make_duties()
         self.elector = Elector(
             self._dsn,
             self.actor_id,
@@ -100,7 +162,7 @@ class Leader:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.elector.run(), name="leader:election")
             group.create_task(
-                heartbeat(self._pool, self.actor_id, self._heartbeat_interval),
+                heartbeat(self._pool, self.actor_id, self._heartbeat_interval, health=self.health),
                 name="leader:heartbeat",
             )
 
@@ -113,24 +175,69 @@ class Leader:
         if duties is not None:
             self.terms_lost += 1
             duties.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await duties
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # _supervise never raises: this is a bug, and it is said
+                logger.exception("leader duties failed", extra={"event": "leader.duties_failed"})
 
     async def _run_duties(self, term: int) -> None:
         assert self.actor_id is not None
-        actor_id = self.actor_id
+        # A TaskGroup only to own the tasks: _supervise never raises, so one duty's
+        # failure never cancels another.
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.scheduler.run(), name="leader:scheduler")
-            group.create_task(self.informers.run(term, actor_id), name="leader:informers")
-            for name, service in (
-                ("rescuer", self.rescuer),
-                ("expirer", self.expirer),
-                ("cleaner", self.cleaner),
-            ):
+            for duty in self.duties:
+                duty.progress.start()
                 group.create_task(
-                    run_periodically(f"leader.{name}", service.interval, service.run_once),
-                    name=f"leader:{name}",
+                    self._supervise(duty, term, self.actor_id), name=f"leader:{duty.name}"
                 )
+
+    async def _supervise(self, duty: Duty, term: int, actor_id: int) -> None:
+        """Run one duty for this term; restart it when its loop ends, with backoff.
+
+        The backoff doubles with each crash that follows another without progress in
+        between. A restart is not progress: a duty that keeps crashing shows as stalled.
+        """
+        while True:
+            ended: Exception
+            try:
+                await duty.loop(term, actor_id)
+            except Exception as exc:  # noqa: BLE001 (restarted here; see the docstring)
+                ended = exc
+            else:
+                ended = RuntimeError(f"leader duty {duty.name} returned")  # loops never return
+            duty.progress.crashed(ended)
+            first, longest = RESTART_DELAYS
+            delay = min(first * 2 ** (duty.progress.crashes_in_a_row - 1), longest)
+            logger.error(
+                "leader duty %s crashed (%d in a row): %s; restarting in %.1fs",
+                duty.name, duty.progress.crashes_in_a_row, describe(ended), delay,
+                exc_info=ended, extra={"event": "leader.duty_crashed", "duty": duty.name},
+            )  # fmt: skip
+            if duty.progress.crashes_in_a_row >= RESIGN_AFTER_CRASHES:
+                self._step_down(f"duty {duty.name} crashed {RESIGN_AFTER_CRASHES} times in a row")
+                return
+            await asyncio.sleep(delay)
+
+    def _step_down(self, why: str) -> None:
+        # Not awaited here: stepping down cancels the duties, and the caller is one.
+        if self._stepping_down is None or self._stepping_down.done():
+            self._stepping_down = asyncio.create_task(
+                self._step_down_now(why), name="leader:step-down"
+            )
+
+    async def _step_down_now(self, why: str) -> None:
+        assert self.elector is not None
+        try:
+            term = await self.elector.step_down(why)
+            if term is None:
+                return
+            # The elector resigns at its next turn; this wakes the candidates sooner.
+            async with self._pool.connection() as conn:
+                await conn.execute(queries.RESIGN_LEASE, {"term": term, "actor": self.actor_id})
+        except Exception as exc:  # noqa: BLE001 (the lease then lapses within its TTL)
+            log_failure(logger, "resigning the lease failed", exc, "leader.resign_failed")
 
     async def wait_stopped(self) -> None:
         """Wait until the leader ends; re-raise what made it fail."""
@@ -146,6 +253,8 @@ class Leader:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self._main, timeout)
         await self._lost()
+        if self._stepping_down is not None:
+            await asyncio.gather(self._stepping_down, return_exceptions=True)
         if self.actor_id is not None:
             await unregister_actor(self._pool, self.actor_id)
         await self._pool.close()

@@ -2,9 +2,12 @@
 queue/scheduler.py).
 
 Each is a small service with its own interval and a `run_once()` that returns counts of
-what it did; `run()` reschedules first, then works, logs only when it did something, and
-survives database errors (logged, tried again next interval). Every statement is
-index-backed and batch-limited (`BATCH` rows), so one run never holds many locks.
+what it did; `run_periodically()` reschedules first, then works, logs only when it did
+something, reports each pass to the duty's `Progress`, and survives any Exception (a
+database error is logged in a line, anything else with its traceback; both are tried
+again next interval). A pass that hangs is cancelled after half the duty's stall time,
+so one stuck statement costs a pass, not the duty. Every statement is index-backed and
+batch-limited (`BATCH` rows), so one run never holds many locks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.database import drive_async
 from delta_actors.events import SUBSCRIBER_TTL
+from delta_actors.health import Progress, log_failure
 from delta_actors.rescue import find_dead_actors, rescue_actors
 
 logger = logging.getLogger(__name__)
@@ -30,18 +34,25 @@ EVENT_BATCHES_PER_RUN = 1000  # at 1,000 rows each: 1M events a run, ~16k/s at 6
 
 
 async def run_periodically(
-    name: str, interval: float, run_once: Callable[[], Awaitable[dict[str, int]]]
+    name: str,
+    interval: float,
+    run_once: Callable[[], Awaitable[dict[str, int]]],
+    progress: Progress | None = None,
 ) -> None:
     """Call `run_once` every `interval` seconds until cancelled; log what it did."""
+    progress = progress or Progress(name, interval)
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while True:
-        next_at += interval
+        next_at = max(next_at + interval, loop.time())  # a slow pass does not pile up passes
         try:
-            did = await run_once()
-        except (psycopg.Error, OSError) as exc:
-            logger.warning("%s failed: %s", name, exc, extra={"event": f"{name}.failed"})
+            async with progress.deadline():
+                did = await run_once()
+        except Exception as exc:  # noqa: BLE001 (a duty survives anything; see the docstring)
+            progress.failed(exc)
+            log_failure(logger, f"{name} failed", exc, f"{name}.failed")
         else:
+            progress.ok()
             if any(did.values()):
                 logger.info("%s: %s", name, did, extra={"event": f"{name}.ran", **did})
         raise_if_cancelling()

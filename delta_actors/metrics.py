@@ -282,12 +282,21 @@ def _actor_families(
         "delta_actor_up", "1 while the actor process runs, 0 while it waits for a restart.",
         labels=["actor"],
     )  # fmt: skip
+    progress = GaugeMetricFamily(
+        "delta_component_seconds_since_progress",
+        "Seconds since a component of the actor (a leader duty, a worker's claims, results "
+        "or listener) last got something done; 0 while it has nothing to do.",
+        labels=["actor", "component"],
+    )
     for actor in sorted(starts):
         entry = live.get(actor)
         up.add_metric([actor], 1 if entry is not None else 0)
         if entry is not None:
             age.add_metric([actor], max(0.0, now - entry[2]))
-    yield from (restarts, age, up)
+        heartbeat = entry[1] if entry is not None else None
+        for component in heartbeat.health if heartbeat is not None else ():
+            progress.add_metric([actor, component.name], component.since_progress)
+    yield from (restarts, age, up, progress)
 
 
 def _leader_families(

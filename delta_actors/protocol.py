@@ -12,9 +12,11 @@ Supervisor -> actor: Stop.
 Metrics ride on the Heartbeat, never on a frame per job: an actor keeps counters and
 histogram buckets per kind (`metrics.Recorder`) and every heartbeat carries their totals
 since the actor started (`KindTally`, a few dozen integers per kind), the namespace's
-queue depth and lag, and the leader's counters. Totals, not deltas: a lost or late
-heartbeat costs nothing, and the supervisor adds the last totals of every actor that
-ended to what the live ones report, so its counters never go backwards across restarts.
+queue depth and lag, the leader's counters, and each component's progress
+(`health.ComponentHealth`: the supervisor restarts a leader whose duty stalled). Totals,
+not deltas: a lost or late heartbeat costs nothing, and the supervisor adds the last
+totals of every actor that ended to what the live ones report, so its counters never go
+backwards across restarts.
 An actor sends one last Heartbeat right before Stopped, so a clean stop loses no count.
 """
 
@@ -26,6 +28,7 @@ from typing import Final
 import msgspec
 
 from delta_actors.errors import ProtocolError
+from delta_actors.health import ComponentHealth
 
 MAX_FRAME: Final = 1 << 20  # bytes; nothing we send comes near it
 _HEADER = struct.Struct(">I")
@@ -65,6 +68,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     is_leader: bool = False
     elected: int = 0  # terms this leader candidate won
     lost: int = 0  # terms it lost or gave up
+    health: list[ComponentHealth] = []  # what each component last got done (health.py)
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):

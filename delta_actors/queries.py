@@ -337,8 +337,10 @@ REGISTER_ACTOR: LiteralString = """
 INSERT INTO delta_actor (host, pid, namespace, role) VALUES (%s, %s, %s, %s) RETURNING id
 """
 
-# Touches no row when rescue declared the actor dead meanwhile.
-HEARTBEAT_ACTOR: LiteralString = "UPDATE delta_actor SET heartbeat_at = now() WHERE id = %s"
+# Touches no row when rescue declared the actor dead meanwhile. `health`: see health.py.
+HEARTBEAT_ACTOR: LiteralString = """
+UPDATE delta_actor SET heartbeat_at = now(), health = %(health)s::jsonb WHERE id = %(actor)s
+"""
 
 # Capped: an exact count of a deep queue costs more than a heartbeat is worth. The lag
 # takes the oldest due time per priority (one claim-index lookup each, 1..4), since the
@@ -591,14 +593,17 @@ LIMIT %s
 
 LEADER_CHANNEL: Final = "delta_leader"
 
-# Wins only a lease that has expired (or never existed); the term grows with each win.
+# Wins only a lease that has expired (or never existed), or this actor's own: a leader
+# whose election connection broke stopped trusting its term at once, and takes its
+# lease back under a new term as soon as it reconnects instead of leaving the cluster
+# without a leader for up to a TTL. The term grows with each win.
 ATTEMPT_ELECTION: LiteralString = """
 INSERT INTO delta_leader AS l (name, actor_id, host, pid, term, elected_at, expires_at)
 VALUES ('default', %(actor)s, %(host)s, %(pid)s, 1, now(), now() + make_interval(secs => %(ttl)s))
 ON CONFLICT (name) DO UPDATE
     SET actor_id = excluded.actor_id, host = excluded.host, pid = excluded.pid,
         term = l.term + 1, elected_at = now(), expires_at = excluded.expires_at
-    WHERE l.expires_at < now()
+    WHERE l.expires_at < now() OR l.actor_id = excluded.actor_id
 RETURNING term
 """
 
@@ -754,7 +759,7 @@ FROM delta_leader WHERE name = 'default'
 
 SELECT_ACTORS: LiteralString = """
 SELECT id, host, pid, namespace, role, started_at,
-       extract(epoch FROM now() - heartbeat_at)::float8
+       extract(epoch FROM now() - heartbeat_at)::float8, coalesce(health, '[]')
 FROM delta_actor ORDER BY namespace, role, id
 """
 

@@ -12,15 +12,20 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.errors import ActorLostError
+from delta_actors.health import ComponentHealth, log_failure
 
 logger = logging.getLogger(__name__)
+
+_health_encoder = msgspec.json.Encoder()
 
 
 async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: str) -> int:
@@ -34,13 +39,19 @@ async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: st
 
 
 async def heartbeat(
-    pool: AsyncConnectionPool, actor_id: int, interval: float, *, fence: float | None = None
+    pool: AsyncConnectionPool,
+    actor_id: int,
+    interval: float,
+    *,
+    fence: float | None = None,
+    health: Callable[[], list[ComponentHealth]] = list,
 ) -> None:
-    """Refresh the row every `interval` seconds until cancelled.
+    """Refresh the row, and the components' `health()`, every `interval` seconds.
 
     Raises ActorLostError when rescue deleted the row, and, with `fence`, when no heartbeat
     has reached the database for `fence` seconds: past the rescue TTL another actor may
-    hold our claims, so we stop (cancelling our works) before that can happen.
+    hold our claims, so we stop (cancelling our works) before that can happen. Any other
+    failure is logged and the next heartbeat tries again.
     """
     last_ok = time.monotonic()
     while True:
@@ -48,15 +59,16 @@ async def heartbeat(
         await asyncio.sleep(interval)
         attempt_at = time.monotonic()
         try:
+            params = {"actor": actor_id, "health": _health_encoder.encode(health()).decode()}
             async with asyncio.timeout(max(interval, 1.0)):
                 async with pool.connection() as conn:
-                    cur = await conn.execute(queries.HEARTBEAT_ACTOR, (actor_id,))
+                    cur = await conn.execute(queries.HEARTBEAT_ACTOR, params)
                     alive = cur.rowcount == 1
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+        except Exception as exc:
             silent = time.monotonic() - last_ok
-            logger.warning(
-                "heartbeat of actor %d failed (%.1fs since the last): %s", actor_id, silent,
-                exc or "timed out", extra={"event": "actor.heartbeat_failed"},
+            log_failure(
+                logger, f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last)",
+                exc, "actor.heartbeat_failed",
             )  # fmt: skip
             if fence is not None and silent > fence:
                 raise ActorLostError(

@@ -17,6 +17,7 @@ import psycopg
 
 from delta_actors import queries
 from delta_actors.database import translate_errors
+from delta_actors.health import ComponentHealth
 from delta_actors.names import validate_name
 from delta_actors.queue.rows import JobError
 from delta_actors.resource import resource_from_row
@@ -47,6 +48,14 @@ class ActorStatus(msgspec.Struct, frozen=True):
     role: str
     started_at: datetime
     heartbeat_age: float  # seconds since its last heartbeat
+    # What each component last got done, as of that heartbeat (health.py); a leader
+    # candidate reports its duties only while it leads.
+    health: list[ComponentHealth] = []
+
+    @property
+    def stalled(self) -> list[ComponentHealth]:
+        """Its components that made no progress for longer than they may, as of now."""
+        return [h for h in self.health if h.since_progress + self.heartbeat_age > h.stall_after]
 
 
 class ResourceCount(msgspec.Struct, frozen=True):
@@ -153,7 +162,19 @@ def read_status(conn: psycopg.Connection) -> Status:
     return Status(
         schema_version=int(version[0]) if version else 0,
         leader=LeaderStatus(*leader) if leader else None,
-        actors=[ActorStatus(*row) for row in actors],
+        actors=[
+            ActorStatus(
+                id_,
+                host,
+                pid,
+                ns,
+                role,
+                started,
+                age,
+                msgspec.convert(health, list[ComponentHealth]),
+            )
+            for id_, host, pid, ns, role, started, age, health in actors
+        ],
         resources=[ResourceCount(*row) for row in resources],
         queues=[
             QueueStatus(ns, available, running, waiting, lag or 0.0, finished / RATE_WINDOW)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from delta_actors.resource import State
-from delta_actors.status import ResourceDetail, Status
+from delta_actors.status import ActorStatus, ResourceDetail, Status
 
 ERROR_WIDTH = 100  # characters of an error shown in a table; JSON has it whole
 
@@ -84,10 +84,29 @@ def _actors(status: Status) -> str:
         return "none running"
     rows = [
         (a.namespace, a.role, a.host, a.pid, a.id, format_age(a.heartbeat_age),
-         format_time(a.started_at))
+         format_time(a.started_at), _health(a))
         for a in status.actors
     ]  # fmt: skip
-    return table(("NAMESPACE", "ROLE", "HOST", "PID", "ACTOR", "HEARTBEAT", "STARTED"), rows)
+    return table(
+        ("NAMESPACE", "ROLE", "HOST", "PID", "ACTOR", "HEARTBEAT", "STARTED", "HEALTH"), rows
+    )
+
+
+def _health(actor: ActorStatus) -> str:
+    """`ok`, or what is stuck or failing: `informers stalled 42s: <error>`."""
+    notes = []
+    stalled = {h.name for h in actor.stalled}
+    for h in actor.health:
+        if h.name in stalled:
+            note = f"{h.name} stalled {format_age(h.since_progress + actor.heartbeat_age)}"
+        elif h.failures:
+            note = f"{h.name} failing ({h.failures}x)"
+        else:
+            continue
+        if h.last_error:
+            note += f": {_shorten(h.last_error, 60)}"
+        notes.append(note)
+    return "; ".join(notes) or "ok"
 
 
 def _queues(status: Status) -> str:

@@ -20,6 +20,9 @@ Invariants:
   be reached the rescue is retried every half tick, not left to the leader's TTL.
 - Restarts back off exponentially (0.5 s doubling to 30 s) per slot; the count resets once
   an actor has lived a minute. Five quick failures in a row are logged as a crash loop.
+- Health is progress: a leader actor that holds the lease while one of its duties made
+  no progress for that duty's stall time (its heartbeat says so, see health.py) is
+  stopped (it resigns) and restarted, killed if it does not stop in time.
 - SIGTERM/SIGINT: Stop(shutdown_timeout) to every actor, wait for them (plus a grace
   period, then SIGKILL), exit 0. A second signal: SIGKILL every actor, rescue their
   claims, exit 1.
@@ -62,6 +65,7 @@ CRASH_LOOP_RESTARTS = 5
 STABLE_AFTER = 60.0  # seconds an actor must live for its slot's failures to be forgiven
 STOP_GRACE = 10.0  # seconds past the shutdown timeout before stopping actors are killed
 TICK = 1.0  # seconds between liveness checks at most
+STALLED_STOP_TIMEOUT = 5.0  # seconds a stalled leader's running works get to stop
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Child:
     actor_id: int | None = None
     running: bool = False
     stopped_cleanly: bool = False
+    kill_at: float | None = None  # a restart was asked for: killed if not gone by then
     last_failure: str = ""
     heartbeat: protocol.Heartbeat | None = None
 
@@ -319,6 +324,8 @@ class Supervisor:
             case protocol.Heartbeat():
                 child.heartbeat = message
                 self.metrics.actor_heartbeat(child.slot.name, message)
+                if message.is_leader and child.kill_at is None:
+                    self._restart_if_stalled(child, message)
             case protocol.Stopped(handed_back=handed_back):
                 child.stopped_cleanly = True
                 logger.info(
@@ -335,9 +342,37 @@ class Supervisor:
                 child.last_failure = "protocol error: an actor sent Stop"
                 self._kill(child)
 
+    def _restart_if_stalled(self, child: Child, beat: protocol.Heartbeat) -> None:
+        """Restart a leader that holds the lease while one of its duties makes no progress.
+
+        The lease says it leads; only progress says it does its job. A graceful stop
+        resigns the lease at once, so another candidate (or the restarted one) takes over
+        without waiting for the lease to lapse; a leader that cannot stop is killed.
+        """
+        stalled = [h for h in beat.health if h.is_stalled]
+        if not stalled:
+            return
+        what = "; ".join(
+            f"{h.name} made no progress for {h.since_progress:.0f}s"
+            + (f" (last error: {h.last_error})" if h.last_error else "")
+            for h in stalled
+        )
+        child.last_failure = f"stalled while leading: {what}"
+        logger.error(
+            "leader actor %s (pid %d) holds the lease but %s; restarting it",
+            child.slot.name, child.pid, what, extra={"event": "leader.stalled"},
+        )  # fmt: skip
+        child.kill_at = time.monotonic() + STALLED_STOP_TIMEOUT + STOP_GRACE
+        try:
+            child.pipe.sendall(protocol.encode(protocol.Stop(STALLED_STOP_TIMEOUT)))
+        except OSError:
+            self._kill(child)
+
     def _check_liveness(self, now: float) -> None:
         for child in list(self.children.values()):
-            if not child.running and now - child.started_at > self.start_timeout:
+            if child.kill_at is not None and now > child.kill_at:
+                child.last_failure += " (did not stop in time)"
+            elif not child.running and now - child.started_at > self.start_timeout:
                 child.last_failure = f"no Started within {self.start_timeout:g}s"
             elif child.running and now - child.last_seen > self.hang_timeout:
                 child.last_failure = f"hung: no heartbeat for {now - child.last_seen:.1f}s"

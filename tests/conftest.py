@@ -8,10 +8,13 @@ after a failed run. Coroutine tests run on a fresh uvloop event loop.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import inspect
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,11 +29,28 @@ pytest_plugins = ["tests.roles"]  # the `role` fixture
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run `async def` tests on their own uvloop event loop."""
+    """Run `async def` tests on their own uvloop event loop.
+
+    An error the loop reports as unhandled (a task exception never retrieved: a task
+    nobody owned died) fails the test, whatever the test itself asserted.
+    """
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
     names = pyfuncitem._fixtureinfo.argnames
-    uvloop.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    test = pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names})
+    unhandled: list[str] = []
+
+    def record(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        unhandled.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(record)
+        await test
+
+    uvloop.run(run())
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    if unhandled:
+        pytest.fail("the event loop reported unhandled errors:\n" + "\n".join(unhandled))
     return True
 
 

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.health import Progress, log_failure
 from delta_actors.queue.rows import JobState
 from delta_actors.resource import State
 
@@ -69,11 +70,13 @@ class Completer:
         *,
         max_pending: int,
         on_written: Callable[[list[Result], set[int]], None],
+        progress: Progress | None = None,
     ) -> None:
         self._pool = pool
         self._actor_id = actor_id
         self._max_pending = max_pending
         self._on_written = on_written
+        self._progress = progress or Progress("results", 1.0)
         self._pending: list[Result] = []
         self._has_pending = asyncio.Event()
         self._room = asyncio.Event()
@@ -130,13 +133,14 @@ class Completer:
             self._batch = batch
             try:
                 stale = await self._write(batch)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 (results are never dropped here)
                 # Keep the batch, in front of what came since, and try again.
                 self._pending = batch + self._pending
                 self._has_pending.set()
-                logger.warning(
-                    "writing %d job results failed, retrying in %.2fs: %s",
-                    len(batch), delay, exc, extra={"event": "completer.retry"},
+                self._progress.failed(exc)
+                log_failure(
+                    logger, f"writing {len(batch)} job results failed, retrying in {delay:.2f}s",
+                    exc, "completer.retry",
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -144,6 +148,7 @@ class Completer:
             finally:
                 self._writing = 0
                 self._batch = []
+            self._progress.ok()
             if len(self._pending) < self._max_pending:
                 self._room.set()
             self._on_written(batch, stale)

@@ -3,7 +3,8 @@
 Runs in batches (`PROMOTE_DUE_JOBS`, index-backed, `SKIP LOCKED` so that several
 promoters never block each other) and sleeps until the next job is due, at most
 `interval` seconds, so a short snooze is promoted on time without tight polling. Promoted
-jobs wake the workers of their queue through NOTIFY.
+jobs wake the workers of their queue through NOTIFY. The loop survives any Exception
+(logged, tried again after the interval) and reports each pass to its `Progress`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.health import Progress, log_failure
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ class Scheduler:
         self._pool = pool
         self._interval = interval  # seconds between runs at most
         self._poked = asyncio.Event()
+
+    @property
+    def interval(self) -> float:
+        """Seconds between passes at most."""
+        return self._interval
 
     def poke(self) -> None:
         """Look again now: a job was just scheduled to become due soon."""
@@ -54,22 +60,27 @@ class Scheduler:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    async def run(self) -> None:
-        """Promote due jobs until cancelled."""
+    async def run(self, progress: Progress | None = None) -> None:
+        """Promote due jobs until cancelled; survives any Exception (logged, retried)."""
+        progress = progress or Progress("scheduler", self._interval)
         while True:
             self._poked.clear()
             wait = self._interval
             try:
-                promoted = await self.run_once()
-                if promoted:
-                    logger.debug("promoted due jobs %s", promoted, extra={"event": "jobs.promoted"})
-                due_in = await self.next_due_in()
+                async with progress.deadline():
+                    promoted = await self.run_once()
+                    if promoted:
+                        logger.debug(
+                            "promoted due jobs %s", promoted, extra={"event": "jobs.promoted"}
+                        )
+                    due_in = await self.next_due_in()
                 if due_in is not None:
                     wait = min(wait, max(due_in, 0.001))
-            except (psycopg.Error, OSError) as exc:
-                logger.warning(
-                    "promoting due jobs failed: %s", exc, extra={"event": "scheduler.error"}
-                )
+            except Exception as exc:  # noqa: BLE001 (promotion must go on; logged)
+                progress.failed(exc)
+                log_failure(logger, "promoting due jobs failed", exc, "scheduler.error")
+            else:
+                progress.ok()
             raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):

@@ -48,6 +48,7 @@ from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.database import connect_async, make_async_pool, translate_errors
 from delta_actors.errors import ActorLostError
+from delta_actors.health import ComponentHealth, Progress, log_failure
 from delta_actors.metrics import Recorder
 from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer, Result
@@ -109,7 +110,21 @@ class Worker:
         self.recorder = Recorder()
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
         self._scheduler = Scheduler(self._pool) if run_scheduler else None
-        self._listener = Listener(dsn, namespace, self._notified)
+        self.progress = {
+            "claims": Progress(
+                "claims", poll_interval,
+                is_idle=lambda: not self._claiming or len(self._running) >= self.max_workers,
+            ),
+            "results": Progress(
+                "results", 1.0,
+                is_idle=lambda: self._completer is None or self._completer.backlog == 0,
+            ),
+            "listener": Progress(
+                "listener", poll_interval,
+                is_idle=lambda: self._listener.is_listening.is_set(),  # noqa: PLW0108 (made below)
+            ),
+        }  # fmt: skip
+        self._listener = Listener(dsn, namespace, self._notified, self.progress["listener"])
         self._claimer = Claimer(dsn, namespace)
         self._completer: Completer | None = None
         self._invoker: Invoker | None = None
@@ -145,6 +160,7 @@ class Worker:
             self.actor_id,
             max_pending=max(64, 4 * self.max_workers),
             on_written=self._results_written,
+            progress=self.progress["results"],
         )
         invoker = Invoker(self.max_workers, f"delta-{self.namespace}", lambda: self._cancelling)
         self._invoker = invoker
@@ -156,6 +172,10 @@ class Worker:
             self.namespace, self.max_workers, self.actor_id,
             extra={"event": "worker.started", "namespace": self.namespace},
         )  # fmt: skip
+
+    def health(self) -> list[ComponentHealth]:
+        """Each component's progress now (health.py)."""
+        return [progress.snapshot() for progress in self.progress.values()]
 
     async def wait_listening(self, timeout: float = 10.0) -> None:
         """Wait until the LISTEN connection is up (tests use this to avoid racing it)."""
@@ -244,7 +264,10 @@ class Worker:
     async def _heartbeat(self) -> None:
         assert self.actor_id is not None
         try:
-            await heartbeat(self._pool, self.actor_id, self._heartbeat_interval, fence=self._fence)
+            await heartbeat(
+                self._pool, self.actor_id, self._heartbeat_interval, fence=self._fence,
+                health=self.health,
+            )  # fmt: skip
         except ActorLostError:
             # Our claims are, or are about to be, someone else's: not one more moment of them.
             self._claiming = False
@@ -282,15 +305,17 @@ class Worker:
                     await self._return_unknown_claims()
                     self._replies_lost = False
                 claims = await self._claim(free)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 (claiming goes on; logged)
                 self._replies_lost = True
                 self.stats.claim_failures += 1
-                logger.warning(
-                    "claiming jobs failed: %s", exc,
-                    extra={"event": "worker.claim_failed", "namespace": self.namespace},
+                self.progress["claims"].failed(exc)
+                log_failure(
+                    logger, "claiming jobs failed", exc, "worker.claim_failed",
+                    namespace=self.namespace,
                 )  # fmt: skip
                 await asyncio.sleep(min(self._poll_interval, 1.0))
                 continue
+            self.progress["claims"].ok()
             self._maybe_more = len(claims) == free
             for claim in claims:
                 self._running[claim.id] = claim

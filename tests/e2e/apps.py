@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import psycopg
 
@@ -24,6 +25,11 @@ CREATE TABLE IF NOT EXISTS e2e_run (
     pid integer NOT NULL,
     started_at double precision NOT NULL,
     ended_at double precision
+);
+CREATE TABLE IF NOT EXISTS e2e_beat (
+    id bigserial PRIMARY KEY,
+    what text NOT NULL,  -- 'inform' (an informer run) or 'ping' (a plain job ran)
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
 
@@ -112,4 +118,48 @@ app = delta.App(
         "default": delta.Namespace(max_workers=20),
         "reports": delta.Namespace(max_workers=5, processes=2),
     },
+)
+
+
+# ---------------------------------------------------------------- liveness (test_liveness.py)
+
+
+class Beacon(delta.Object, kind="beacon"):
+    """Never stored: its informer only records that it ran."""
+
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+class Ping(delta.Job, kind="ping"):
+    """A plain job that records when it ran (scheduled ones prove promotion works)."""
+
+
+def _beat(what: str) -> None:
+    with psycopg.connect(os.environ["DELTA_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO e2e_beat (what) VALUES (%s)", (what,))
+
+
+class BeaconController(delta.Controller[Beacon]):
+    inform_interval = 1.0
+
+    async def work(self, resource: delta.Resource[Beacon]) -> None:
+        return None
+
+    async def inform(self, options: delta.InformOptions) -> AsyncIterator[Beacon]:
+        await asyncio.to_thread(_beat, "inform")
+        for _ in ():
+            yield Beacon(key="never")
+
+
+def ping(job: Ping) -> None:
+    _beat("ping")
+
+
+liveness_app = delta.App(
+    controllers=[TaskController(), BeaconController()],
+    jobs={Ping: ping},
+    namespaces={"default": delta.Namespace(max_workers=10)},
 )

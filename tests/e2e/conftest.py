@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tests.e2e.apps import RUNS_TABLE
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+UNHANDLED = re.compile(r"never retrieved|unhandled error in the event loop")
 
 
 class Supervise:
@@ -67,6 +69,10 @@ class Supervise:
     def stop(self) -> None:
         terminate(self.proc)
 
+    def unhandled_errors(self) -> list[str]:
+        """Log lines of errors nobody handled (a task exception never retrieved)."""
+        return [line for line in self.log.splitlines() if UNHANDLED.search(line)]
+
 
 def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
     """SIGTERM (a graceful stop), SIGKILL if it is not over in `timeout`; the exit code."""
@@ -101,3 +107,6 @@ def supervise(e2e_dsn: str, tmp_path: Path) -> Iterator[type[Supervise]]:
     yield start  # type: ignore[misc]
     for process in started:
         process.stop()
+    # Every task has an owner: an error the event loop had to report is a bug.
+    unhandled = {p.log_path.name: p.unhandled_errors() for p in started}
+    assert not any(unhandled.values()), f"unhandled errors in the logs: {unhandled}"

@@ -362,3 +362,23 @@ async def test_cleanup_respects_retention_and_batch_limits(dsn):
             assert await cur.fetchone() == (12,)
         assert await client.get(Cached, "alive") is not None
         assert await client.get(Cached, "dead") is None
+
+
+async def test_a_leader_whose_election_connection_breaks_takes_its_lease_back_at_once(dsn):
+    """Its term ends at once (no duties on a lease it cannot renew), and the reconnected
+    elector wins its own unexpired lease under a new term, well before the lease lapses."""
+    elector, seen = make_elector(dsn, 1, ttl=15, renew_interval=5, elect_interval=5, margin=2)
+    task = asyncio.create_task(elector.run())
+    try:
+        await wait_until_async(lambda: _true(elector.is_leader), 5, "leadership")
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'delta-lease'"
+            )
+        await wait_until_async(lambda: _true(seen.lost == 1), 5, "the term to end")
+        await wait_until_async(lambda: _true(elector.is_leader), 3, "the lease taken back")
+        assert seen.terms == [1, 2]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
