@@ -2,6 +2,8 @@
 
     python scripts/chaos.py --seed 1 --duration 120            # the full run (20,000 resources)
     python scripts/chaos.py --seed 1 --duration 40 --resources 2000 --json out.json
+    python scripts/chaos.py --faults none --duration 60 --resources 1500   # a clean run
+    python scripts/chaos.py --faults kill_conns_lease,kill_leader          # only these
 
 What it does:
 
@@ -10,7 +12,9 @@ What it does:
    the app defined below: three kinds in two namespaces (`alpha`: async controllers, one
    process; `beta`: a plain-def controller, two processes). Every work records its run
    (kind, id, generation seen, start, end, pid, outcome) in `chaos_run`, committed before
-   it returns. One kind fails the first attempt of about one resource in eight.
+   it returns. One kind fails the first attempt of about one resource in eight. A fourth
+   kind, `beacon`, has an informer (every INFORM_INTERVAL) that lists nothing and records
+   when it runs; a plain job, `chaos-probe`, records when it was due and when it ran.
 2. Informs `--resources` objects in bursts, then keeps re-informing random subsets with
    changes (and some unchanged or stale copies) while the faults run. Every inform that
    returned is an accepted change: (kind, id) -> the generation it produced.
@@ -18,7 +22,10 @@ What it does:
    fault happens about equally often: SIGKILL of a worker actor, of the leader actor, of a
    whole supervisor (started again after a moment); SIGSTOP of an actor for longer than
    the rescue TTL, then SIGCONT; PostgreSQL restarted in fast and immediate mode;
-   backends killed with pg_terminate_backend.
+   backends killed with pg_terminate_backend: 8 at random, or, for a burst of 2-6 s
+   every 0.2-0.5 s, all backends of one component, picked by the `application_name` its
+   connections carry (KILL_CONNS: the leader's pool, the lease connection, a namespace's
+   claim connection, its pool (the completer), its LISTEN connection).
 4. Stops faulting, lets the system settle, and checks:
    - every accepted change was worked (a successful run) with its generation or a newer
      one, and every resource ends synced with its newest generation worked;
@@ -27,6 +34,8 @@ What it does:
    - after every kill or pause, the victim's claims left `running` within the rescue TTL
      plus one rescue interval (max and p99 reported);
    - duplicate runs (same resource and generation, both successful) are counted.
+   Throughout the run (class Liveness), a sampler checks that while one leader holds the
+   lease, the informer runs and due jobs are promoted within LIVENESS_BOUND.
 
 Prints a report, writes it as JSON with --json, and exits 1 if an invariant broke.
 """
@@ -49,7 +58,9 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +87,34 @@ RECORD_RUN = (
     "INSERT INTO chaos_run (run, kind, object_id, generation, pid, started_at, ended_at, ok) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING"
 )
+# The liveness probes: when each informer run started, and when each probe job was due
+# and when it started (time.time() of the process that ran it; one host).
+PROBE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS chaos_informer_run ("
+    " id bigserial PRIMARY KEY, started_at double precision NOT NULL, pid integer NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS chaos_probe_run ("
+    " run uuid PRIMARY KEY, due_at double precision NOT NULL,"
+    " started_at double precision NOT NULL, pid integer NOT NULL)",
+)
+RECORD_INFORMER_RUN = "INSERT INTO chaos_informer_run (started_at, pid) VALUES (%s, %s)"
+RECORD_PROBE_RUN = (
+    "INSERT INTO chaos_probe_run (run, due_at, started_at, pid) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (run) DO NOTHING"
+)
+# One sample: the lease, the newest informer run, and the most overdue job that waits
+# for promotion (scheduled or retryable, due, not yet available: the leader's Scheduler).
+SAMPLE_LIVENESS = """
+SELECT l.actor_id, l.term, l.expires_at > now(),
+       (SELECT max(started_at) FROM chaos_informer_run),
+       (SELECT extract(epoch FROM now() - min(scheduled_at))::float8 FROM delta_job
+        WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now())
+FROM (SELECT 1) AS one LEFT JOIN delta_leader AS l ON l.name = 'default'
+"""
+KILL_BACKENDS = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name = %s"
+    " AND pid <> pg_backend_pid()"
+)
 
 # Timing of the runtime under test: production's ratios, scaled down so a run is short.
 HEARTBEAT = 0.5
@@ -84,6 +123,26 @@ RESCUE_TTL = 5.0
 LEASE_TTL = 5.0
 RESCUE_INTERVAL = 1.0  # the leader's Rescuer
 RESCUE_BOUND = RESCUE_TTL + RESCUE_INTERVAL
+INFORM_INTERVAL = 1.0  # the probe controller's informer (+ up to 10 % jitter)
+PROBE_INTERVAL = 1.0  # a probe job is enqueued this often ...
+PROBE_DELAY = 0.5  # ... scheduled this far ahead, so the leader has to promote it
+SAMPLE_INTERVAL = 0.5  # the liveness sampler
+# The bound on informer gaps and promotion delays: 3 x the worst informer gap of a clean
+# run (1.9 s: the interval, its jitter and the scheduler's 1 s poll); docs/reliability.md.
+LIVENESS_BOUND = 6.0
+
+# Connection kills, one fault kind per component: the application_name its connections
+# carry (delta_actors.database.component_conninfo); {namespace} is drawn per burst.
+KILL_CONNS = {
+    "kill_conns_leader_pool": "delta-leader",
+    "kill_conns_lease": "delta-lease",
+    "kill_conns_claim": "delta-claim-{namespace}",
+    "kill_conns_completer": "delta-worker-{namespace}",
+    "kill_conns_listener": "delta-listen-{namespace}",
+}
+# Bursts on the leader's own connections may stop its duties while they last; the
+# duties must be back within the bound after a burst ends.
+LEADER_CONNS = ("kill_conns_leader_pool", "kill_conns_lease")
 
 
 # ----------------------------------------------------------------------------- the app
@@ -130,7 +189,7 @@ class _Recorder:
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
 
-    async def record(self, row: tuple[Any, ...]) -> None:
+    async def record(self, row: tuple[Any, ...], statement: str = RECORD_RUN) -> None:
         # A controller that tolerates its own database restarting: retry for a while.
         deadline = time.monotonic() + 30.0
         while True:
@@ -140,7 +199,7 @@ class _Recorder:
                         self._conn = await psycopg.AsyncConnection.connect(
                             _dsn(), autocommit=True, connect_timeout=5
                         )
-                    await self._conn.execute(RECORD_RUN, row)
+                    await self._conn.execute(statement, row)  # type: ignore[arg-type]
             except (psycopg.OperationalError, OSError):
                 if self._conn is not None:
                     await self._conn.close()
@@ -213,8 +272,39 @@ class TicketController(delta.Controller[Ticket]):
         _record_sync((*row, started, time.time(), True))
 
 
+class Beacon(delta.Object, kind="beacon"):
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+class BeaconController(delta.Controller[Beacon]):
+    """An informer that lists nothing and records when each of its runs starts."""
+
+    namespace = "alpha"
+    inform_interval = INFORM_INTERVAL
+
+    async def work(self, resource: delta.Resource[Beacon]) -> None:
+        pass
+
+    async def inform(self, options: delta.InformOptions) -> AsyncIterator[Beacon]:
+        await _recorder.record((time.time(), os.getpid()), RECORD_INFORMER_RUN)
+        for beacon in ():
+            yield beacon
+
+
+class Probe(delta.Job, kind="chaos-probe"):
+    due: float  # time.time() at which it is scheduled
+
+
+async def run_probe(job: Probe) -> None:
+    await _recorder.record((uuid.uuid4(), job.due, time.time(), os.getpid()), RECORD_PROBE_RUN)
+
+
 app = delta.App(
-    controllers=[WidgetController(), GadgetController(), TicketController()],
+    controllers=[WidgetController(), GadgetController(), TicketController(), BeaconController()],
+    jobs={Probe: run_probe},
     namespaces={
         "alpha": delta.Namespace(max_workers=20),
         "beta": delta.Namespace(max_workers=8, processes=2),
@@ -244,7 +334,14 @@ class Fault:
     rescued_after: float | None = None
     downtime: float = 0.0  # seconds PostgreSQL was down (restarts)
     pids: set[int] = field(default_factory=set)  # the processes it stopped or orphaned
-    until: float = 0.0  # a pause: when SIGCONT is due
+    until: float = 0.0  # a pause: when SIGCONT is due; a burst: when it ends
+    stops_leader: bool = False  # the leader's process or its database was the victim
+    killed: int = 0  # a burst: backends terminated
+
+    @property
+    def end(self) -> float:
+        """When the fault itself was over (not its consequences)."""
+        return max(self.at + self.downtime, self.until)
 
 
 class Harness:
@@ -262,6 +359,7 @@ class Harness:
         self.faults: list[Fault] = []
         self.supervisor_exits: list[int] = []  # exit codes of supervisors that ended by themselves
         self.paused: set[int] = set()
+        self.bursts: list[threading.Thread] = []
         self.stop_workload = threading.Event()
         self.lock = threading.Lock()
 
@@ -288,6 +386,8 @@ class Harness:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             migrate(conn)
             conn.execute(RUNS_TABLE)
+            for table in PROBE_TABLES:
+                conn.execute(table)  # type: ignore[arg-type]
 
     def start_supervisor(self, slot: int) -> None:
         env = {
@@ -440,7 +540,9 @@ class Harness:
                     return None
                 actor_id, pid = int(rows[0][0]), int(rows[0][1])
                 os.kill(pid, signal.SIGKILL)
-                return Fault(kind, now, f"SIGKILL leader pid {pid}", [], [actor_id])
+                return Fault(
+                    kind, now, f"SIGKILL leader pid {pid}", [], [actor_id], stops_leader=True
+                )
             case "kill_supervisor":
                 live = [(i, p) for i, p in enumerate(self.supervisors) if p and p.poll() is None]
                 if len(live) < 2:
@@ -449,27 +551,51 @@ class Harness:
                 children = _children(proc.pid)
                 victims = [a[0] for a in self.actors() if a[1] in children]
                 claims = self.claims_of(victims)
+                leader = {int(r[0]) for r in self.query("SELECT pid FROM delta_leader")}
                 proc.kill()
                 proc.wait()
                 self.supervisors[slot] = None  # ours to restart, below
                 delay = self.rng.uniform(0.5, 3.0)
                 threading.Timer(delay, self.start_supervisor, (slot,)).start()
                 detail = f"SIGKILL supervisor {slot} pid {proc.pid}, restart in {delay:.1f}s"
-                return Fault(kind, now, detail, claims, victims, pids=children)
+                if leader & children:
+                    detail += " (the leader's)"
+                fault = Fault(kind, now, detail, claims, victims, pids=children)
+                fault.stops_leader = bool(leader & children)
+                return fault
             case "pg_restart_fast" | "pg_restart_immediate":
                 mode = kind.rsplit("_", 1)[1]
                 self.cluster.restart(mode)
                 down = time.time() - now
                 detail = f"PostgreSQL restarted ({mode}, {down:.1f}s)"
-                return Fault(kind, now, detail, downtime=down)
+                return Fault(kind, now, detail, downtime=down, stops_leader=True)
             case "terminate_backends":
                 rows = self.query(
                     "SELECT count(pg_terminate_backend(pid)) FROM ("
-                    " SELECT pid FROM pg_stat_activity WHERE datname = 'chaos'"
+                    " SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                     " AND pid <> pg_backend_pid() ORDER BY random() LIMIT 8) t"
                 )
                 return Fault(kind, now, f"terminated {rows[0][0]} backends")
+            case _ if kind in KILL_CONNS:
+                return self.start_burst(kind, now)
         raise AssertionError(kind)
+
+    def start_burst(self, kind: str, now: float) -> Fault:
+        """Kill one component's backends again and again for a few seconds, in a thread."""
+        name = KILL_CONNS[kind].format(namespace=self.rng.choice(sorted(app.namespaces)))
+        length, every = self.rng.uniform(2.0, 6.0), self.rng.uniform(0.2, 0.5)
+        detail = f"pg_terminate_backend of {name} every {every:.2f}s for {length:.1f}s"
+        fault = Fault(kind, now, detail, until=now + length)
+        burst = threading.Thread(target=self._burst, args=(fault, name, every), daemon=True)
+        burst.start()
+        self.bursts.append(burst)
+        return fault
+
+    def _burst(self, fault: Fault, application_name: str, every: float) -> None:
+        while time.time() < fault.until:
+            with contextlib.suppress(psycopg.OperationalError):
+                fault.killed += self.query(KILL_BACKENDS, (application_name,))[0][0]
+            time.sleep(every)
 
     def _resume(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -477,10 +603,13 @@ class Harness:
         self.paused.discard(pid)
 
     def fault_kinds(self) -> list[str]:
+        """The deck: every fault kind once (those --faults selects)."""
         kinds = ["kill_actor", "kill_leader", "kill_supervisor", "pause_actor"]
-        kinds.append("terminate_backends")
+        kinds += ["terminate_backends", *KILL_CONNS]
         if self.cluster is not None:
             kinds += ["pg_restart_fast", "pg_restart_immediate"]
+        if self.args.faults is not None:
+            kinds = [kind for kind in kinds if kind in self.args.faults]
         return kinds
 
     def run_faults(self, duration: float) -> None:
@@ -492,6 +621,8 @@ class Harness:
             if not deck:
                 deck = self.fault_kinds()
                 self.rng.shuffle(deck)
+            if not deck:
+                continue  # --faults none: a clean run
             kind = deck.pop()
             try:
                 fault = self.inject(kind)
@@ -556,7 +687,7 @@ class Harness:
             time.sleep(0.5)
         return -1.0
 
-    def check(self, settled_in: float) -> dict[str, Any]:
+    def check(self, settled_in: float, liveness: Liveness) -> dict[str, Any]:
         violations: list[str] = []
         if settled_in < 0:
             violations.append(f"did not settle within {self.args.settle_timeout:g}s")
@@ -573,10 +704,18 @@ class Harness:
         order = _check_order(runs, self.frozen_windows())
         violations += order.pop("violations")
         violations += self._check_rescues()
+        live, live_violations = liveness.check(self.faults, self.query)
+        violations += live_violations
         latencies = sorted(f.rescued_after for f in self.faults if f.rescued_after is not None)
         by_kind: dict[str, int] = {}
+        rescues: dict[str, list[float]] = {}
+        killed: dict[str, int] = {}
         for fault in self.faults:
             by_kind[fault.kind] = by_kind.get(fault.kind, 0) + 1
+            if fault.rescued_after is not None:
+                rescues.setdefault(fault.kind, []).append(fault.rescued_after)
+            if fault.kind in KILL_CONNS:
+                killed[fault.kind] = killed.get(fault.kind, 0) + fault.killed
         return {
             "seed": self.args.seed,
             "duration": self.args.duration,
@@ -596,7 +735,13 @@ class Harness:
             "rescue_p99_s": round(_percentile(latencies, 0.99), 3) if latencies else None,
             "rescue_bound_s": RESCUE_BOUND,
             "rescues_past_plain_bound": sum(1 for x in latencies if x > RESCUE_BOUND),
+            "rescue_by_fault": {
+                kind: {"count": len(v), **_spread("rescue", sorted(v))}
+                for kind, v in sorted(rescues.items())
+            },
+            "backends_killed": killed,
             "settled_in_s": round(settled_in, 1),
+            "liveness": live,
             "violations": violations,
         }
 
@@ -731,6 +876,229 @@ def _check_order(
     }
 
 
+# ------------------------------------------------------------------------- liveness
+
+
+@dataclass
+class Sample:
+    at: float  # time.time()
+    lease: tuple[int, int] | None  # (actor id, term) of an unexpired lease; None: no leader
+    informer_age: float  # seconds since the newest informer run started
+    promotion_delay: float  # seconds the most overdue unpromoted job is past due; 0: none
+
+
+class Liveness:
+    """Leader duties throughout the run: informers on schedule, due jobs promoted.
+
+    The app's `beacon` informer (every INFORM_INTERVAL) records each run's start, and a
+    probe job is enqueued every PROBE_INTERVAL, PROBE_DELAY ahead, so there is always a
+    scheduled job for the leader to promote. A sampler reads, every SAMPLE_INTERVAL, the
+    lease, the age of the newest informer run, and how far past due the most overdue job
+    still waiting for promotion (scheduled or retryable) is.
+
+    A sample breaks the bound when its informer gap or promotion delay exceeds
+    LIVENESS_BOUND while one (actor, term) has held an unexpired lease for longer than
+    the bound: both are counted from the moment the sampler first saw that term. Not
+    checked are samples without an unexpired lease, and samples in the windows where
+    the leader itself was a victim (its actor or its supervisor SIGKILLed, PostgreSQL
+    restarted), from the fault until its end plus one lease TTL: duties stop there until
+    the lease expires and another candidate takes over. Connection kills are not
+    excluded: a burst on the leader's own connections (its pool, its lease connection)
+    may stop the duties while it lasts, but they must be back within the bound after it
+    ends (gaps count from its end); the runtime has to heal its pools and restart its
+    duties. Every other connection kill (workers', `terminate_backends`) gets nothing.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.samples: list[Sample] = []
+        self.probes_enqueued = 0
+        self.started = time.time()
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.sample, daemon=True),
+            threading.Thread(target=self.enqueue_probes, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def sample(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self.stop.wait(SAMPLE_INTERVAL):
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(
+                        self.dsn, autocommit=True, connect_timeout=5,
+                        application_name="chaos-sampler",
+                    )  # fmt: skip
+                row = conn.execute(SAMPLE_LIVENESS).fetchone()
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            assert row is not None
+            actor_id, term, unexpired, informed_at, overdue = row
+            at = time.time()
+            self.samples.append(
+                Sample(
+                    at,
+                    (actor_id, term) if unexpired else None,
+                    at - (informed_at or self.started),
+                    max(0.0, overdue or 0.0),
+                )
+            )
+        if conn is not None:
+            conn.close()
+
+    def enqueue_probes(self) -> None:
+        client: delta.Client | None = None
+        while not self.stop.wait(PROBE_INTERVAL):
+            due = datetime.now(UTC) + timedelta(seconds=PROBE_DELAY)
+            try:
+                client = client or delta.Client.connect(self.dsn, app=app)
+                client.enqueue(Probe(due.timestamp()), namespace="alpha", scheduled_at=due)
+            except delta.DatabaseError:
+                continue  # the next one comes in a second
+            self.probes_enqueued += 1
+        if client is not None:
+            client.close()
+
+    def check(self, faults: list[Fault], query: Any) -> tuple[dict[str, Any], list[str]]:
+        """The liveness section of the report, and its violations."""
+        outages = [(f.at, f.end + LEASE_TTL) for f in faults if f.stops_leader]
+        bursts = [(f.at, f.end) for f in faults if f.kind in LEADER_CONNS]
+        checked = _checked_samples(self.samples, outages, bursts)
+        violations = _liveness_violations(checked, faults)
+        probes = [
+            started - due
+            for due, started in query("SELECT due_at, started_at FROM chaos_probe_run")
+        ]
+        informer = sorted(c[1] for c in checked)
+        promotion = sorted(c[2] for c in checked)
+        section = {
+            "bound_s": LIVENESS_BOUND,
+            "samples": len(self.samples),
+            "samples_checked": len(checked),
+            "samples_without_lease": sum(1 for s in self.samples if s.lease is None),
+            "samples_in_leader_outages": sum(
+                1 for s in self.samples if s.lease and _within(s.at, outages)
+            ),
+            "samples_in_leader_bursts": sum(
+                1 for s in self.samples if s.lease and _within(s.at, bursts)
+            ),
+            **_spread("informer_gap", informer),
+            **_spread("promotion_delay", promotion),
+            "all_samples": {
+                **_spread("informer_gap", sorted(s.informer_age for s in self.samples)),
+                **_spread("promotion_delay", sorted(s.promotion_delay for s in self.samples)),
+            },
+            "by_fault": _liveness_by_fault(checked, faults),
+            "probes_enqueued": self.probes_enqueued,
+            "probe_runs": len(probes),
+            **_spread("probe_start_delay", sorted(probes)),
+            "violations": len(violations),
+        }
+        return section, violations
+
+
+Checked = tuple[Sample, float, float]  # a sample, its informer gap and promotion delay
+
+
+def _checked_samples(
+    samples: list[Sample], outages: list[tuple[float, float]], bursts: list[tuple[float, float]]
+) -> list[Checked]:
+    """Samples under an unexpired lease, outside leader outages and bursts, gaps cut.
+
+    A gap counts from the latest of its own start, the moment the term was first seen (a
+    new leader is not blamed for what happened before it led) and the end of the last
+    burst on the leader's connections (the duties must be back within the bound after it).
+    """
+    checked = []
+    held: tuple[int, int] | None = None
+    since = 0.0
+    for sample in samples:
+        if sample.lease != held:
+            held, since = sample.lease, sample.at
+        if held is None or _within(sample.at, outages) or _within(sample.at, bursts):
+            continue
+        ended = [end for _, end in bursts if end <= sample.at]
+        clock = sample.at - max([since, *ended])
+        checked.append(
+            (sample, min(sample.informer_age, clock), min(sample.promotion_delay, clock))
+        )
+    return checked
+
+
+def _liveness_violations(checked: list[Checked], faults: list[Fault]) -> list[str]:
+    """One line per episode (consecutive samples) of a gap past the bound."""
+    found = []
+    for index, what in ((1, "informer gap"), (2, "promotion delay")):
+        episode: list[Checked] = []
+        for entry in [*checked, None]:
+            if entry is not None and entry[index] > LIVENESS_BOUND:  # type: ignore[operator]
+                episode.append(entry)
+                continue
+            if episode:
+                found.append(_describe_episode(what, index, episode, faults))
+                episode = []
+    return found
+
+
+def _describe_episode(what: str, index: int, episode: list[Checked], faults: list[Fault]) -> str:
+    first, last = episode[0], episode[-1]
+    began = first[0].at - first[index]
+    during = [f"{f.kind} at {_clock(f.at)}" for f in faults if began - 1.0 <= f.at <= last[0].at]
+    assert first[0].lease is not None
+    return (
+        f"{what} of {last[index]:.1f}s (bound {LIVENESS_BOUND:g}s) at {_clock(last[0].at)}"
+        f" (since {_clock(began)}) while actor {first[0].lease[0]} held term"
+        f" {first[0].lease[1]}; faults then: {', '.join(during) or 'none'}"
+    )
+
+
+def _liveness_by_fault(checked: list[Checked], faults: list[Fault]) -> dict[str, dict[str, float]]:
+    """Per fault kind: the worst checked informer gap and promotion delay in its windows.
+
+    A fault's window runs from its start to its end plus the bound.
+    """
+    worst: dict[str, dict[str, float]] = {}
+    for fault in faults:
+        entry = worst.setdefault(
+            fault.kind, {"informer_gap_max_s": 0.0, "promotion_delay_max_s": 0.0}
+        )
+        for sample, informer, promotion in checked:
+            if fault.at <= sample.at <= fault.end + LIVENESS_BOUND:
+                entry["informer_gap_max_s"] = round(max(entry["informer_gap_max_s"], informer), 2)
+                entry["promotion_delay_max_s"] = round(
+                    max(entry["promotion_delay_max_s"], promotion), 2
+                )
+    return worst
+
+
+def _within(at: float, windows: list[tuple[float, float]]) -> bool:
+    return any(start <= at <= end for start, end in windows)
+
+
+def _spread(name: str, values: list[float]) -> dict[str, float | None]:
+    """`name`_max_s and `name`_p99_s of sorted `values`."""
+    return {
+        f"{name}_max_s": round(values[-1], 3) if values else None,
+        f"{name}_p99_s": round(_percentile(values, 0.99), 3) if values else None,
+    }
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 10)}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -761,15 +1129,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 def print_report(report: dict[str, Any]) -> None:
     print("\nchaos report")
-    for key, value in report.items():
-        if key != "violations":
-            print(f"  {key:24} {value}")
+    _print_figures({k: v for k, v in report.items() if k != "violations"}, "  ")
     if report["violations"]:
         print(f"\n{len(report['violations'])} VIOLATIONS:")
         for line in report["violations"][:50]:
             print(f"  - {line}")
     else:
         print("\n  no invariant broke")
+
+
+def _print_figures(figures: dict[str, Any], indent: str) -> None:
+    """One figure a line; a section (a dict of dicts, or the liveness dict) indented."""
+    for key, value in figures.items():
+        nested = isinstance(value, dict) and any(isinstance(v, dict) for v in value.values())
+        if nested or key == "liveness":
+            print(f"{indent}{key}")
+            _print_figures(value, indent + "  ")
+        else:
+            print(f"{indent}{key:26} {value}")
 
 
 def main() -> int:
@@ -785,6 +1162,11 @@ def main() -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the database running for a look afterwards"
     )
+    parser.add_argument(
+        "--faults",
+        type=lambda text: set() if text == "none" else set(text.split(",")),
+        help="only these fault kinds, comma-separated; 'none' for a clean run (default: all)",
+    )
     args = parser.parse_args()
     # The harness's own client reconnects through every fault; its pool's warnings are noise.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -796,15 +1178,20 @@ def main() -> int:
             harness.start_supervisor(slot)
         workload = threading.Thread(target=harness.workload, daemon=True)
         watcher = threading.Thread(target=harness.watch_rescues, daemon=True)
+        liveness = Liveness(harness.dsn)
         print(f"chaos: seed {args.seed}, {args.resources} resources, {args.duration:g}s of faults")
         workload.start()
         watcher.start()
+        liveness.start()
         harness.run_faults(args.duration)
         harness.stop_workload.set()
         workload.join()
+        for burst in harness.bursts:
+            burst.join()
         settled_in = harness.settle(args.settle_timeout)
+        liveness.join()
         watcher.join(timeout=130)
-        report = harness.check(settled_in)
+        report = harness.check(settled_in, liveness)
     finally:
         harness.stop_all()
         if args.keep:

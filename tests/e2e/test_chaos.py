@@ -1,9 +1,11 @@
 """The fault-injection run, short: real supervisors, real signals, PostgreSQL restarts.
 
-`scripts/chaos.py` runs a workload under a seeded schedule of faults and checks the
-invariants afterwards (nothing lost, no overlapping runs, no going back a generation,
-rescues within the TTL). Here it runs for about a minute; docs/reliability.md has the
-long run. With `$DELTA_TEST_DSN` it runs against that server, without restarting it.
+`scripts/chaos.py` runs a workload under a seeded schedule of faults (process kills and
+pauses, PostgreSQL restarts, bursts of connection kills aimed at one component) and checks
+the invariants afterwards (nothing lost, no overlapping runs, no going back a generation,
+rescues within the TTL) and, throughout the run, that the leader's informers and job
+promotion keep going. Here it runs for about a minute; docs/reliability.md has the long
+run. With `$DELTA_TEST_DSN` it runs against that server, without restarting it.
 """
 
 from __future__ import annotations
@@ -32,9 +34,18 @@ def test_a_short_seeded_fault_run_breaks_no_invariant(pg_server, dsn, tmp_path):
     assert report["violations"] == [], result.stdout[-5000:]
     assert result.returncode == 0
     kinds = {"kill_actor", "kill_leader", "kill_supervisor", "pause_actor", "terminate_backends"}
+    kinds |= {
+        "kill_conns_leader_pool", "kill_conns_lease", "kill_conns_claim",
+        "kill_conns_completer", "kill_conns_listener",
+    }  # fmt: skip
     if pg_server.cluster is not None:
         kinds |= {"pg_restart_fast", "pg_restart_immediate"}
     assert set(report["faults"]) == kinds, report["faults"]
     assert report["resources"] == 1500
     assert report["runs"] >= report["accepted_changes"]
     assert report["rescues_measured"] > 0
+    assert all(killed > 0 for killed in report["backends_killed"].values()), report
+    liveness = report["liveness"]
+    assert liveness["samples"] > liveness["samples_checked"] > 0, liveness
+    assert liveness["violations"] == 0, liveness
+    assert liveness["probe_runs"] > 0, liveness
