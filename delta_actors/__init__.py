@@ -1,6 +1,23 @@
 """delta_actors: keep resources in PostgreSQL in sync with the world, on a Postgres job queue.
 
-The public API; everything else is internal.
+The public API is what this module exports (`__all__`); everything else is internal.
+
+General layout (docs/architecture.md has it whole). Each room imports only rooms below
+it, never one above; tests/unit/test_layout.py holds the package to that:
+
+- ops/: the `delta-actors` command, status and inspect, progress, logs.
+- runtime/: the supervisor, its actor processes and their pipe protocol, the worker,
+  metrics.
+- leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).
+- client, events: what application code calls.
+- resources/: the controller pattern: store informed objects, reconcile, run informers.
+- queue/: the job table's lifecycle: insert, claim, run, complete, promote, listen.
+- app, controller, config: what a deployment runs.
+- local/: PostgreSQL clusters we run ourselves (embedded, throwaway).
+- db/: the one PostgreSQL seam: connections, error translation, statements by table,
+  migrations.
+- model/: objects, jobs, resources and their rows.
+- health, outcomes, errors, cancellation: the ground everything stands on.
 """
 
 from __future__ import annotations
@@ -23,14 +40,14 @@ from delta_actors.errors import (
     UnknownNamespaceError,
 )
 from delta_actors.events import AsyncSubscription, Event, Gap, Subscription
-from delta_actors.job import Job
-from delta_actors.object import Object
+from delta_actors.model.job import Job
+from delta_actors.model.job_row import EnqueuedJob, JobError, JobRow, JobState
+from delta_actors.model.object import Object
+from delta_actors.model.resource import InformOutcome, InformResult, Resource, State
 from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
 from delta_actors.queue.insert import JobSpec
-from delta_actors.queue.rows import EnqueuedJob, JobError, JobRow, JobState
 from delta_actors.queue.runner import WorkerStats
-from delta_actors.queue.worker import Worker
-from delta_actors.resource import InformOutcome, InformResult, Resource, State
+from delta_actors.runtime.worker import Worker
 
 __all__ = [
     "ActorLostError",

@@ -1,5 +1,5 @@
 """`python -m delta_actors`: the delta-actors command."""
 
-from delta_actors.cli import main
+from delta_actors.ops.cli import main
 
 main()

@@ -15,10 +15,10 @@ import msgspec
 from delta_actors.config import DEFAULT_NAMESPACE, Namespace
 from delta_actors.controller import Controller, object_type_of
 from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
-from delta_actors.job import Job
-from delta_actors.kinds import kind_of
-from delta_actors.names import validate_name
-from delta_actors.object import Object, has_compare
+from delta_actors.model.job import Job
+from delta_actors.model.kinds import kind_of
+from delta_actors.model.names import validate_name
+from delta_actors.model.object import Object, has_compare
 
 JobHandler = Callable[[Any], Awaitable[None]] | Callable[[Any], None]
 

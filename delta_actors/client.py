@@ -16,10 +16,10 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from delta_actors import queries
 from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.database import (
+from delta_actors.db import job_sql, resource_sql
+from delta_actors.db.connection import (
     connect,
     connect_async,
     drive,
@@ -29,12 +29,14 @@ from delta_actors.database import (
     resolve_dsn,
     translate_errors,
 )
+from delta_actors.db.migrations import check_schema, check_schema_async
 from delta_actors.errors import ConfigError, DecodeError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
-from delta_actors.inform import InformParams, inform, prepare
-from delta_actors.job import Job
-from delta_actors.kinds import Kinded, kind_of
-from delta_actors.object import Object
+from delta_actors.model.job import Job
+from delta_actors.model.job_row import EnqueuedJob, JobRow, job_row
+from delta_actors.model.kinds import Kinded, kind_of
+from delta_actors.model.object import Object
+from delta_actors.model.resource import InformResult, Resource, State, resource_from_row
 from delta_actors.queue.insert import (
     InsertOptions,
     JobSpec,
@@ -42,9 +44,7 @@ from delta_actors.queue.insert import (
     insert_jobs,
     insert_jobs_async,
 )
-from delta_actors.queue.rows import EnqueuedJob, JobRow, job_row
-from delta_actors.resource import InformResult, Resource, State, resource_from_row
-from delta_actors.schema import check_schema, check_schema_async
+from delta_actors.resources.store import InformParams, inform, prepare
 
 T = TypeVar("T", bound=Object)
 
@@ -223,7 +223,7 @@ class Client:
     def get_job(self, job_id: int) -> JobRow | None:
         """Return the job with id `job_id`, or None."""
         with translate_errors("get job"), self._pool.connection() as conn:
-            row = conn.execute(queries.GET_JOB, (job_id,)).fetchone()
+            row = conn.execute(job_sql.GET_JOB, (job_id,)).fetchone()
         return job_row(row) if row else None
 
     def cancel_job(self, job_id: int) -> JobRow | None:
@@ -232,9 +232,9 @@ class Client:
         A running job finishes its current attempt; a finished one stays as it is.
         """
         with translate_errors("cancel job"), self._pool.connection() as conn:
-            row = conn.execute(queries.CANCEL_JOB, (job_id,)).fetchone()
+            row = conn.execute(job_sql.CANCEL_JOB, (job_id,)).fetchone()
             if row is None:
-                row = conn.execute(queries.GET_JOB, (job_id,)).fetchone()
+                row = conn.execute(job_sql.GET_JOB, (job_id,)).fetchone()
         return job_row(row) if row else None
 
     # ------------------------------------------------------------------ resources
@@ -316,7 +316,9 @@ class Client:
     def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""
         with translate_errors("get resource"), self._pool.connection() as conn:
-            row = conn.execute(queries.GET_RESOURCE, (kind_of(object_type), object_id)).fetchone()
+            row = conn.execute(
+                resource_sql.GET_RESOURCE, (kind_of(object_type), object_id)
+            ).fetchone()
         return _resource(object_type, row)
 
     def invalidate(self, object_type: type[T], object_id: str) -> Resource[T] | None:
@@ -326,8 +328,8 @@ class Client:
         """
         kind = kind_of(object_type)
         with translate_errors("invalidate"), self._pool.connection() as conn:
-            conn.execute(queries.INVALIDATE_RESOURCE, (kind, object_id))
-            row = conn.execute(queries.GET_RESOURCE, (kind, object_id)).fetchone()
+            conn.execute(resource_sql.INVALIDATE_RESOURCE, (kind, object_id))
+            row = conn.execute(resource_sql.GET_RESOURCE, (kind, object_id)).fetchone()
         return _resource(object_type, row)
 
     # ------------------------------------------------------------------ events
@@ -463,16 +465,16 @@ class AsyncClient:
         """Return the job with id `job_id`, or None."""
         with translate_errors("get job"):
             async with self._pool.connection() as conn:
-                row = await (await conn.execute(queries.GET_JOB, (job_id,))).fetchone()
+                row = await (await conn.execute(job_sql.GET_JOB, (job_id,))).fetchone()
         return job_row(row) if row else None
 
     async def cancel_job(self, job_id: int) -> JobRow | None:
         """Cancel a job that is waiting to run (see Client.cancel_job)."""
         with translate_errors("cancel job"):
             async with self._pool.connection() as conn:
-                row = await (await conn.execute(queries.CANCEL_JOB, (job_id,))).fetchone()
+                row = await (await conn.execute(job_sql.CANCEL_JOB, (job_id,))).fetchone()
                 if row is None:
-                    row = await (await conn.execute(queries.GET_JOB, (job_id,))).fetchone()
+                    row = await (await conn.execute(job_sql.GET_JOB, (job_id,))).fetchone()
         return job_row(row) if row else None
 
     # ------------------------------------------------------------------ resources
@@ -552,7 +554,9 @@ class AsyncClient:
         """Return the resource of `object_type` with id `object_id`, or None."""
         with translate_errors("get resource"):
             async with self._pool.connection() as conn:
-                cur = await conn.execute(queries.GET_RESOURCE, (kind_of(object_type), object_id))
+                cur = await conn.execute(
+                    resource_sql.GET_RESOURCE, (kind_of(object_type), object_id)
+                )
                 row = await cur.fetchone()
         return _resource(object_type, row)
 
@@ -561,8 +565,8 @@ class AsyncClient:
         kind = kind_of(object_type)
         with translate_errors("invalidate"):
             async with self._pool.connection() as conn:
-                await conn.execute(queries.INVALIDATE_RESOURCE, (kind, object_id))
-                cur = await conn.execute(queries.GET_RESOURCE, (kind, object_id))
+                await conn.execute(resource_sql.INVALIDATE_RESOURCE, (kind, object_id))
+                cur = await conn.execute(resource_sql.GET_RESOURCE, (kind, object_id))
                 row = await cur.fetchone()
         return _resource(object_type, row)
 

@@ -11,8 +11,8 @@ import msgspec
 
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.errors import ConfigError
-from delta_actors.object import Object
-from delta_actors.resource import Resource
+from delta_actors.model.object import Object
+from delta_actors.model.resource import Resource
 
 T = TypeVar("T", bound=Object)
 

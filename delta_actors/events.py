@@ -11,7 +11,7 @@ What a subscriber gets
     and so has no event for it; neither do requeues, nor resources an informer tombstoned.
 
 How events travel
-    The statement that writes a work's result (queries.COMPLETE_WORKS) also inserts one
+    The statement that writes a work's result (resource_sql.COMPLETE_WORKS) also inserts one
     `delta_event` row per result, in the same transaction, but only while a live
     subscription's filters want it (a `delta_subscriber` row with an unexpired lease).
     Subscribers poll the table: nothing is pushed, so no subscriber can ever make a
@@ -70,9 +70,9 @@ from typing import Any
 import msgspec
 import psycopg
 
-from delta_actors import queries
 from delta_actors.app import App
-from delta_actors.database import (
+from delta_actors.db import event_sql
+from delta_actors.db.connection import (
     Rows,
     Statement,
     connect,
@@ -82,9 +82,9 @@ from delta_actors.database import (
     translate_errors,
 )
 from delta_actors.errors import ConfigError, DatabaseError, UnknownKindError
-from delta_actors.kinds import Kinded, kind_of
-from delta_actors.names import validate_name
-from delta_actors.resource import State
+from delta_actors.model.kinds import Kinded, kind_of
+from delta_actors.model.names import validate_name
+from delta_actors.model.resource import State
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Reader:
     def register(self) -> Generator[Statement, Rows, None]:
         """Take a lease; the first registration sets the cursor at the xmin horizon."""
         rows = yield (
-            queries.REGISTER_SUBSCRIBER,
+            event_sql.REGISTER_SUBSCRIBER,
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -267,7 +267,7 @@ class Reader:
 
     def poll(self) -> Generator[Statement, Rows, Read]:
         """Read the next batch of ended transactions' events; renew the lease when due."""
-        rows = yield queries.SELECT_EVENTS, {
+        rows = yield event_sql.SELECT_EVENTS, {
             "xid": str(self._xid), "id": self._id, "limit": READ_BATCH
         }  # fmt: skip
         self.polls += 1
@@ -284,7 +284,7 @@ class Reader:
 
     def renew(self) -> Generator[Statement, Rows, bool]:
         """Renew the lease, or register again if it lapsed; return whether it had."""
-        renewed = yield queries.RENEW_SUBSCRIBER, {
+        renewed = yield event_sql.RENEW_SUBSCRIBER, {
             "id": self.subscriber_id, "cursor_xid": str(self._xid), "ttl": SUBSCRIBER_TTL
         }  # fmt: skip
         self._renew_at = time.monotonic() + RENEW_INTERVAL
@@ -301,7 +301,7 @@ class Reader:
     def unregister(self) -> Generator[Statement, Rows, None]:
         """Give the lease up: results stop producing events for this subscription."""
         if self.subscriber_id is not None:
-            yield queries.UNREGISTER_SUBSCRIBER, (self.subscriber_id,)
+            yield event_sql.UNREGISTER_SUBSCRIBER, (self.subscriber_id,)
 
 
 APPLICATION_NAME = "delta-subscriber"  # how a subscription shows in pg_stat_activity

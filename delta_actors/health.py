@@ -7,7 +7,7 @@ its result writes, its LISTEN) owns a `Progress`, and says after each unit:
 
 - `ok()`: a unit of work done (a pass of a duty, a claim, a batch written);
 - `failed(exc)`: an attempt failed; the loop goes on (the error is kept for status);
-- `crashed(exc)`: the component's task ended (its owner restarts it, see leader.py).
+- `crashed(exc)`: the component's task ended (its owner restarts it, see leader/duties.py).
 
 A component is *idle* when it has nothing to do (a completer with no results queued, a
 listener that listens): it cannot fall behind, so its time since progress is 0. Otherwise

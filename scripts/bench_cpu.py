@@ -115,7 +115,7 @@ def run_once(dsn: str, processes: int, count: int, rounds: int) -> dict[str, flo
         "BENCH_HASH_ROUNDS": str(rounds),
         "PYTHONPATH": str(Path(__file__).parent),
     }
-    argv = [sys.executable, "-c", "from delta_actors.cli import main; main()", "supervise",
+    argv = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()", "supervise",
             "--app", "bench_cpu:app", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env)
     try:

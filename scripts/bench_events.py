@@ -1,6 +1,6 @@
 """Benchmark what resource events cost the statement that writes work results.
 
-Times `queries.COMPLETE_WORKS` for batches of `--batch` synced results, interleaving
+Times `resource_sql.COMPLETE_WORKS` for batches of `--batch` synced results, interleaving
 three variants round by round (order rotated) so that machine drift hits them alike:
 - `without`: the statement with its events CTE cut out (the code before events);
 - `idle`: the statement as shipped, nobody subscribed (one probe of delta_subscriber);
@@ -21,11 +21,11 @@ import msgspec
 import psycopg
 
 import delta_actors as delta
-from delta_actors import queries, schema
-from delta_actors.cluster import throwaway_cluster
-from delta_actors.database import PLAN_CACHE_MODE
+from delta_actors.db import migrations, resource_sql
+from delta_actors.db.connection import PLAN_CACHE_MODE
+from delta_actors.local.cluster import throwaway_cluster
+from delta_actors.model.job_row import JobState
 from delta_actors.queue.completer import WorkResult, work_params
-from delta_actors.queue.rows import JobState
 
 ACTOR = 1
 
@@ -39,7 +39,7 @@ class Thing(delta.Object, kind="thing"):
 
 def without_events() -> LiteralString:
     """COMPLETE_WORKS with its events CTE removed."""
-    text = queries.COMPLETE_WORKS
+    text = resource_sql.COMPLETE_WORKS
     start = text.index("-- Events (events.py)")
     end = text.index("followups AS (")
     return cast(LiteralString, text[:start] + text[end:])
@@ -55,7 +55,7 @@ def main() -> None:
     try:
         dsn = cluster.dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+            migrations.migrate(conn)
         with delta.Client.connect(dsn) as client:
             client.inform_many([Thing(key=f"t{i}") for i in range(args.batch)])
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -72,8 +72,8 @@ def main() -> None:
             params = work_params(results, ACTOR)
             variants: dict[str, tuple[LiteralString, bool]] = {
                 "without": (without_events(), False),
-                "idle": (queries.COMPLETE_WORKS, False),
-                "subscribed": (queries.COMPLETE_WORKS, True),
+                "idle": (resource_sql.COMPLETE_WORKS, False),
+                "subscribed": (resource_sql.COMPLETE_WORKS, True),
             }
             times: dict[str, list[float]] = {name: [] for name in variants}
             names = list(variants)

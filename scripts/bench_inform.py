@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_queue import Item, finish_worker, reset, start_worker
 
 import delta_actors as delta
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
+from delta_actors.db import migrations
+from delta_actors.local.cluster import throwaway_cluster
 
 
 def inform_all(client: delta.Client, items: list[Item], batch: int) -> float:
@@ -100,7 +100,7 @@ def main() -> None:
     try:
         dsn = cluster.dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+            migrations.migrate(conn)
         results: dict[str, list[float]] = {
             "inform_new_objects_per_s": [],
             "inform_unchanged_objects_per_s": [],

@@ -17,11 +17,11 @@ import timeit
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from delta_actors import protocol
-from delta_actors.metrics import Recorder, SupervisorMetrics
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State
 from delta_actors.queue.completer import WorkResult
-from delta_actors.queue.rows import JobState
-from delta_actors.resource import State
+from delta_actors.runtime import protocol
+from delta_actors.runtime.metrics import Recorder, SupervisorMetrics
 
 
 def _recorder(kinds: int) -> Recorder:

@@ -44,8 +44,8 @@ from benchlib import exit_cleanly_on_sigterm
 from ceiling import ceiling
 
 import delta_actors as delta
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
+from delta_actors.db import migrations
+from delta_actors.local.cluster import throwaway_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench" / "peers-venv"
@@ -179,7 +179,7 @@ def main() -> None:
                 conn.execute(f"CREATE DATABASE {db}")
         ours_dsn = cluster.dsn("ours")
         with psycopg.connect(ours_dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+            migrations.migrate(conn)
         for name in PEERS:
             peer(python, name, cluster.dsn(name), "setup")
         runs: dict[str, list[dict[str, float]]] = {"delta_actors": [], **{n: [] for n in PEERS}}

@@ -28,8 +28,8 @@ import psycopg
 import uvloop
 
 import delta_actors as delta
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
+from delta_actors.db import migrations
+from delta_actors.local.cluster import throwaway_cluster
 
 
 class Noop(delta.Job, kind="noop"):
@@ -189,7 +189,7 @@ def main() -> None:
     try:
         dsn = cluster.dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+            migrations.migrate(conn)
         results: dict[str, list[float]] = {
             "bulk_insert_jobs_per_s": [],
             "drain_c10_jobs_per_s": [],

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from delta_actors import schema
-from delta_actors.cluster import throwaway_cluster
+from delta_actors.db import migrations
+from delta_actors.local.cluster import throwaway_cluster
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -29,7 +29,7 @@ def migrated_cluster() -> Iterator[str]:
     try:
         dsn = cluster.dsn()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.migrate(conn)
+            migrations.migrate(conn)
         yield dsn
     finally:
         cluster.remove()

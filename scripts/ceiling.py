@@ -30,9 +30,9 @@ from typing import Any, LiteralString
 import psycopg
 from benchlib import migrated_cluster
 
-from delta_actors import queries
+from delta_actors.db import job_sql
+from delta_actors.model.job_row import JobState
 from delta_actors.queue.completer import JobResult, job_params
-from delta_actors.queue.rows import JobState
 
 GRID = list(itertools.product((2, 4, 10), (50, 200)))  # (connections, batch)
 
@@ -75,9 +75,9 @@ async def _delta_job_step(
         if done:
             results = [JobResult(row[0], row[3], JobState.COMPLETED) for row in done]
             complete = job_params(results, CEILING_ACTOR)
-            await conn.execute(queries.COMPLETE_JOBS, complete, prepare=False)
+            await conn.execute(job_sql.COMPLETE_JOBS, complete, prepare=False)
         claim = {"queue": "default", "limit": batch, "actor": CEILING_ACTOR}
-        cur = await conn.execute(queries.CLAIM_JOBS, claim, prepare=False)
+        cur = await conn.execute(job_sql.CLAIM_JOBS, claim, prepare=False)
     return list(await cur.fetchall())
 
 

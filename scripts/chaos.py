@@ -369,7 +369,7 @@ class Harness:
         if self.args.dsn:
             self.dsn = self.args.dsn
         else:
-            from delta_actors.cluster import throwaway_cluster
+            from delta_actors.local.cluster import throwaway_cluster
 
             self.cluster = throwaway_cluster()
             with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
@@ -381,7 +381,7 @@ class Harness:
                 conn.execute("SELECT pg_reload_conf()")
                 conn.execute("CREATE DATABASE chaos")
             self.dsn = self.cluster.dsn("chaos")
-        from delta_actors.schema import migrate
+        from delta_actors.db.migrations import migrate
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             migrate(conn)

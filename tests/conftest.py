@@ -21,8 +21,8 @@ import pytest
 import uvloop
 from psycopg import sql
 
-from delta_actors import schema
-from delta_actors.cluster import PostgresCluster, throwaway_cluster
+from delta_actors.db import migrations
+from delta_actors.local.cluster import PostgresCluster, throwaway_cluster
 
 pytest_plugins = ["tests.roles"]  # the `role` fixture
 
@@ -114,7 +114,7 @@ def template_db(pg_server: Server, db_prefix: str) -> Iterator[str]:
     """A database migrated once per session, cloned by every test."""
     name = f"{db_prefix}_template"
     with psycopg.connect(pg_server.create_database(name), autocommit=True) as conn:
-        schema.migrate(conn)
+        migrations.migrate(conn)
     yield name
     pg_server.drop_database(name)
 

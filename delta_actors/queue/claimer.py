@@ -3,7 +3,7 @@
 Why: CLAIM_JOBS is the statement a worker runs most, always in the same shape. Planned
 for its parameters it spends about as long in the planner (0.2 ms) as in the executor
 for ten rows, and at low concurrency, where every claim takes a few rows, that planning
-was half the server's time per job. Our pools plan every execution (see database.py),
+was half the server's time per job. Our pools plan every execution (see db/connection.py),
 so the claim has a connection of its own, configured for generic plans, on which it is a
 prepared statement: planned once, then only executed.
 
@@ -29,13 +29,9 @@ from typing import Any
 
 import psycopg
 
-from delta_actors import queries
-from delta_actors.database import component_conninfo
+from delta_actors.db import job_sql
+from delta_actors.db.connection import component_conninfo
 
-# Every row the claim touches is found through an index. Made on empty tables, a generic
-# plan would otherwise scan delta_resource sequentially, and keep doing so as it grows.
-GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
-REPLAN = "DISCARD PLANS"
 REPLAN_INTERVAL = 10.0
 
 
@@ -57,10 +53,10 @@ class Claimer:
             conn = await self._connection()
             loop = asyncio.get_running_loop()
             if loop.time() >= self._replan_at:
-                await conn.execute(REPLAN, prepare=False)
+                await conn.execute(job_sql.REPLAN_CLAIM, prepare=False)
                 self.replans += 1
                 self._replan_at = loop.time() + self._replan_interval
-            cur = await conn.execute(queries.CLAIM_JOBS, params, prepare=True)
+            cur = await conn.execute(job_sql.CLAIM_JOBS, params, prepare=True)
             return await cur.fetchall()
         except BaseException:
             await self.close()
@@ -76,7 +72,7 @@ class Claimer:
         if self._conn is None or self._conn.closed:
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
             try:
-                await conn.execute(GENERIC_PLANS)
+                await conn.execute(job_sql.CLAIM_CONNECTION_SETTINGS)
             except BaseException:
                 await conn.close()
                 raise

@@ -22,11 +22,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.db import job_sql, resource_sql
 from delta_actors.health import Progress, log_failure
-from delta_actors.queue.rows import JobState
-from delta_actors.resource import State
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class JobResult:
 
 @dataclass(frozen=True, slots=True)
 class WorkResult:
-    """The outcome of one resource work, to be written (see queries.COMPLETE_WORKS)."""
+    """The outcome of one resource work, to be written (see resource_sql.COMPLETE_WORKS)."""
 
     id: int
     attempt: int
@@ -164,12 +164,12 @@ class Completer:
                 # (the pool's force_custom_plan): a generic plan of these unnest joins
                 # ran 2.5x slower.
                 cur = await conn.execute(
-                    queries.COMPLETE_JOBS, job_params(jobs, self._actor_id), prepare=True
+                    job_sql.COMPLETE_JOBS, job_params(jobs, self._actor_id), prepare=True
                 )
                 stale |= await _not_written(cur, jobs)
             if works:
                 cur = await conn.execute(
-                    queries.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=True
+                    resource_sql.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=True
                 )
                 stale |= await _not_written(cur, works)
         return stale

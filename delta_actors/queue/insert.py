@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 import msgspec
 import psycopg
 
-from delta_actors import queries
 from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.db import job_sql
 from delta_actors.errors import ConfigError, EncodeError
-from delta_actors.job import Job
-from delta_actors.kinds import kind_of
-from delta_actors.names import validate_name
-from delta_actors.queue.rows import EnqueuedJob, JobState
+from delta_actors.model.job import Job
+from delta_actors.model.job_row import EnqueuedJob, JobState
+from delta_actors.model.kinds import kind_of
+from delta_actors.model.names import validate_name
 
 if TYPE_CHECKING:
     from delta_actors.app import App
@@ -279,10 +279,10 @@ def _copy_plan(
     """
     columns = (ids, batch.kinds, batch.queues, batch.args, batch.priorities, batch.max_attempts)
     if all(at is None for at in batch.scheduled_at):
-        return queries.COPY_DUE_JOBS, _COPY_DUE_TYPES, zip(*columns, strict=True)
+        return job_sql.COPY_DUE_JOBS, _COPY_DUE_TYPES, zip(*columns, strict=True)
     states = [_state(at, now).value for at in batch.scheduled_at]
     times = [at or now for at in batch.scheduled_at]
-    return queries.COPY_JOBS, _COPY_TYPES, zip(*columns, states, times, strict=True)
+    return job_sql.COPY_JOBS, _COPY_TYPES, zip(*columns, states, times, strict=True)
 
 
 def _copy_results(
@@ -306,7 +306,7 @@ def _state(at: datetime | None, now: datetime) -> JobState:
 # The results are made while the server still works through the rows sent.
 def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     with conn.transaction() if conn.autocommit else nullcontext():
-        reserved = conn.execute(queries.RESERVE_JOB_IDS, (len(batch),)).fetchone()
+        reserved = conn.execute(job_sql.RESERVE_JOB_IDS, (len(batch),)).fetchone()
         assert reserved is not None
         statement, types, rows = _copy_plan(batch, *reserved)
         with conn.cursor().copy(statement) as copy:
@@ -315,13 +315,13 @@ def _copy_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob
                 copy.write_row(row)
             results, woken = _copy_results(batch, *reserved)
         if woken:
-            conn.execute(queries.NOTIFY_QUEUES, (woken,))
+            conn.execute(job_sql.NOTIFY_QUEUES, (woken,))
     return results
 
 
 async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
     async with conn.transaction() if conn.autocommit else nullcontext():
-        reserved = await (await conn.execute(queries.RESERVE_JOB_IDS, (len(batch),))).fetchone()
+        reserved = await (await conn.execute(job_sql.RESERVE_JOB_IDS, (len(batch),))).fetchone()
         assert reserved is not None
         statement, types, rows = _copy_plan(batch, *reserved)
         async with conn.cursor().copy(statement) as copy:
@@ -330,7 +330,7 @@ async def _copy_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) ->
                 await copy.write_row(row)
             results, woken = _copy_results(batch, *reserved)
         if woken:
-            await conn.execute(queries.NOTIFY_QUEUES, (woken,))
+            await conn.execute(job_sql.NOTIFY_QUEUES, (woken,))
     return results
 
 
@@ -352,7 +352,7 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
     """Insert `batch` in the connection's current transaction (or its own, in autocommit)."""
     one = _one_job(batch)
     if one is not None:
-        inserted_one = conn.execute(queries.INSERT_ONE_JOB, one).fetchone()
+        inserted_one = conn.execute(job_sql.INSERT_ONE_JOB, one).fetchone()
         assert inserted_one is not None
         return [_enqueued(inserted_one, duplicate=False)]
     if _use_copy(batch):
@@ -361,17 +361,17 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
     with _atomic(conn, batch):
         for start in range(0, len(batch), INSERT_CHUNK):
             stop = min(start + INSERT_CHUNK, len(batch))
-            inserted = conn.execute(queries.INSERT_JOBS, batch.params(start, stop)).fetchall()
+            inserted = conn.execute(job_sql.INSERT_JOBS, batch.params(start, stop)).fetchall()
             results, duplicates = _match(batch, start, stop, inserted)
             # A live duplicate may finish between the insert and the lookup: insert again.
             while duplicates:
                 live = conn.execute(
-                    queries.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
+                    job_sql.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
                 ).fetchall()
                 missing = _resolve_duplicates(batch, results, duplicates, start, live)
                 duplicates = []
                 for index in missing:
-                    row = conn.execute(queries.INSERT_JOBS, batch.params(index, index + 1))
+                    row = conn.execute(job_sql.INSERT_JOBS, batch.params(index, index + 1))
                     retried, again = _match(batch, index, index + 1, row.fetchall())
                     results[index - start] = retried[0]
                     duplicates.extend(again)
@@ -383,7 +383,7 @@ async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -
     """Async twin of insert_jobs."""
     one = _one_job(batch)
     if one is not None:
-        inserted_one = await (await conn.execute(queries.INSERT_ONE_JOB, one)).fetchone()
+        inserted_one = await (await conn.execute(job_sql.INSERT_ONE_JOB, one)).fetchone()
         assert inserted_one is not None
         return [_enqueued(inserted_one, duplicate=False)]
     if _use_copy(batch):
@@ -392,18 +392,18 @@ async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -
     async with _atomic_async(conn, batch):
         for start in range(0, len(batch), INSERT_CHUNK):
             stop = min(start + INSERT_CHUNK, len(batch))
-            cur = await conn.execute(queries.INSERT_JOBS, batch.params(start, stop))
+            cur = await conn.execute(job_sql.INSERT_JOBS, batch.params(start, stop))
             results, duplicates = _match(batch, start, stop, await cur.fetchall())
             while duplicates:
                 cur = await conn.execute(
-                    queries.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
+                    job_sql.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
                 )
                 missing = _resolve_duplicates(
                     batch, results, duplicates, start, await cur.fetchall()
                 )
                 duplicates = []
                 for index in missing:
-                    cur = await conn.execute(queries.INSERT_JOBS, batch.params(index, index + 1))
+                    cur = await conn.execute(job_sql.INSERT_JOBS, batch.params(index, index + 1))
                     retried, again = _match(batch, index, index + 1, await cur.fetchall())
                     results[index - start] = retried[0]
                     duplicates.extend(again)

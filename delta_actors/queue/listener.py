@@ -15,9 +15,9 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from delta_actors import queries
 from delta_actors.cancellation import raise_if_cancelling
-from delta_actors.database import component_conninfo
+from delta_actors.db import job_sql
+from delta_actors.db.connection import component_conninfo
 from delta_actors.health import Progress, log_failure
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Listener:
                     self._conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(
-                        sql.SQL("LISTEN {}").format(sql.Identifier(queries.JOB_CHANNEL))
+                        sql.SQL("LISTEN {}").format(sql.Identifier(job_sql.JOB_CHANNEL))
                     )
                     self.is_listening.set()
                     self._progress.ok()

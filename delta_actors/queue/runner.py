@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from delta_actors.app import App
+from delta_actors.model.job_row import JobError, JobState
 from delta_actors.outcomes import Cancel, PermanentError, Requeue
 from delta_actors.queue.completer import JobResult
-from delta_actors.queue.rows import JobError, JobState
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from delta_actors.cli import main as cli
+from delta_actors.ops.cli import main as cli
 from examples.http_sync.app import URL_ENV
 
 

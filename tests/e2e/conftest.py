@@ -30,7 +30,7 @@ class Supervise:
         self.log_path = log_dir / f"supervise-{time.monotonic_ns()}.log"
         env = {**os.environ, "DELTA_DATABASE_URL": dsn, "PYTHONPATH": str(ROOT)}
         argv = [
-            sys.executable, "-c", "from delta_actors.cli import main; main()", "supervise",
+            sys.executable, "-c", "from delta_actors.ops.cli import main; main()", "supervise",
             "--app", app, "--heartbeat-interval", "0.5", "--hang-timeout", "3",
             "--rescue-ttl", "5", *args,
         ]  # fmt: skip

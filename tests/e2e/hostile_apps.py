@@ -10,7 +10,7 @@ import struct
 import time
 
 import delta_actors as delta
-from delta_actors import protocol
+from delta_actors.runtime import protocol
 from tests.e2e.apps import ReportController, TaskController
 
 logger = logging.getLogger("tests.flood")

@@ -17,7 +17,7 @@ ACTORS = 4  # workers: default x1, reports x2; plus the leader
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from delta_actors.cli import main; main()", *args],
+        [sys.executable, "-c", "from delta_actors.ops.cli import main; main()", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "DELTA_DATABASE_URL": dsn},
     )  # fmt: skip

@@ -179,7 +179,7 @@ def test_orphaned_actors_stop_when_the_supervisor_dies(supervise, e2e_dsn):
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from delta_actors.cli import main; main()", *args],
+        [sys.executable, "-c", "from delta_actors.ops.cli import main; main()", *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )  # fmt: skip

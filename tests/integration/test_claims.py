@@ -11,7 +11,7 @@ import sys
 import psycopg
 
 import delta_actors as delta
-from delta_actors import queries
+from delta_actors.db import actor_sql, job_sql
 from delta_actors.queue.claimer import Claimer
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
@@ -248,11 +248,11 @@ async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
     finally:
         await client.close()
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(queries.REGISTER_ACTOR, ("test", 1, "default", "worker"))
+        cur = await conn.execute(actor_sql.REGISTER_ACTOR, ("test", 1, "default", "worker"))
         actor_id = (await cur.fetchone())[0]
         # What a claim whose reply was lost leaves behind: rows claimed, nobody knows.
         cur = await conn.execute(
-            queries.CLAIM_JOBS, {"queue": "default", "limit": 10, "actor": actor_id}
+            job_sql.CLAIM_JOBS, {"queue": "default", "limit": 10, "actor": actor_id}
         )
         assert len(await cur.fetchall()) == 2
         async with running_worker(app, dsn, actor_id=actor_id) as worker:

@@ -13,8 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors import events as events_module
-from delta_actors import queries
-from delta_actors.maintenance import Cleaner, Rescuer
+from delta_actors.db import job_sql
+from delta_actors.leader.maintenance import Cleaner, Rescuer
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until, wait_until_async
 
@@ -147,7 +147,7 @@ async def test_rescue_of_a_dead_actors_claim_is_a_failed_event(dsn):
                 row = await cur.fetchone()
                 assert row is not None
                 await conn.execute(
-                    queries.CLAIM_JOBS, {"queue": "default", "limit": 1, "actor": row[0]}
+                    job_sql.CLAIM_JOBS, {"queue": "default", "limit": 1, "actor": row[0]}
                 )
             assert (await Rescuer(pool, ttl=10).run_once())["claims"] == 1
             (event,) = await collect(subscription, 1)

@@ -18,8 +18,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
-from delta_actors import queries
-from delta_actors.informers import InformerScheduler
+from delta_actors.db import leader_sql
+from delta_actors.resources.informers import InformerScheduler
 from tests.integration.workers import running_worker
 from tests.roles import PASSWORD
 from tests.waiting import wait_until_async
@@ -230,10 +230,10 @@ class Listing(AsyncItems):
 async def _lead(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            queries.ATTEMPT_ELECTION, {"actor": 1, "host": "test", "pid": 1, "ttl": 60}
+            leader_sql.ATTEMPT_ELECTION, {"actor": 1, "host": "test", "pid": 1, "ttl": 60}
         )
         row = await cur.fetchone()
-        await conn.execute(queries.ADD_INFORMERS, (["item"],))
+        await conn.execute(leader_sql.ADD_INFORMERS, (["item"],))
     assert row is not None
     return int(row[0])
 

@@ -11,10 +11,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
-from delta_actors import queries
-from delta_actors.election import Elector
-from delta_actors.informers import InformerScheduler
-from delta_actors.maintenance import Cleaner, Expirer, Rescuer
+from delta_actors.db import job_sql, leader_sql, resource_sql
+from delta_actors.leader.election import Elector
+from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer
+from delta_actors.resources.informers import InformerScheduler
 from tests.waiting import wait_until_async
 
 NO_EVENTS = {"events": 0, "subscribers": 0}
@@ -92,14 +92,14 @@ async def test_clean_resignation_hands_over_at_once(dsn, caplog):
         assert not second.is_leader
         loop = asyncio.get_running_loop()
         resigned_at = loop.time()
-        caplog.set_level(logging.INFO, logger="delta_actors.election")
+        caplog.set_level(logging.INFO, logger="delta_actors.leader.election")
         first_task.cancel()
         await asyncio.gather(first_task, return_exceptions=True)
         await wait_until_async(lambda: _true(second.is_leader), 2, "the hand-over")
         assert loop.time() - resigned_at < 1.0
         assert second_seen.terms == [first_seen.terms[0] + 1]
         assert first_seen.lost == 1
-        stopping = [r for r in caplog.records if r.name == "delta_actors.election"]
+        stopping = [r for r in caplog.records if r.name == "delta_actors.leader.election"]
         assert any("resigned leadership" in r.getMessage() for r in stopping)
         assert all(r.levelno < logging.WARNING for r in stopping), "a clean stop warned"
     finally:
@@ -158,7 +158,7 @@ class ListingController(delta.Controller[Listing]):
 async def _lead(dsn: str, actor_id: int = 1) -> int:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            queries.ATTEMPT_ELECTION, {"actor": actor_id, "host": "test", "pid": 1, "ttl": 60}
+            leader_sql.ATTEMPT_ELECTION, {"actor": actor_id, "host": "test", "pid": 1, "ttl": 60}
         )
         row = await cur.fetchone()
     assert row is not None
@@ -190,7 +190,7 @@ async def test_informer_cursor_does_not_advance_when_it_raises(dsn):
         informers = InformerScheduler(app, pool)
         term = await _lead(dsn)
         async with pool.connection() as conn:
-            await conn.execute(queries.ADD_INFORMERS, (["listing"],))
+            await conn.execute(leader_sql.ADD_INFORMERS, (["listing"],))
         result = await informers.run_informer("listing", term, 1)
         assert result["error"] == "the external system went away"
         cursor, error, runs, failures, _ = await _informer_row(dsn)
@@ -220,7 +220,7 @@ async def test_full_listing_tombstones_unlisted_resources(dsn):
         await client.inform_many([Listing(key="kept"), Listing(key="gone")])
         async with pool.connection() as conn:
             await conn.execute("UPDATE delta_resource SET updated_at = now() - interval '1 minute'")
-            await conn.execute(queries.ADD_INFORMERS, (["listing"],))
+            await conn.execute(leader_sql.ADD_INFORMERS, (["listing"],))
         term = await _lead(dsn)
         result = await InformerScheduler(app, pool).run_informer("listing", term, 1)
         assert result["tombstoned"] == 1
@@ -237,7 +237,7 @@ async def test_stale_leader_cannot_run_informers_or_advance_cursors(dsn):
     async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
         old_term = await _lead(dsn, actor_id=1)
         async with pool.connection() as conn:
-            await conn.execute(queries.ADD_INFORMERS, (["listing"],))
+            await conn.execute(leader_sql.ADD_INFORMERS, (["listing"],))
             await conn.execute("UPDATE delta_leader SET expires_at = now() - interval '1 s'")
         new_term = await _lead(dsn, actor_id=2)
         assert new_term == old_term + 1
@@ -245,13 +245,13 @@ async def test_stale_leader_cannot_run_informers_or_advance_cursors(dsn):
         assert result == {"kind": "listing", "ran": False}
         async with pool.connection() as conn:
             cur = await conn.execute(
-                queries.FINISH_INFORMER,
+                leader_sql.FINISH_INFORMER,
                 {"kind": "listing", "term": old_term, "actor": 1, "cursor": datetime.now(UTC),
                  "objects": 1, "next_in": 1.0, "full": False},
             )  # fmt: skip
             assert cur.rowcount == 0
             cur = await conn.execute(
-                queries.TOMBSTONE_UNLISTED,
+                resource_sql.TOMBSTONE_UNLISTED,
                 {"kind": "listing", "term": old_term, "actor": 1,
                  "started": datetime.now(UTC), "listed": []},
             )  # fmt: skip
@@ -278,7 +278,7 @@ async def test_rescue_returns_dead_actors_claims_but_not_fresh_results(dsn):
             row = await cur.fetchone()
             assert row is not None
             dead = row[0]
-            await conn.execute(queries.CLAIM_JOBS, {"queue": "default", "limit": 3, "actor": dead})
+            await conn.execute(job_sql.CLAIM_JOBS, {"queue": "default", "limit": 3, "actor": dead})
             # The dead actor managed to write one result before dying.
             await conn.execute(
                 "UPDATE delta_job SET state = 'completed', finalized_at = now(), "

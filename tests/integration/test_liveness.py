@@ -14,12 +14,12 @@ import psycopg
 import pytest
 
 import delta_actors as delta
-from delta_actors import leader as leader_module
-from delta_actors.database import make_async_pool, make_pool
+from delta_actors.db.connection import make_async_pool, make_pool
 from delta_actors.health import ComponentHealth, Progress
-from delta_actors.leader import Leader
-from delta_actors.status import read_status
-from delta_actors.status_table import render_status
+from delta_actors.leader import duties as leader_module
+from delta_actors.leader.duties import Leader
+from delta_actors.ops.status import read_status
+from delta_actors.ops.tables import render_status
 from tests.waiting import wait_until, wait_until_async
 
 LEASE_TTL = 3.0  # renewals every second, a fast hand-over
@@ -113,7 +113,7 @@ async def test_a_crashed_duty_is_restarted_with_its_traceback_and_the_others_kee
 
     leader.scheduler.run = crashing_run  # type: ignore[method-assign]
     leader.rescuer.run_once = counting_rescue  # type: ignore[method-assign]
-    caplog.set_level(logging.ERROR, logger="delta_actors.leader")
+    caplog.set_level(logging.ERROR, logger="delta_actors.leader.duties")
     await started_leader(dsn, leader)
     try:
         passes_before = rescuer_passes
@@ -156,7 +156,7 @@ async def test_a_pass_that_raises_anything_is_logged_and_the_duty_goes_on(dsn, c
         return await real_expire()
 
     leader.expirer.run_once = failing_once  # type: ignore[method-assign]
-    caplog.set_level(logging.WARNING, logger="delta_actors.maintenance")
+    caplog.set_level(logging.WARNING, logger="delta_actors.leader.maintenance")
     await started_leader(dsn, leader)
     try:
         await wait_until_async(lambda: calls >= 4, 5, "passes after the failure")

@@ -609,8 +609,8 @@ def test_concurrent_informs_of_one_identity_never_give_up(dsn):
 def test_an_inform_that_lost_a_race_locks_and_cannot_lose_again(dsn):
     """Round 1 loses to a concurrent change; round 2 reads FOR UPDATE, so a third writer
     waits for it instead of beating it again."""
-    from delta_actors import queries
-    from delta_actors.inform import InformParams, inform, prepare
+    from delta_actors.db import resource_sql
+    from delta_actors.resources.store import InformParams, inform, prepare
 
     with delta.Client.connect(dsn, app=app()) as other:
         other.inform(Doc(key="raced", body="0"))
@@ -618,11 +618,11 @@ def test_an_inform_that_lost_a_race_locks_and_cannot_lose_again(dsn):
             params = InformParams()
             steps = inform(prepare([Doc(key="raced", body="mine")], params, app()), params)
             query, args = next(steps)
-            assert query is queries.SELECT_STORED_RESOURCES
+            assert query is resource_sql.SELECT_STORED_RESOURCES
             query, args = steps.send(conn.execute(query, args).fetchall())
             other.inform(Doc(key="raced", body="1"))  # wins the race
             query, args = steps.send(conn.execute(query, args).fetchall())
-            assert query is queries.SELECT_STORED_RESOURCES_FOR_UPDATE
+            assert query is resource_sql.SELECT_STORED_RESOURCES_FOR_UPDATE
             query, args = steps.send(conn.execute(query, args).fetchall())
             finished = threading.Event()
 

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 import delta_actors as delta
-from delta_actors import queries, schema
+from delta_actors.db import leader_sql, migrations
 from delta_actors.errors import ConfigError, SchemaError
-from delta_actors.status import NotFoundError, inspect_resource, read_status
-from delta_actors.status_table import render_resource, render_status
+from delta_actors.ops.status import NotFoundError, inspect_resource, read_status
+from delta_actors.ops.tables import render_resource, render_status
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
 
@@ -132,7 +132,7 @@ async def test_a_resource_whose_work_runs_counts_as_running(dsn):
 def test_status_of_a_fresh_database_is_empty(conn):
     """No leader, actors, resources, queues or failures: empty lists, not errors."""
     status = read_status(conn)
-    assert status.schema_version == schema.required_version()
+    assert status.schema_version == migrations.required_version()
     assert status.leader is None
     assert (status.actors, status.resources, status.queues, status.failures) == ([], [], [], [])
     text = render_status(status)
@@ -176,7 +176,7 @@ async def test_status_shows_live_actors_and_the_leader(dsn):
     """A running worker appears with its heartbeat age; the lease row names the leader."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            queries.ATTEMPT_ELECTION,
+            leader_sql.ATTEMPT_ELECTION,
             {"actor": 42, "host": "leader-host", "pid": 4242, "ttl": 15.0},
         )
         async with running_worker(APP, dsn) as worker:

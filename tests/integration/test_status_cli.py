@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import delta_actors as delta
-from delta_actors.cli import main
+from delta_actors.ops.cli import main
 from tests.integration.test_status import Bad, Good, work_everything
 
 

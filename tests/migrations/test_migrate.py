@@ -11,13 +11,23 @@ import threading
 import psycopg
 import pytest
 
-from delta_actors import queries, schema
+from delta_actors.db import (
+    actor_sql,
+    event_sql,
+    job_sql,
+    leader_sql,
+    migration_sql,
+    migrations,
+    resource_sql,
+    status_sql,
+)
 from delta_actors.errors import SchemaError
 
-CLI = [sys.executable, "-c", "from delta_actors.cli import main; main()"]
+CLI = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()"]
 
-# Constants of delta_actors.queries that are not statements to prepare, and why. Every
-# other constant must prepare, so a new statement is checked without touching this test.
+# Constants of the statement modules (delta_actors.db.*_sql) that are not statements to
+# prepare, and why. Every other constant must prepare, so a new statement is checked
+# without touching this test.
 NOT_PREPARED = {
     "JOB_CHANNEL": "a channel name",
     "LEADER_CHANNEL": "a channel name",
@@ -27,6 +37,7 @@ NOT_PREPARED = {
     "CREATE_MIGRATION_TABLE": "DDL, run by migrate() itself",
     "COPY_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
     "COPY_DUE_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
+    "CLAIM_CONNECTION_SETTINGS": "two SETs of a session, not one statement",
 }
 
 
@@ -58,12 +69,12 @@ def _versions(dsn: str) -> list[tuple[int, int]]:
 
 
 def _all_versions() -> list[tuple[int, int]]:
-    return [(v, 1) for v in range(1, schema.required_version() + 1)]
+    return [(v, 1) for v in range(1, migrations.required_version() + 1)]
 
 
 def test_migrations_are_numbered_without_gaps_and_start_with_the_job_queue():
     """The shipped files are 0001..n; the first creates the job queue."""
-    found = schema.migrations()
+    found = migrations.migrations()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     assert found[0].name == "job_queue"
     assert "CREATE TABLE delta_job" in found[0].sql
@@ -72,14 +83,14 @@ def test_migrations_are_numbered_without_gaps_and_start_with_the_job_queue():
 def test_applying_twice_is_a_no_op(empty_dsn):
     """The first run applies every migration; the second returns [] and changes nothing."""
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        assert schema.current_version(conn) == 0
-        first = schema.migrate(conn)
-        assert [m.version for m in first] == list(range(1, schema.required_version() + 1))
+        assert migrations.current_version(conn) == 0
+        first = migrations.migrate(conn)
+        assert [m.version for m in first] == list(range(1, migrations.required_version() + 1))
         snapshot = _schema_snapshot(conn)
-        assert schema.migrate(conn) == []
+        assert migrations.migrate(conn) == []
         assert _schema_snapshot(conn) == snapshot
-        assert schema.current_version(conn) == schema.required_version()
-        schema.check_schema(conn)
+        assert migrations.current_version(conn) == migrations.required_version()
+        migrations.check_schema(conn)
     assert _versions(empty_dsn) == _all_versions()
     assert any(row[:3] == ("column", "delta_job", "unique_key") for row in snapshot)
 
@@ -87,7 +98,7 @@ def test_applying_twice_is_a_no_op(empty_dsn):
 def test_migrate_in_a_non_autocommit_connection_commits_its_work(empty_dsn):
     """migrate() on a connection outside autocommit still leaves the schema applied."""
     with psycopg.connect(empty_dsn) as conn:
-        schema.migrate(conn)
+        migrations.migrate(conn)
     assert _versions(empty_dsn) == _all_versions()
 
 
@@ -101,7 +112,7 @@ def test_concurrent_migrate_calls_are_serialized(empty_dsn):
         try:
             with psycopg.connect(empty_dsn, autocommit=True) as conn:
                 barrier.wait(10)
-                applied.append([m.version for m in schema.migrate(conn)])
+                applied.append([m.version for m in migrations.migrate(conn)])
         except BaseException as exc:
             errors.append(exc)
 
@@ -111,7 +122,7 @@ def test_concurrent_migrate_calls_are_serialized(empty_dsn):
     for thread in threads:
         thread.join(30)
     assert errors == []
-    assert sorted(applied) == [[], list(range(1, schema.required_version() + 1))]
+    assert sorted(applied) == [[], list(range(1, migrations.required_version() + 1))]
     assert _versions(empty_dsn) == _all_versions()
 
 
@@ -140,13 +151,29 @@ def test_check_schema_on_an_unmigrated_database_names_the_fix(empty_dsn):
         psycopg.connect(empty_dsn, autocommit=True) as conn,
         pytest.raises(SchemaError, match=r"version 0.*run `delta-actors migrate`"),
     ):
-        schema.check_schema(conn)
+        migrations.check_schema(conn)
+
+
+STATEMENT_MODULES = (actor_sql, event_sql, job_sql, leader_sql, migration_sql, resource_sql,
+                     status_sql)  # fmt: skip
+
+
+def _constants() -> dict[str, object]:
+    """Every constant of the statement modules; a name is defined in one module only."""
+    found: dict[str, object] = {}
+    for module in STATEMENT_MODULES:
+        for name, value in vars(module).items():
+            if name.isupper() or name == "_AVAILABLE_IN_QUEUE":
+                # One imported into another module is the same object, not a second one.
+                assert found.get(name, value) is value, f"{name} is defined twice"
+                found[name] = value
+    return found
 
 
 def _statements() -> dict[str, str]:
     return {
         name: value
-        for name, value in vars(queries).items()
+        for name, value in _constants().items()
         if name.isupper() and isinstance(value, str) and name not in NOT_PREPARED
     }
 
@@ -174,9 +201,9 @@ def test_to_dollar_params_numbers_positional_and_reuses_named_placeholders():
 
 
 def test_every_statement_prepares_against_the_migrated_schema(dsn):
-    """Each statement constant in queries parses and type-checks (prepared, not executed)."""
+    """Each statement constant of db/*_sql.py parses and type-checks (prepared, not run)."""
     statements = _statements()
-    assert set(NOT_PREPARED) <= set(vars(queries)), "NOT_PREPARED names a constant that is gone"
+    assert set(NOT_PREPARED) <= set(_constants()), "NOT_PREPARED names a constant that is gone"
     assert {"INSERT_JOBS", "CLAIM_JOBS", "COMPLETE_JOBS", "HAND_BACK_JOBS"} <= set(statements)
     failures = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -199,14 +226,14 @@ def test_cli_migrate_prints_what_it_applied_then_up_to_date(empty_dsn):
         [*argv, "migrate", "--dsn", empty_dsn], capture_output=True, text=True, check=False
     )
     assert first.returncode == 0, first.stderr
-    for migration in schema.migrations():
+    for migration in migrations.migrations():
         assert f"applied {migration.version:04d}_{migration.name}" in first.stdout
-    assert f"schema is at version {schema.required_version()}" in first.stdout
+    assert f"schema is at version {migrations.required_version()}" in first.stdout
     second = subprocess.run(
         [*argv, "migrate", "--dsn", empty_dsn], capture_output=True, text=True, check=False
     )
     assert second.returncode == 0, second.stderr
-    assert f"schema is up to date at version {schema.required_version()}" in second.stdout
+    assert f"schema is up to date at version {migrations.required_version()}" in second.stdout
     assert "applied" not in second.stdout
     assert _versions(empty_dsn) == _all_versions()
 

@@ -8,10 +8,10 @@ import pty
 import subprocess
 import sys
 
-from delta_actors import schema
-from delta_actors.progress import Progress
+from delta_actors.db import migrations
+from delta_actors.ops.progress import Progress
 
-CLI = [sys.executable, "-c", "from delta_actors.cli import main; main()"]
+CLI = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()"]
 
 
 class Terminal(io.StringIO):
@@ -64,7 +64,7 @@ def test_cli_migrate_shows_progress_on_a_terminal_only(empty_dsn, dsn):
     finally:
         os.close(leader)
     assert proc.returncode == 0, terminal
-    every = schema.migrations()
+    every = migrations.migrations()
     for done, migration in enumerate(every):
         name = f"{migration.version:04d}_{migration.name}"
         assert f"[{done}/{len(every)}] applying {name}" in terminal

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from delta_actors import protocol
-from delta_actors.metrics import Recorder, SupervisorMetrics, result_label
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State
 from delta_actors.queue.completer import JobResult, WorkResult
-from delta_actors.queue.rows import JobState
-from delta_actors.resource import State
+from delta_actors.runtime import protocol
+from delta_actors.runtime.metrics import Recorder, SupervisorMetrics, result_label
 
 
 def synced(job_id: int = 1) -> WorkResult:

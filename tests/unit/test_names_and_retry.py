@@ -9,8 +9,8 @@ import pytest
 
 import delta_actors as delta
 from delta_actors.errors import ConfigError
-from delta_actors.kinds import kind_of
-from delta_actors.names import validate_name
+from delta_actors.model.kinds import kind_of
+from delta_actors.model.names import validate_name
 from delta_actors.queue.retry import MAX_RETRY_DELAY, retry_delay
 
 # Seeded, reproducible jitter; nothing here is cryptographic.

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from delta_actors import protocol
 from delta_actors.errors import ProtocolError
+from delta_actors.runtime import protocol
 
 
 def test_frames_round_trip_in_pieces():

@@ -9,8 +9,8 @@ import struct
 import msgspec
 import pytest
 
-from delta_actors import protocol
 from delta_actors.errors import ProtocolError
+from delta_actors.runtime import protocol
 
 STREAM = b"".join(
     protocol.encode(m)

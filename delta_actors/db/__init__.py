@@ -1,0 +1,1 @@
+"""The one PostgreSQL seam: connections, error translation, statements, migrations."""

@@ -1,0 +1,46 @@
+"""Statements of the actor table (`delta_actor`): register, heartbeat, unregister, and
+rescue's view of dead actors and their claims.
+
+Statements are `LiteralString` constants named after the function that runs them; nothing
+here is ever formatted with user input. Arrays are passed as single parameters and
+expanded with `unnest`, so a batch of any size is one statement and one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+REGISTER_ACTOR: LiteralString = """
+INSERT INTO delta_actor (host, pid, namespace, role) VALUES (%s, %s, %s, %s) RETURNING id
+"""
+
+# Touches no row when rescue declared the actor dead meanwhile. `health`: see health.py.
+HEARTBEAT_ACTOR: LiteralString = """
+UPDATE delta_actor SET heartbeat_at = now(), health = %(health)s::jsonb WHERE id = %(actor)s
+"""
+
+UNREGISTER_ACTOR: LiteralString = "DELETE FROM delta_actor WHERE id = %s"
+
+# Actors whose heartbeat is older than the TTL, and claims held by actors that have no
+# row at all (unregistered, or rescued before): both are dead for rescue's purposes.
+SELECT_DEAD_ACTORS: LiteralString = """
+SELECT id FROM delta_actor
+WHERE heartbeat_at < now() - make_interval(secs => %(ttl)s)
+UNION
+SELECT DISTINCT j.claimed_by FROM delta_job AS j
+WHERE j.state = 'running'
+  AND NOT EXISTS (SELECT 1 FROM delta_actor AS a WHERE a.id = j.claimed_by)
+LIMIT %(limit)s
+"""
+
+# Deleting the row first tells a paused actor that resumes that it was declared dead.
+DELETE_ACTORS: LiteralString = "DELETE FROM delta_actor WHERE id = ANY(%s)"
+
+SELECT_CLAIMS_OF_ACTOR: LiteralString = """
+SELECT j.id, j.attempt, j.max_attempts, j.resource_id, r.generation
+FROM delta_job AS j
+LEFT JOIN delta_resource AS r ON r.id = j.resource_id
+WHERE j.state = 'running' AND j.claimed_by = %s
+ORDER BY j.id
+LIMIT %s
+"""

@@ -1,0 +1,253 @@
+"""Statements of the job table (`delta_job`): insert, claim, complete, promote, hand back,
+read, cancel and clean up. A work's completion also writes its resource: see resource_sql.
+
+Statements are `LiteralString` constants named after the function that runs them; nothing
+here is ever formatted with user input. Arrays are passed as single parameters and
+expanded with `unnest`, so a batch of any size is one statement and one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+from delta_actors.db.resource_sql import resource_columns
+
+# The one LISTEN/NOTIFY channel; the payload is the queue (namespace) that has work.
+JOB_CHANNEL: Final = "delta_jobs"
+
+_INSERTED_JOBS: LiteralString = """
+INSERT INTO delta_job
+    (kind, queue, args, priority, max_attempts, unique_key, state, scheduled_at)
+SELECT u.kind, u.queue, u.args, u.priority, u.max_attempts, u.unique_key,
+       CASE WHEN u.scheduled_at IS NULL OR u.scheduled_at <= now()
+            THEN 'available' ELSE 'scheduled' END::delta_job_state,
+       coalesce(u.scheduled_at, now())
+FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::smallint[],
+            %s::text[], %s::timestamptz[])
+     AS u(kind, queue, args, priority, max_attempts, unique_key, scheduled_at)
+ON CONFLICT (kind, unique_key)
+    WHERE unique_key IS NOT NULL
+      AND state IN ('available', 'scheduled', 'running', 'retryable')
+    DO NOTHING
+RETURNING id, kind, queue, state, unique_key
+"""
+
+# Rows come back in insertion order (ids ascend with it). Postgres delivers identical
+# notifications of one transaction once, so this is one NOTIFY per queue per commit.
+INSERT_JOBS: LiteralString = (
+    "WITH inserted AS ("
+    + _INSERTED_JOBS
+    + """),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+)
+SELECT i.id, i.kind, i.queue, i.state::text, i.unique_key
+FROM inserted AS i, notified
+ORDER BY i.id
+"""
+)
+
+# One job without a unique key, the common `enqueue`: the same row and wake-up as
+# INSERT_JOBS, but a plain VALUES insert plans in a third of the time (0.2 against
+# 0.5 ms a call, half of it planning), which is enqueue-to-start latency.
+INSERT_ONE_JOB: LiteralString = """
+INSERT INTO delta_job (kind, queue, args, priority, max_attempts, state, scheduled_at)
+VALUES (%(kind)s, %(queue)s, %(args)s, %(priority)s, %(max_attempts)s,
+        CASE WHEN %(scheduled_at)s::timestamptz IS NULL
+                  OR %(scheduled_at)s::timestamptz <= now()
+             THEN 'available' ELSE 'scheduled' END::delta_job_state,
+        coalesce(%(scheduled_at)s::timestamptz, now()))
+RETURNING id, kind, queue, state::text, unique_key,
+          CASE WHEN state = 'available' THEN pg_notify('delta_jobs', queue) END
+"""
+
+# Bulk path (no unique keys): reserve ids and read the transaction's clock, COPY the
+# rows in (binary), then wake each queue once. A batch of jobs all due now leaves state
+# and scheduled_at to their defaults.
+RESERVE_JOB_IDS: LiteralString = """
+SELECT now(), array(SELECT nextval('delta_job_id_seq') FROM generate_series(1, %s))
+"""
+
+COPY_JOBS: LiteralString = """
+COPY delta_job (id, kind, queue, args, priority, max_attempts, state, scheduled_at)
+FROM STDIN (FORMAT BINARY)
+"""
+
+COPY_DUE_JOBS: LiteralString = """
+COPY delta_job (id, kind, queue, args, priority, max_attempts) FROM STDIN (FORMAT BINARY)
+"""
+
+NOTIFY_QUEUES: LiteralString = """
+SELECT count(pg_notify('delta_jobs', q)) FROM unnest(%s::text[]) AS q
+"""
+
+SELECT_LIVE_UNIQUE_JOBS: LiteralString = """
+SELECT id, kind, queue, state::text, unique_key
+FROM delta_job
+WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+  AND state IN ('available', 'scheduled', 'running', 'retryable')
+"""
+
+# The available jobs of queue %(queue)s, as `j`, through the claim index (migration 6: it
+# leads with hashtext(queue); the queue test on the row settles a collision).
+_AVAILABLE_IN_QUEUE: LiteralString = (
+    "j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s) AND j.queue = %(queue)s"
+)
+
+# Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
+# the queued work of a resource whose previous work still runs (coalescing: runs of one
+# resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
+# join let the planner hash the whole table. A resource work comes back with its
+# resource as stored now, read without a lock (claims never wait on informs).
+CLAIM_JOBS: LiteralString = (
+    """
+WITH locked AS (
+    SELECT j.id FROM delta_job AS j
+    WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """
+      AND (j.resource_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM delta_job AS busy
+            WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+    ORDER BY j.priority, j.scheduled_at, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE delta_job AS j
+    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
+),
+resources AS MATERIALIZED (
+    SELECT """
+    + resource_columns("'running'")
+    + """, r.object FROM delta_resource AS r
+    WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
+)
+SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
+FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
+"""
+)
+
+# The claim connection's settings (queue/claimer.py): the claim runs a generic plan made
+# once, and every row it touches is found through an index. Made on empty tables, a
+# generic plan would otherwise scan delta_resource sequentially, and keep doing so as it
+# grows. REPLAN_CLAIM drops the plan so that the next claim makes it anew.
+CLAIM_CONNECTION_SETTINGS: LiteralString = (
+    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+)
+REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
+
+# Fenced: only a claim that is still current (running, same attempt, same actor) is
+# finished; a rescued or handed-back claim matches nothing and is reported stale. The
+# `= ANY` keeps the plan to primary-key lookups whatever the statistics say. Arrays of
+# numbers and labels come as literals (completer.array_literal); errors, when a batch has
+# any, as a binary array, else NULL (unnest pads it with NULLs).
+COMPLETE_JOBS: LiteralString = """
+UPDATE delta_job AS j
+SET state = u.state,
+    attempt = j.attempt - u.give_back::integer,
+    claimed_by = NULL,
+    scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
+                        ELSE now() + make_interval(secs => u.delay) END,
+    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded')
+                        THEN now() END,
+    errors = CASE WHEN u.error IS NULL THEN j.errors
+                  ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
+FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
+            %(delays)s::float8[], %(errors)b::jsonb[], %(give_backs)s::boolean[])
+     AS u(id, attempt, state, delay, error, give_back)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
+RETURNING j.id
+"""
+
+# A stopping worker returns what it could not finish: no attempt counted, and other
+# workers of the queue are woken to take it.
+HAND_BACK_JOBS: LiteralString = """
+WITH returned AS (
+    UPDATE delta_job AS j
+    SET state = 'available', attempt = j.attempt - 1, claimed_by = NULL
+    FROM unnest(%s::bigint[], %s::smallint[]) AS u(id, attempt)
+    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
+      AND j.claimed_by = %s
+    RETURNING j.id, j.queue
+)
+SELECT r.id, pg_notify('delta_jobs', r.queue) FROM returned AS r
+"""
+
+PROMOTE_DUE_JOBS: LiteralString = """
+WITH due AS (
+    SELECT id FROM delta_job
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+    ORDER BY scheduled_at
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE delta_job AS j SET state = 'available'
+    FROM due WHERE j.id = due.id
+    RETURNING j.queue
+)
+SELECT p.queue, count(*), pg_notify('delta_jobs', p.queue)
+FROM promoted AS p GROUP BY p.queue
+"""
+
+SELECT_NEXT_DUE_IN: LiteralString = """
+SELECT extract(epoch FROM min(scheduled_at) - now())::float8
+FROM delta_job WHERE state IN ('scheduled', 'retryable')
+"""
+
+# Capped: an exact count of a deep queue costs more than a heartbeat is worth. The lag
+# takes the oldest due time per priority (one claim-index lookup each, 1..4), since the
+# index orders by priority first.
+COUNT_AVAILABLE_JOBS: LiteralString = (
+    """
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM delta_job AS j WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """ LIMIT 100000
+    ) AS available),
+    extract(epoch FROM now() - (
+        SELECT min((
+            SELECT j.scheduled_at FROM delta_job AS j
+            WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """ AND j.priority = p
+            ORDER BY j.scheduled_at LIMIT 1
+        )) FROM generate_series(1, 4) AS p
+    ))::float8
+"""
+)
+
+# In the order of the fields of queue.rows.JobRow.
+JOB_COLUMNS: LiteralString = """
+id, kind, queue, state::text, args, priority, attempt, max_attempts,
+array_to_json(errors), unique_key, claimed_by,
+created_at, scheduled_at, attempted_at, finalized_at
+"""
+
+GET_JOB: LiteralString = "SELECT " + JOB_COLUMNS + " FROM delta_job WHERE id = %s"
+
+CANCEL_JOB: LiteralString = (
+    """
+UPDATE delta_job SET state = 'cancelled', finalized_at = now()
+WHERE id = %s AND state IN ('available', 'scheduled', 'retryable')
+RETURNING """
+    + JOB_COLUMNS
+)
+
+DELETE_FINALIZED_JOBS: LiteralString = """
+WITH old AS (
+    SELECT id FROM delta_job
+    WHERE state IN ('completed', 'cancelled', 'discarded')
+      AND finalized_at < now() - make_interval(secs => %(retention)s)
+      AND queue = %(namespace)s
+    ORDER BY finalized_at
+    LIMIT %(limit)s
+)
+DELETE FROM delta_job AS j USING old WHERE j.id = old.id
+"""

@@ -1,0 +1,313 @@
+"""Statements of the resource table (`delta_resource`): informs, reads, invalidation, a work's
+completion, expiry, tombstones and cleanup.
+
+Lock order, to keep informs, completions and claims free of deadlocks: a statement that
+writes resources locks them first, in id order (a `FOR UPDATE ... ORDER BY id` CTE),
+and only then writes the queued work. Claims never lock resources.
+
+Statements are `LiteralString` constants named after the function that runs them; nothing
+here is ever formatted with user input. Arrays are passed as single parameters and
+expanded with `unnest`, so a batch of any size is one statement and one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+
+# The columns of a Resource (resource.Resource's fields, `object` excepted), with `state`
+# computed: `running` while a work of the resource runs.
+def resource_columns(state: LiteralString) -> LiteralString:
+    return (
+        """
+r.id, r.kind, r.object_id, r.namespace, """
+        + state
+        + """ AS state,
+r.generation, r.attempt, r.max_attempts, array_to_json(r.errors)::text AS errors, r.tags,
+r.metadata::text AS metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at
+"""
+    )
+
+
+RESOURCE_COLUMNS: LiteralString = resource_columns(
+    """CASE WHEN EXISTS (
+    SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running')
+THEN 'running' ELSE r.state::text END"""
+)
+
+# Results of resource works, fenced like COMPLETE_JOBS. A resource work's job is always
+# finished here, never put back in the queue: a retry or requeue is a new queued work,
+# inserted ON CONFLICT DO NOTHING, because an inform may have queued one meanwhile (which
+# reads the newest object anyway). The resource takes the outcome only if its generation
+# is still the one the work saw; a newer change keeps its own state and queued work.
+COMPLETE_WORKS: LiteralString = """
+WITH u AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::smallint[], %(generations)s::bigint[],
+        %(job_states)s::delta_job_state[], %(resource_states)s::delta_resource_state[],
+        %(count_attempts)s::boolean[], %(delays)s::float8[], %(errors)b::jsonb[])
+    AS u(id, attempt, generation, job_state, resource_state, count_attempt, delay, error)
+),
+finished AS (
+    UPDATE delta_job AS j
+    SET state = u.job_state, claimed_by = NULL, finalized_at = now(),
+        errors = CASE WHEN u.error IS NULL THEN j.errors
+                      ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
+    FROM u
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+      AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
+    RETURNING j.id, j.resource_id, j.attempted_at
+),
+locked AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.id = ANY(ARRAY(SELECT resource_id FROM finished))
+    ORDER BY r.id
+    FOR UPDATE
+),
+resources AS (
+    UPDATE delta_resource AS r
+    SET state = CASE
+            WHEN u.resource_state IS NULL OR r.generation <> u.generation THEN r.state
+            WHEN u.count_attempt AND r.attempt + 1 >= r.max_attempts THEN 'degraded'
+            ELSE u.resource_state END,
+        attempt = CASE WHEN u.count_attempt AND r.generation = u.generation
+                       THEN r.attempt + 1 ELSE r.attempt END,
+        synced_at = CASE WHEN u.resource_state = 'synced' AND r.generation = u.generation
+                         THEN now() ELSE r.synced_at END,
+        attempted_at = f.attempted_at,
+        errors = CASE WHEN u.error IS NULL THEN r.errors
+                      ELSE (r.errors || u.error)[greatest(1, cardinality(r.errors) - 8):] END,
+        updated_at = now()
+    FROM finished AS f JOIN u ON u.id = f.id
+    WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = f.resource_id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts, r.state, f.id AS job_id,
+              r.generation <> u.generation AS moved_on,
+              CASE WHEN r.generation <> u.generation THEN 0 ELSE u.delay END AS delay,
+              r.object_id, r.generation,
+              u.resource_state IS NOT NULL AND r.generation = u.generation AS applied,
+              u.error->>'error' AS error
+),
+-- Events (events.py) only while a live subscriber wants them: otherwise this costs one
+-- probe of an empty table. Written by this transaction, so in commit order per resource.
+events AS (
+    INSERT INTO delta_event (resource_id, kind, object_id, namespace, event, generation, error)
+    SELECT x.id, x.kind, x.object_id, x.namespace, x.state, x.generation, x.error
+    FROM resources AS x
+    -- Uncorrelated first: with nobody subscribed, one check per statement, not per row.
+    WHERE EXISTS (SELECT 1 FROM delta_subscriber WHERE expires_at > now())
+      AND x.applied AND x.state IN ('synced', 'failed', 'degraded', 'deleted')
+      AND EXISTS (SELECT 1 FROM delta_subscriber AS s
+                  WHERE s.expires_at > now()
+                    AND (s.kinds IS NULL OR x.kind = ANY(s.kinds))
+                    AND (s.events IS NULL OR x.state = ANY(s.events)))
+),
+-- A work whose generation was overtaken leaves the state to the newer generation, whose
+-- inform queued a work. But a claim racing that inform can take the queued work with the
+-- older object (the claim locks the job row's newest version, yet reads the resource as
+-- of its snapshot): then nothing is queued for the newer generation. So queue one,
+-- unless one is queued (ON CONFLICT) or running already.
+followups AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts, state, scheduled_at)
+    SELECT x.kind, x.namespace, '\\x', x.id, x.max_attempts,
+           CASE WHEN x.delay <= 0 THEN 'available' ELSE 'scheduled' END::delta_job_state,
+           now() + make_interval(secs => greatest(x.delay, 0))
+    FROM resources AS x
+    WHERE x.delay IS NOT NULL AND x.state <> 'degraded'
+      AND (NOT x.moved_on OR (x.state = 'scheduled' AND NOT EXISTS (
+            SELECT 1 FROM delta_job AS w
+            WHERE w.resource_id = x.id AND w.state = 'running' AND w.id <> x.job_id)))
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO NOTHING
+    RETURNING queue, state
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM followups WHERE state = 'available') AS q
+)
+SELECT f.id, (SELECT n FROM notified) FROM finished AS f
+"""
+
+# Resource rows carry metadata as text: decoded by msgspec, ten times cheaper than
+# psycopg's jsonb loader (json.loads).
+#
+# Phase 1 of an inform: what is stored for these identities (the object only for kinds
+# whose change detection needs it, compare()). `= ANY` on both columns of the identity
+# index keeps this one index pass whatever the statistics say (a join against unnest
+# became a nested loop of sequential scans on a freshly truncated table); the caller
+# drops rows whose (kind, object_id) pair it did not ask for.
+SELECT_STORED_RESOURCES: LiteralString = (
+    """
+SELECT """
+    + RESOURCE_COLUMNS
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END
+FROM delta_resource AS r
+WHERE r.kind = ANY(%(kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
+"""
+)
+
+# Phase 1 again, for identities that lost a race: lock them (in id order, like every
+# resource write) so that this round cannot lose again.
+SELECT_STORED_RESOURCES_FOR_UPDATE: LiteralString = (
+    SELECT_STORED_RESOURCES.rstrip() + "\nORDER BY r.id\nFOR UPDATE OF r\n"
+)
+
+# Array parameters of informs go in binary (`%b`): psycopg dumps large text and bytea
+# arrays about ten times faster so than as escaped text literals.
+#
+# Phase 2: write the changes, fenced on the generation phase 1 saw (NULL: not stored), and
+# fold each into the resource's queued work. An identity that changed meanwhile is not
+# returned, and the caller runs phase 1 again for it.
+WRITE_RESOURCES: LiteralString = (
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        %(kinds)b::text[], %(object_ids)b::text[], %(namespaces)b::text[], %(objects)b::bytea[],
+        %(hashes)b::bytea[], %(ids)b::bigint[], %(expected)b::bigint[],
+        %(max_attempts)b::smallint[])
+    AS i(kind, object_id, namespace, object, hash, id, expected, max_attempts)
+),
+-- Tags and metadata are options of the whole call: one value, not one per row.
+options AS (
+    SELECT ARRAY(SELECT jsonb_array_elements_text(%(tags)s::jsonb)) AS tags,
+           %(metadata)s::jsonb AS metadata
+),
+inserted AS (
+    INSERT INTO delta_resource AS r
+        (kind, object_id, namespace, object, hash, max_attempts, tags, metadata)
+    SELECT i.kind, i.object_id, i.namespace, i.object, i.hash, i.max_attempts,
+           o.tags, o.metadata
+    FROM input AS i, options AS o WHERE i.expected IS NULL
+    ON CONFLICT (kind, object_id) DO NOTHING
+    RETURNING """
+    # A new resource has no running work and no errors: no need to look.
+    + resource_columns("'scheduled'").replace("array_to_json(r.errors)::text", "'[]'")
+    + """
+),
+locked AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.id = ANY(%(ids)b::bigint[])
+    ORDER BY r.id
+    FOR UPDATE
+),
+updated AS (
+    UPDATE delta_resource AS r
+    SET object = i.object, hash = i.hash, generation = r.generation + 1, state = 'scheduled',
+        attempt = 0, namespace = i.namespace, max_attempts = i.max_attempts,
+        tags = o.tags, metadata = o.metadata, updated_at = now()
+    FROM input AS i, options AS o
+    WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = i.id
+      AND r.kind = i.kind AND r.object_id = i.object_id AND r.generation = i.expected
+    RETURNING """
+    + RESOURCE_COLUMNS
+    + """
+),
+written AS (
+    SELECT * FROM inserted UNION ALL SELECT * FROM updated
+),
+-- A new resource has no work yet: a plain insert, without the cost of conflict checks.
+new_works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM inserted AS w
+    RETURNING queue
+),
+changed_works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM updated AS w
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now(), queue = excluded.queue
+    RETURNING queue
+),
+works AS (
+    SELECT queue FROM new_works UNION ALL SELECT queue FROM changed_works
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM works) AS q
+)
+SELECT w.*, (SELECT n FROM notified) FROM written AS w
+"""
+)
+
+GET_RESOURCE: LiteralString = (
+    "SELECT "
+    + RESOURCE_COLUMNS
+    + ", r.object FROM delta_resource AS r WHERE r.kind = %s AND r.object_id = %s"
+)
+
+# Re-work a resource with its stored object: attempts reset, generation kept. A deleted
+# resource stays deleted (only a newer change revives it).
+INVALIDATE_RESOURCE: LiteralString = """
+WITH target AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.kind = %s AND r.object_id = %s AND r.state <> 'deleted'
+    FOR UPDATE
+),
+marked AS (
+    UPDATE delta_resource AS r SET state = 'scheduled', attempt = 0, updated_at = now()
+    FROM target WHERE r.id = target.id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts
+),
+works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now()
+    RETURNING queue
+)
+SELECT count(pg_notify('delta_jobs', w.queue)) FROM works AS w
+"""
+
+# After a full listing: every resource of the kind that the listing did not name, and
+# that no inform touched since the listing began, is marked deleted. Fenced.
+TOMBSTONE_UNLISTED: LiteralString = """
+UPDATE delta_resource AS r SET state = 'deleted', updated_at = now()
+WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.updated_at < %(started)s
+  AND NOT (r.object_id = ANY(%(listed)s::text[]))
+  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+RETURNING r.id
+"""
+
+# Synced resources older than the namespace's expiry get one new work each (no chain).
+EXPIRE_RESOURCES: LiteralString = """
+WITH stale AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.namespace = %(namespace)s AND r.state = 'synced'
+      AND r.updated_at < now() - make_interval(secs => %(expiry)s)
+    ORDER BY r.updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+expired AS (
+    UPDATE delta_resource AS r SET state = 'expired', updated_at = now()
+    FROM stale WHERE r.id = stale.id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts
+),
+works AS (
+    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    SELECT e.kind, e.namespace, '\\x', e.id, e.max_attempts FROM expired AS e
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO NOTHING
+    RETURNING queue
+)
+SELECT (SELECT count(*) FROM expired),
+       (SELECT count(pg_notify('delta_jobs', q.queue)) FROM (SELECT DISTINCT queue FROM works) AS q)
+"""
+
+DELETE_DELETED_RESOURCES: LiteralString = """
+WITH old AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.namespace = %(namespace)s AND r.state = 'deleted'
+      AND r.updated_at < now() - make_interval(secs => %(retention)s)
+      AND NOT EXISTS (SELECT 1 FROM delta_job AS j WHERE j.resource_id = r.id
+                      AND j.state IN ('available', 'scheduled', 'retryable', 'running'))
+    ORDER BY r.updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
+"""

@@ -1,0 +1,1 @@
+"""Cluster-wide duties, run by the one elected leader."""

@@ -1,0 +1,77 @@
+"""Rescue: the claims of a dead actor go back to work, counted as a failed attempt.
+
+An actor is dead when its supervisor reaped its process, when its heartbeat is older than
+the TTL (killed host, SIGSTOP, lost network), or when it has no `delta_actor` row while
+holding claims. Rescue deletes the actor's row, then finishes each of its claims through
+the same fenced statements the actor itself would have used, as that actor: a plain job
+becomes retryable (or discarded after its last attempt); a resource work fails its
+attempt and queues a follow-up. A result the actor wrote meanwhile wins: the fence
+matches nothing and the claim is left as written. An actor that resumes after being
+rescued finds its row gone and stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from delta_actors.db import actor_sql, job_sql, resource_sql
+from delta_actors.db.connection import Rows, Statement
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State
+from delta_actors.queue.completer import JobResult, WorkResult, job_params, work_params
+from delta_actors.queue.runner import error_entry
+
+RESCUE_BATCH = 1000
+
+
+def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Rows, int]:
+    """Rescue every claim of `actor_ids`; return how many claims went back to work."""
+    if not actor_ids:
+        return 0
+    yield actor_sql.DELETE_ACTORS, (actor_ids,)
+    rescued = 0
+    for actor_id in actor_ids:
+        while True:
+            claims = yield actor_sql.SELECT_CLAIMS_OF_ACTOR, (actor_id, RESCUE_BATCH)
+            if not claims:
+                break
+            message = f"rescued: actor {actor_id} {reason}"
+            jobs = [
+                _job_result(job_id, attempt, max_attempts, message)
+                for job_id, attempt, max_attempts, resource_id, _ in claims
+                if resource_id is None
+            ]
+            works = [
+                WorkResult(
+                    job_id,
+                    attempt,
+                    generation or 0,
+                    JobState.DISCARDED,
+                    State.FAILED,
+                    count_attempt=True,
+                    delay=0.0,
+                    error=error_entry(attempt, None, message),
+                )
+                for job_id, attempt, _, resource_id, generation in claims
+                if resource_id is not None
+            ]
+            if jobs:
+                rescued += len((yield job_sql.COMPLETE_JOBS, job_params(jobs, actor_id)))
+            if works:
+                rescued += len((yield resource_sql.COMPLETE_WORKS, work_params(works, actor_id)))
+            if len(claims) < RESCUE_BATCH:
+                break
+    return rescued
+
+
+def _job_result(job_id: int, attempt: int, max_attempts: int, message: str) -> JobResult:
+    error = error_entry(attempt, None, message)
+    if attempt >= max_attempts:
+        return JobResult(job_id, attempt, JobState.DISCARDED, error=error)
+    return JobResult(job_id, attempt, JobState.AVAILABLE, delay=0.0, error=error)
+
+
+def find_dead_actors(ttl: float) -> Generator[Statement, Rows, list[int]]:
+    """Return actors whose heartbeat is older than `ttl` seconds, or that have no row."""
+    rows = yield actor_sql.SELECT_DEAD_ACTORS, {"ttl": ttl, "limit": 100}
+    return [int(row[0]) for row in rows if row[0] is not None]

@@ -1,0 +1,1 @@
+"""PostgreSQL clusters we run ourselves: the embedded default and throwaway ones."""

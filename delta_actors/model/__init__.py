@@ -1,0 +1,1 @@
+"""Objects, jobs and resources as users and the database see them."""

@@ -1,0 +1,57 @@
+"""The metaclass behind `delta.Job` (and later `delta.Object`): a msgspec Struct with a kind.
+
+A kind is a class-level constant given once as a class keyword, `class X(delta.Job,
+kind="x")`. It is validated when the class is created, so a bad name fails at import time
+rather than at the first enqueue. Subclasses without `kind=` are abstract bases.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from delta_actors.errors import ConfigError
+from delta_actors.model.names import validate_name
+
+
+class KindMeta(msgspec.StructMeta):
+    """Struct metaclass that accepts and validates `kind=` (and `timeout=`) class keywords."""
+
+    def __new__(
+        mcls,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        *,
+        kind: str | None = None,
+        timeout: float | None = None,
+        **struct_options: Any,
+    ) -> KindMeta:
+        cls = super().__new__(mcls, name, bases, namespace, **struct_options)
+        if kind is not None:
+            validate_name(kind, f"kind of {name}")
+            cls.kind = kind  # type: ignore[attr-defined]
+        if timeout is not None:
+            if not timeout > 0:
+                raise ConfigError(f"timeout of {name} must be > 0 seconds, got {timeout!r}")
+            cls.timeout = float(timeout)  # type: ignore[attr-defined]
+        return cls
+
+
+class Kinded(msgspec.Struct, metaclass=KindMeta):
+    """Base of the user types that carry a kind; not used directly."""
+
+    kind: ClassVar[str]
+    timeout: ClassVar[float] = 60.0  # seconds a handler may run before it counts as failed
+
+
+def kind_of(cls: type[Kinded]) -> str:
+    """Return the kind of `cls`, or raise ConfigError naming the fix."""
+    kind = cls.__dict__.get("kind") or getattr(cls, "kind", None)
+    if not isinstance(kind, str):
+        raise ConfigError(
+            f"{cls.__qualname__} has no kind: declare it as "
+            f'`class {cls.__name__}(..., kind="name")`'
+        )
+    return kind

@@ -1,0 +1,1 @@
+"""What operators touch: the CLI, status and inspect, progress, logs."""

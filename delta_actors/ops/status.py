@@ -1,0 +1,223 @@
+"""What `delta-actors status` and `inspect` read: the cluster's state, one resource's story.
+
+Everything here is read-only, runs on a caller's connection, and returns msgspec Structs
+that the CLI renders as a table or encodes as JSON. Times come from the database's clock
+(ages are computed in SQL), so a client with a skewed clock still reports true ages.
+Each statement is bounded: counts use the partial indexes of the queue's states, lists
+have a LIMIT; only the resource count by kind and state reads the whole resource table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+
+from delta_actors.db import migration_sql, resource_sql, status_sql
+from delta_actors.db.connection import translate_errors
+from delta_actors.db.migrations import check_schema
+from delta_actors.health import ComponentHealth
+from delta_actors.model.job_row import JobError
+from delta_actors.model.names import validate_name
+from delta_actors.model.resource import resource_from_row
+
+RECENT_FAILURES = 10
+RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
+
+
+class LeaderStatus(msgspec.Struct, frozen=True):
+    """The lease row: who leads, since when, and whether the lease is still valid."""
+
+    host: str
+    pid: int
+    actor_id: int
+    term: int
+    since: datetime
+    expires_in: float  # seconds; negative once the lease has expired
+
+
+class ActorStatus(msgspec.Struct, frozen=True):
+    """One registered actor process."""
+
+    id: int
+    host: str
+    pid: int
+    namespace: str
+    role: str
+    started_at: datetime
+    heartbeat_age: float  # seconds since its last heartbeat
+    # What each component last got done, as of that heartbeat (health.py); a leader
+    # candidate reports its duties only while it leads.
+    health: list[ComponentHealth] = []
+
+    @property
+    def stalled(self) -> list[ComponentHealth]:
+        """Its components that made no progress for longer than they may, as of now."""
+        return [h for h in self.health if h.since_progress + self.heartbeat_age > h.stall_after]
+
+
+class ResourceCount(msgspec.Struct, frozen=True):
+    """How many resources of one kind are in one state."""
+
+    kind: str
+    state: str
+    count: int
+
+
+class QueueStatus(msgspec.Struct, frozen=True):
+    """One namespace's queue: waiting, running, due later, and the pace of finishing."""
+
+    namespace: str
+    available: int
+    running: int
+    waiting: int  # scheduled or retryable: due later
+    lag: float  # seconds the oldest available work has been due; 0 when none is
+    finished_per_second: float  # works and jobs finished over the last RATE_WINDOW
+
+
+class Failure(msgspec.Struct, frozen=True):
+    """A resource that failed or degraded, or a job that failed, with its last error."""
+
+    what: str  # "resource" or "job"
+    kind: str
+    id: str  # the object id of a resource, the job id of a job
+    namespace: str
+    state: str
+    attempt: int
+    at: datetime
+    error: str
+
+
+class Status(msgspec.Struct, frozen=True):
+    """Everything `delta-actors status` shows."""
+
+    schema_version: int
+    leader: LeaderStatus | None
+    actors: list[ActorStatus]
+    resources: list[ResourceCount]
+    queues: list[QueueStatus]
+    failures: list[Failure]
+
+
+class WorkStatus(msgspec.Struct, frozen=True):
+    """A queued or running work (job row) of a resource."""
+
+    id: int
+    state: str
+    attempt: int
+    claimed_by: int | None
+    created_at: datetime
+    scheduled_at: datetime
+    attempted_at: datetime | None
+    finalized_at: datetime | None
+
+
+class ResourceDetail(msgspec.Struct, frozen=True):
+    """One resource, as `delta-actors inspect` shows it; `object` is its stored JSON.
+
+    `errors` is the bounded history of failed attempts, newest last; `works` the queued
+    and running works (finished ones are not indexed by resource, so not listed).
+    """
+
+    id: int
+    kind: str
+    object_id: str
+    namespace: str
+    state: str
+    generation: int
+    attempt: int
+    max_attempts: int
+    object: msgspec.Raw
+    errors: list[JobError]
+    tags: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    attempted_at: datetime | None
+    synced_at: datetime | None
+    works: list[WorkStatus]
+
+
+class NotFoundError(LookupError):
+    """Raised by inspect_resource when no resource has the kind and id asked for."""
+
+
+_error_decoder = msgspec.json.Decoder(JobError)
+
+
+def read_status(conn: psycopg.Connection) -> Status:
+    """Read the cluster's state (a few read-only statements, none holding locks)."""
+    with translate_errors("read status"):
+        check_schema(conn)
+        version = conn.execute(migration_sql.SELECT_SCHEMA_VERSION).fetchone()
+        leader = conn.execute(status_sql.SELECT_LEADER).fetchone()
+        actors = conn.execute(status_sql.SELECT_ACTORS).fetchall()
+        resources = conn.execute(status_sql.COUNT_RESOURCES_BY_STATE).fetchall()
+        queues = conn.execute(status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}).fetchall()
+        failures = conn.execute(
+            status_sql.SELECT_RECENT_FAILURES, {"limit": RECENT_FAILURES}
+        ).fetchall()
+    return Status(
+        schema_version=int(version[0]) if version else 0,
+        leader=LeaderStatus(*leader) if leader else None,
+        actors=[
+            ActorStatus(
+                id_,
+                host,
+                pid,
+                ns,
+                role,
+                started,
+                age,
+                msgspec.convert(health, list[ComponentHealth]),
+            )
+            for id_, host, pid, ns, role, started, age, health in actors
+        ],
+        resources=[ResourceCount(*row) for row in resources],
+        queues=[
+            QueueStatus(ns, available, running, waiting, lag or 0.0, finished / RATE_WINDOW)
+            for ns, available, running, waiting, lag, finished in queues
+        ],
+        failures=[
+            Failure(what, kind, str(id_), ns, state, attempt, at, _last_error(error))
+            for what, kind, id_, ns, state, attempt, at, error in failures
+        ],
+    )
+
+
+def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> ResourceDetail:
+    """Read one resource and its latest works; raise NotFoundError naming what exists."""
+    validate_name(kind, "kind")
+    with translate_errors(f"inspect {kind} {object_id!r}"):
+        check_schema(conn)
+        row = conn.execute(resource_sql.GET_RESOURCE, (kind, object_id)).fetchone()
+        if row is None:
+            raise NotFoundError(_not_found(conn, kind, object_id))
+        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (row[0],)).fetchall()
+    # The row is GET_RESOURCE's: RESOURCE_COLUMNS (decoded as for Resource), then the object.
+    stored = resource_from_row(row, msgspec.Raw(bytes(row[15])))
+    return ResourceDetail(
+        stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,
+        stored.generation, stored.attempt, stored.max_attempts, stored.object, stored.errors,
+        stored.tags, stored.metadata, stored.created_at, stored.updated_at,
+        stored.attempted_at, stored.synced_at, [WorkStatus(*work) for work in works],
+    )  # fmt: skip
+
+
+def _not_found(conn: psycopg.Connection, kind: str, object_id: str) -> str:
+    if conn.execute(status_sql.SELECT_KIND_EXISTS, (kind,)).fetchone() == (True,):
+        return f"no {kind} resource with id {object_id!r}"
+    kinds = [row[0] for row in conn.execute(status_sql.SELECT_RESOURCE_KINDS)]
+    stored = ", ".join(kinds) if kinds else "none"
+    return f"no resources of kind {kind!r} (kinds stored: {stored})"
+
+
+def _last_error(entry: str | None) -> str:
+    if not entry:
+        return ""
+    try:
+        return _error_decoder.decode(entry).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return entry

@@ -1,0 +1,96 @@
+"""An actor's row in `delta_actor`: register, heartbeat, unregister.
+
+The row is how rescue knows an actor lives. Rescue deletes the row of an actor it declares
+dead, so a heartbeat that touches no row means this actor's claims went to others: the
+actor must stop (and be restarted) rather than go on with results that are fenced off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.db import actor_sql
+from delta_actors.errors import ActorLostError
+from delta_actors.health import ComponentHealth, log_failure
+
+logger = logging.getLogger(__name__)
+
+_health_encoder = msgspec.json.Encoder()
+
+
+async def register_actor(conn: psycopg.AsyncConnection, namespace: str, role: str) -> int:
+    """Insert this process's actor row; return its id."""
+    cur = await conn.execute(
+        actor_sql.REGISTER_ACTOR, (socket.gethostname(), os.getpid(), namespace, role)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def heartbeat(
+    pool: AsyncConnectionPool,
+    actor_id: int,
+    interval: float,
+    *,
+    fence: float | None = None,
+    health: Callable[[], list[ComponentHealth]] = list,
+) -> None:
+    """Refresh the row, and the components' `health()`, every `interval` seconds.
+
+    Raises ActorLostError when rescue deleted the row, and, with `fence`, when no heartbeat
+    has reached the database for `fence` seconds: past the rescue TTL another actor may
+    hold our claims, so we stop (cancelling our works) before that can happen. Any other
+    failure is logged and the next heartbeat tries again.
+    """
+    last_ok = time.monotonic()
+    while True:
+        raise_if_cancelling()
+        await asyncio.sleep(interval)
+        attempt_at = time.monotonic()
+        try:
+            params = {"actor": actor_id, "health": _health_encoder.encode(health()).decode()}
+            async with asyncio.timeout(max(interval, 1.0)):
+                async with pool.connection() as conn:
+                    cur = await conn.execute(actor_sql.HEARTBEAT_ACTOR, params)
+                    alive = cur.rowcount == 1
+        except Exception as exc:
+            silent = time.monotonic() - last_ok
+            log_failure(
+                logger, f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last)",
+                exc, "actor.heartbeat_failed",
+            )  # fmt: skip
+            if fence is not None and silent > fence:
+                raise ActorLostError(
+                    f"actor {actor_id} could not heartbeat for {silent:.1f}s; stopping "
+                    "before rescue hands its works to another actor"
+                ) from exc
+            continue
+        if not alive:
+            raise ActorLostError(
+                f"actor {actor_id} was declared dead by rescue (a pause longer than the "
+                "heartbeat TTL?); stopping so that it restarts"
+            )
+        last_ok = attempt_at
+
+
+async def unregister_actor(pool: AsyncConnectionPool, actor_id: int) -> None:
+    """Delete the row; a failure is logged (rescue cleans up after a dead row)."""
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(actor_sql.UNREGISTER_ACTOR, (actor_id,))
+    except (psycopg.Error, OSError) as exc:
+        logger.warning(
+            "unregistering actor %d failed: %s", actor_id, exc,
+            extra={"event": "actor.unregister_failed"},
+        )  # fmt: skip

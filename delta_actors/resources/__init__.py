@@ -1,0 +1,1 @@
+"""The controller pattern: store informed objects, reconcile them, run informers."""

@@ -1,0 +1,228 @@
+"""Informer scheduling: each controller's `inform` runs on its interval, one at a time.
+
+Only the leader runs informers, so at most one run per kind happens across the cluster;
+every write that a stale leader could get wrong (starting a run, advancing the cursor,
+tombstones) is fenced on the leader's term in SQL.
+
+A run of kind K:
+1. START_INFORMER claims the due run and reads the cursor. The run is a full listing
+   (`after` None, `full` True) the first time, and every `full_interval` seconds when the
+   controller sets one; otherwise it lists changes after the cursor.
+2. The controller's `inform(InformOptions(after, full))` yields objects; they are written in
+   batches of `BATCH` through the same path as `inform_many`.
+3. Without error: the cursor advances to the newest `created_at()` the run saw, or, for
+   objects without one, to the database time at which the run started; the next run is
+   due after `inform_interval` plus up to 10% jitter. After a full listing, a controller
+   with `tombstones = True` gets every resource of K that was not listed (and not informed
+   since the run began) marked deleted.
+4. With an error: the cursor stays, what was written stays written (it is real data), and
+   the next run is due after a backoff capped at the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from datetime import datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors.app import App, ControllerRegistration
+from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.controller import InformOptions, has_informer
+from delta_actors.db import leader_sql, resource_sql
+from delta_actors.db.connection import drive_async
+from delta_actors.health import Progress, log_failure
+from delta_actors.model.object import Object
+from delta_actors.resources.store import InformParams, inform, prepare
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+FAILURE_BACKOFF = 30.0  # seconds before a failed informer runs again (at most its interval)
+
+
+class InformerScheduler:
+    """Runs the due informers of an app, as leader."""
+
+    def __init__(self, app: App, pool: AsyncConnectionPool, *, interval: float = 1.0) -> None:
+        self._app = app
+        self._pool = pool
+        self._interval = interval  # seconds between checks for due informers
+        self.informers = {
+            kind: registration
+            for kind, registration in app.controllers.items()
+            if has_informer(registration.controller)
+            and registration.controller.inform_interval is not None
+        }
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    @property
+    def interval(self) -> float:
+        """Seconds between checks for due informers."""
+        return self._interval
+
+    async def run(self, term: int, actor_id: int, progress: Progress | None = None) -> None:
+        """Start due informers every interval until cancelled (which cancels the runs).
+
+        Survives any Exception (logged, tried again next interval); each check that went
+        through is progress. Runs are tasks this scheduler owns: they record their own
+        failures (`_run_informer_task`), and cancelling the scheduler cancels them.
+        """
+        progress = progress or Progress("informers", self._interval)
+        added = False
+        try:
+            while True:
+                try:
+                    async with progress.deadline():
+                        if not added:
+                            async with self._pool.connection() as conn:
+                                await conn.execute(
+                                    leader_sql.ADD_INFORMERS, (list(self.informers),)
+                                )
+                            added = True
+                        await self.start_due(term, actor_id)
+                except Exception as exc:  # noqa: BLE001 (scheduling goes on; logged)
+                    progress.failed(exc)
+                    log_failure(logger, "scheduling informers failed", exc, "informers.error")
+                else:
+                    progress.ok()
+                raise_if_cancelling()
+                await asyncio.sleep(self._interval)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+            self._running.clear()
+
+    async def start_due(self, term: int, actor_id: int) -> list[str]:
+        """Start a run for each due informer that is not running; return their kinds."""
+        self._running = {k: t for k, t in self._running.items() if not t.done()}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(leader_sql.SELECT_INFORMERS, (list(self.informers),))
+            due = [kind for kind, _, is_due in await cur.fetchall() if is_due]
+        started = []
+        for kind in due:
+            if kind in self._running:
+                continue
+            self._running[kind] = asyncio.create_task(
+                self._run_informer_task(kind, term, actor_id), name=f"leader:inform:{kind}"
+            )
+            started.append(kind)
+        return started
+
+    async def _run_informer_task(self, kind: str, term: int, actor_id: int) -> None:
+        # The owner of one run: whatever ends it is logged here, never left for the
+        # event loop to find as an unretrieved task exception. A run that fails in our
+        # own statements (the connection lost at START or FINISH) has not advanced its
+        # cursor; it is due again at the next check.
+        try:
+            await self.run_informer(kind, term, actor_id)
+        except Exception as exc:  # noqa: BLE001 (reported; the next check retries)
+            log_failure(logger, f"informer {kind} run failed", exc, "informer.error")
+
+    async def run_informer(self, kind: str, term: int, actor_id: int) -> dict[str, Any]:
+        """Run one informer now if it is due and we lead; return what it did."""
+        registration = self.informers[kind]
+        fence = {"kind": kind, "term": term, "actor": actor_id}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(leader_sql.START_INFORMER, fence)
+            row = await cur.fetchone()
+        if row is None:
+            return {"kind": kind, "ran": False}
+        cursor, started_at, last_full_at = row
+        full = cursor is None or _full_due(
+            registration.controller.full_interval, last_full_at, started_at
+        )
+        options = InformOptions(after=None if full else cursor, full=full)
+        written = 0
+        listed: list[str] = []
+        newest: datetime | None = None
+        batch: list[Object] = []
+        try:
+            async for obj in registration.controller.inform(options):
+                batch.append(obj)
+                if options.full:
+                    listed.append(obj.id())
+                created = obj.created_at()
+                if created is not None and (newest is None or created > newest):
+                    newest = created
+                if len(batch) >= BATCH:
+                    written += await self._write(registration, batch)
+                    batch = []
+            if batch:
+                written += await self._write(registration, batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 (an informer's SystemExit is its failure too)
+            # What was listed before the failure is real data: keep it.
+            if batch:
+                try:
+                    written += await self._write(registration, batch)
+                except Exception as write_exc:  # noqa: BLE001 (the run's failure is recorded next)
+                    log_failure(
+                        logger, "writing the informer's last batch failed", write_exc,
+                        "informer.write_failed",
+                    )  # fmt: skip
+            await self._failed(kind, registration, written, exc)
+            return {"kind": kind, "ran": True, "error": str(exc), "objects": written}
+        tombstoned = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            if options.full and registration.controller.tombstones:
+                cur = await conn.execute(
+                    resource_sql.TOMBSTONE_UNLISTED,
+                    {**fence, "started": started_at, "listed": listed},
+                )
+                tombstoned = len(await cur.fetchall())
+            await conn.execute(
+                leader_sql.FINISH_INFORMER,
+                {**fence, "cursor": newest or started_at, "objects": written, "full": full,
+                 "next_in": _jittered(registration.controller.inform_interval)},
+            )  # fmt: skip
+        if written or tombstoned:
+            logger.info(
+                "informer %s listed %d objects%s", kind, written,
+                f", {tombstoned} tombstoned" if tombstoned else "",
+                extra={"event": "informer.ran", "kind": kind, "objects": written},
+            )  # fmt: skip
+        return {"kind": kind, "ran": True, "objects": written, "tombstoned": tombstoned}
+
+    async def _write(self, registration: ControllerRegistration, batch: list[Object]) -> int:
+        params = InformParams(namespace=registration.namespace)
+        items = prepare(batch, params, self._app)
+        async with self._pool.connection() as conn, conn.transaction():
+            await drive_async(conn, inform(items, params))
+        return len(items)
+
+    async def _failed(
+        self, kind: str, registration: ControllerRegistration, written: int, exc: BaseException
+    ) -> None:
+        interval = registration.controller.inform_interval or FAILURE_BACKOFF
+        logger.error(
+            "informer %s failed after %d objects; its cursor stays: %s", kind, written, exc,
+            extra={"event": "informer.failed", "kind": kind},
+        )  # fmt: skip
+        message = "".join(traceback.format_exception(exc))[-4000:]
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    leader_sql.FAIL_INFORMER,
+                    {"kind": kind, "error": message, "objects": written,
+                     "next_in": min(FAILURE_BACKOFF, interval)},
+                )  # fmt: skip
+        except Exception as db_exc:  # noqa: BLE001 (the failure is logged above already)
+            log_failure(logger, "recording the informer failure failed", db_exc, "informer.error")
+
+
+def _full_due(interval: float | None, last_full: datetime | None, now: datetime) -> bool:
+    if interval is None:
+        return False
+    return last_full is None or (now - last_full).total_seconds() >= interval
+
+
+def _jittered(interval: float | None) -> float:
+    base = interval or 3600.0
+    return base * (1 + random.uniform(0, 0.1))  # noqa: S311 (jitter, not security)

@@ -1,0 +1,162 @@
+"""Running one resource work: the controller's `work` and its outcome.
+
+Outcomes (invariant 5 of docs/architecture.md) and what COMPLETE_WORKS makes of them, when the
+resource's generation is still the one the work saw:
+
+    return                      -> synced
+    raise Requeue(after=d)      -> scheduled, a new work after d s, no failure counted
+    raise Delete(reason)        -> deleted
+    raise PermanentError(...)   -> degraded
+    raise Cancel(...)           -> a failure like any other, its message naming the fix
+                                   (Cancel is for plain jobs)
+    any other exception/timeout -> failed, attempt + 1, a new work after the retry delay;
+                                   degraded once attempt reaches max_attempts
+    no controller for the kind  -> left as it is, offered again later (reported)
+    stop deadline               -> left as it is, a new work at once (not counted)
+
+The work's job row always finishes; follow-ups are new queued works, folded into any
+that an inform queued meanwhile. A newer generation keeps its own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State, resource_from_row
+from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
+from delta_actors.queue.completer import WorkResult
+from delta_actors.queue.runner import (
+    UNKNOWN_KIND_DELAY,
+    Claim,
+    ClaimRunner,
+    HandlerTimeout,
+    error_entry,
+    unknown_kind_message,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Reconciler(ClaimRunner):
+    """Runs resource works and maps their outcomes to WorkResults."""
+
+    async def run(self, claim: Claim) -> WorkResult:
+        """Run one claimed resource work and return what to write."""
+        row = claim.resource
+        if row is None:
+            # The resource row is gone (cleaned up): nothing to reconcile.
+            self._stats.cancelled += 1
+            return WorkResult(claim.id, claim.attempt, 0, JobState.CANCELLED, None)
+        generation, attempt = row[5], row[6]
+        registration = self._app.controllers.get(claim.kind)
+        if registration is None:
+            self._stats.unknown_kind += 1
+            message = unknown_kind_message("kind", claim.kind, self._app.controllers)
+            logger.error(
+                message, extra={"event": "work.unknown_kind", "resource_id": claim.resource_id}
+            )
+            return WorkResult(
+                claim.id, claim.attempt, generation, JobState.CANCELLED, None,
+                delay=UNKNOWN_KIND_DELAY, error=error_entry(attempt, None, message),
+            )  # fmt: skip
+        try:
+            obj = registration.decoder.decode(row[15])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message = (
+                f"stored object of {claim.kind} {row[2]!r} no longer decodes into "
+                f"{registration.object_type.__qualname__}: {exc}"
+            )
+            return self._failed(claim, generation, attempt, exc, message)
+        resource = resource_from_row(row, obj)
+        try:
+            await self._invoker.invoke(
+                claim, registration.controller.work, resource,
+                is_async=registration.is_async, timeout=registration.timeout,
+            )  # fmt: skip
+        except Requeue as outcome:
+            self._stats.snoozed += 1
+            return WorkResult(
+                claim.id, claim.attempt, generation, JobState.COMPLETED, State.SCHEDULED,
+                delay=outcome.after,
+            )  # fmt: skip
+        except Delete as outcome:
+            self._stats.deleted += 1
+            return WorkResult(
+                claim.id, claim.attempt, generation, JobState.COMPLETED, State.DELETED,
+                error=error_entry(attempt, None, f"deleted: {outcome.reason}")
+                if outcome.reason
+                else None,
+            )  # fmt: skip
+        except Cancel as exc:
+            # Cancel stops a plain job; a resource is not a job to cancel. A mistake in
+            # the controller, so an ordinary failure (retried, then degraded), and said.
+            message = (
+                f"delta.Cancel({exc.reason!r}) raised from a controller's work: Cancel is for "
+                "plain jobs; raise delta.PermanentError to degrade the resource, or "
+                "delta.Delete to delete it"
+            )
+            logger.error(
+                "%s %s: %s", claim.kind, row[2], message,
+                extra={"event": "work.cancel_misused", "resource_id": claim.resource_id},
+            )  # fmt: skip
+            return self._failed(claim, generation, attempt, exc, message)
+        except PermanentError as exc:
+            self._stats.discarded += 1
+            message = f"permanent error: {exc}"
+            logger.warning(
+                "%s %s degraded: %s", claim.kind, row[2], message,
+                extra={"event": "work.degraded", "resource_id": claim.resource_id},
+            )  # fmt: skip
+            return WorkResult(
+                claim.id, claim.attempt, generation, JobState.DISCARDED, State.DEGRADED,
+                error=error_entry(attempt + 1, exc, message),
+            )  # fmt: skip
+        except HandlerTimeout as exc:
+            return self._failed(claim, generation, attempt, exc, str(exc))
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # GeneratorExit: see Worker._run_job
+        except BaseException as exc:  # noqa: BLE001 (a controller's SystemExit is a failure)
+            return self._failed(claim, generation, attempt, exc)
+        self._stats.completed += 1
+        return WorkResult(claim.id, claim.attempt, generation, JobState.COMPLETED, State.SYNCED)
+
+    def _failed(
+        self,
+        claim: Claim,
+        generation: int,
+        attempt: int,
+        exc: BaseException,
+        message: str | None = None,
+    ) -> WorkResult:
+        self._stats.failed += 1
+        delay = self._retry_policy(attempt + 1)
+        logger.info(
+            "%s work of resource %s failed (attempt %d): %s",
+            claim.kind, claim.resource_id, attempt + 1, message or exc,
+            extra={"event": "work.failed", "resource_id": claim.resource_id},
+        )  # fmt: skip
+        return WorkResult(
+            claim.id, claim.attempt, generation, JobState.DISCARDED, State.FAILED,
+            count_attempt=True, delay=delay, error=error_entry(attempt + 1, exc, message),
+        )  # fmt: skip
+
+    def escaped(self, claim: Claim, exc: BaseException) -> WorkResult:
+        """The result for a work that `exc` ended outside run() (see Worker._run_job)."""
+        row = claim.resource
+        assert row is not None  # run() returns before user code for a vanished row
+        return self._failed(claim, row[5], row[6], exc)
+
+    @staticmethod
+    def hand_back(claim: Claim) -> WorkResult:
+        """The result for a work cancelled at the stop deadline: a new work, not counted."""
+        generation = claim.resource[5] if claim.resource is not None else 0
+        return Reconciler.give_back(claim.id, claim.attempt, generation)
+
+    @staticmethod
+    def give_back(job_id: int, attempt: int, generation: int) -> WorkResult:
+        """A claimed work that did not run: its row cancelled, a new work queued, uncounted."""
+        return WorkResult(job_id, attempt, generation, JobState.CANCELLED, None, delay=0.0)

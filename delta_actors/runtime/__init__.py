@@ -1,0 +1,1 @@
+"""The processes: supervisor, actors, their pipe protocol, the worker, metrics."""

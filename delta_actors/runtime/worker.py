@@ -1,0 +1,463 @@
+"""The worker: runs the jobs and resource works of one namespace on one event loop.
+
+Components (each a named task in one TaskGroup; the first to fail stops the worker):
+- listener: LISTEN/NOTIFY wake-ups for the namespace;
+- producer: claims jobs, at most the free slots, one claim in flight at a time, on a
+  connection of its own where the claim's plan is made once (see queue/claimer.py);
+- completer: writes results in fenced batches;
+- scheduler (optional): promotes due scheduled/retryable jobs;
+- heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
+  when the row is gone (rescued) or no heartbeat got through for most of the rescue TTL,
+  it cancels every running job and fails the worker: its claims are, or soon will be,
+  another actor's, and two runs of one resource must never overlap;
+- deadline watch: cancels runs that exceed their kind's timeout (a failed attempt).
+Job runs are tasks outside the group: a job failing is an outcome, not a worker failure.
+
+Slots and wake-ups: `max_workers` slots. The producer sleeps on one event, set by a
+notification, by a freed slot when the last claim filled every slot it asked for (more
+work may wait), or by the poll timer. Wake-ups arriving while a claim is in flight fold
+into the next claim, so claims batch themselves under load and cost one round trip at
+rest. A slot frees when its result is queued for the completer, which pushes back when
+its backlog is full.
+
+Lost replies: a claim commits but its reply can be lost with the connection (PostgreSQL
+restarted, backend terminated). The rows are then `running` under this live actor, which
+does not know them, and rescue never comes because the actor heartbeats on. So after a
+failed claim, before claiming again (no claim is in flight then), the producer looks up
+the claims the table says this actor holds; those neither running here nor waiting in the
+completer are handed back, uncounted (works: a cancelled row and a follow-up work).
+
+Stopping (`stop(timeout)`): claim no more (the claim in flight completes), let running
+jobs finish until the deadline, cancel the rest and hand their claims back without
+counting an attempt, write every result, then unregister. A sync handler cannot be
+interrupted: its claim is handed back all the same and its late result is fenced off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from delta_actors.app import App
+from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.db import actor_sql, job_sql
+from delta_actors.db.connection import connect_async, make_async_pool, translate_errors
+from delta_actors.db.migrations import check_schema_async
+from delta_actors.errors import ActorLostError
+from delta_actors.health import ComponentHealth, Progress, log_failure
+from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
+from delta_actors.queue.claimer import Claimer
+from delta_actors.queue.completer import Completer, Result
+from delta_actors.queue.listener import Listener
+from delta_actors.queue.promoter import Scheduler
+from delta_actors.queue.retry import retry_delay
+from delta_actors.queue.runner import Claim, Invoker, JobRunner, WorkerStats
+from delta_actors.resources.reconciler import Reconciler
+from delta_actors.runtime.metrics import Recorder
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Claims and runs the jobs of one namespace.
+
+    Args:
+        app: the handlers to run.
+        dsn: the database.
+        namespace: the queue this worker serves.
+        max_workers: jobs run at once; defaults to the namespace's `max_workers`.
+        poll_interval: seconds between claims when no notification arrives.
+        actor_id: the `delta_actor` row this worker claims as; None registers a new one.
+        run_scheduler: promote due jobs from this worker (the leader does it in a cluster).
+        heartbeat_interval: seconds between heartbeats of the actor row.
+        rescue_ttl: the leader's rescue TTL; a worker that cannot heartbeat for most of it
+            stops (ActorLostError) before its claims can be rescued and run elsewhere.
+        retry_policy: attempt number -> seconds before the next attempt after a failure.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        dsn: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_workers: int | None = None,
+        poll_interval: float = 1.0,
+        actor_id: int | None = None,
+        run_scheduler: bool = True,
+        heartbeat_interval: float = 2.0,
+        rescue_ttl: float = 10.0,
+        retry_policy: Callable[[int], float] = retry_delay,
+    ) -> None:
+        self._app = app
+        self._dsn = dsn
+        self.namespace = namespace
+        self.max_workers = max_workers or app.namespace(namespace).max_workers
+        self._poll_interval = poll_interval
+        self.actor_id = actor_id
+        self._owns_actor = actor_id is None
+        self._heartbeat_interval = heartbeat_interval
+        # Detection takes up to an interval plus an attempt's timeout; keep a second spare.
+        fence = rescue_ttl - heartbeat_interval - max(heartbeat_interval, 1.0) - 1.0
+        self._fence = max(fence, heartbeat_interval)
+        self._retry_policy = retry_policy
+        self.stats = WorkerStats()
+        self.recorder = Recorder()
+        self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
+        self._scheduler = Scheduler(self._pool) if run_scheduler else None
+        self.progress = {
+            "claims": Progress(
+                "claims", poll_interval,
+                is_idle=lambda: not self._claiming or len(self._running) >= self.max_workers,
+            ),
+            "results": Progress(
+                "results", 1.0,
+                is_idle=lambda: self._completer is None or self._completer.backlog == 0,
+            ),
+            "listener": Progress(
+                "listener", poll_interval,
+                is_idle=lambda: self._listener.is_listening.is_set(),  # noqa: PLW0108 (made below)
+            ),
+        }  # fmt: skip
+        self._listener = Listener(dsn, namespace, self._notified, self.progress["listener"])
+        self._claimer = Claimer(dsn, namespace)
+        self._completer: Completer | None = None
+        self._invoker: Invoker | None = None
+        self._running: dict[int, Claim] = {}
+        self._wake = asyncio.Event()
+        self._maybe_more = True
+        self._claiming = True
+        self._cancelling = False
+        self._handed_back: list[Claim] = []
+        self._replies_lost = False  # a claim failed: its rows may be ours without our knowing
+        self._main: asyncio.Task[None] | None = None
+        self._producer: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect, check the schema, register, and start claiming; returns once started."""
+        if self._main is not None:
+            return
+        action = f"start worker for namespace {self.namespace!r}"
+        # A connection of its own, not the pool's: a wrong password or a full server then
+        # fails at once with PostgreSQL's reason, instead of as a pool timeout 30 s later.
+        async with await connect_async(self._dsn, action=action) as conn:
+            with translate_errors(action, self._dsn):
+                await check_schema_async(conn)
+                if self.actor_id is None:
+                    self.actor_id = await register_actor(conn, self.namespace, "worker")
+        with translate_errors(action, self._dsn):
+            await self._pool.open(wait=True, timeout=30)
+        self._completer = Completer(
+            self._pool,
+            self.actor_id,
+            max_pending=max(64, 4 * self.max_workers),
+            on_written=self._results_written,
+            progress=self.progress["results"],
+        )
+        invoker = Invoker(self.max_workers, f"delta-{self.namespace}", lambda: self._cancelling)
+        self._invoker = invoker
+        self._jobs = JobRunner(self._app, invoker, self.stats, self._retry_policy)
+        self._works = Reconciler(self._app, invoker, self.stats, self._retry_policy)
+        self._main = asyncio.create_task(self._run_components(), name=f"worker:{self.namespace}")
+        logger.info(
+            "worker started for namespace %s with %d slots (actor %d)",
+            self.namespace, self.max_workers, self.actor_id,
+            extra={"event": "worker.started", "namespace": self.namespace},
+        )  # fmt: skip
+
+    def health(self) -> list[ComponentHealth]:
+        """Each component's progress now (health.py)."""
+        return [progress.snapshot() for progress in self.progress.values()]
+
+    async def wait_listening(self, timeout: float = 10.0) -> None:
+        """Wait until the LISTEN connection is up (tests use this to avoid racing it)."""
+        await asyncio.wait_for(self._listener.is_listening.wait(), timeout)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, finish or hand back running jobs within `timeout` s; idempotent."""
+        if self._main is None or self._stopped.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._claiming = False
+        self._wake.set()
+        if self._producer is not None:
+            # The claim in flight completes, so its jobs are known before we wait on them.
+            await asyncio.wait([self._producer], timeout=max(deadline - loop.time(), 0))
+        running = [c.task for c in self._running.values() if c.task is not None]
+        if running:
+            await asyncio.wait(running, timeout=max(deadline - loop.time(), 0))
+        leftover = [c.task for c in self._running.values() if c.task is not None]
+        if leftover:
+            self._cancelling = True
+            for task in leftover:
+                task.cancel()
+            _, stubborn = await asyncio.wait(leftover, timeout=5.0)
+            # A handler that swallows its cancellation keeps running; its claim goes
+            # back all the same and its late result is fenced off.
+            self._handed_back.extend(c for c in self._running.values() if c.task in stubborn)
+        await self._hand_back()
+        assert self._completer is not None
+        # Results get a little time past the deadline: dropping them would only make
+        # rescue run the jobs again.
+        if not await self._completer.flush(max(deadline - loop.time(), 5.0)):
+            logger.error(
+                "stopped with %d job results unwritten; rescue will run them again",
+                self._completer.backlog, extra={"event": "worker.results_lost"},
+            )  # fmt: skip
+        self._main.cancel()
+        try:
+            await self._main
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception(
+                "worker component failed before stop", extra={"event": "worker.failed"}
+            )
+        await self._unregister()
+        await self._pool.close()
+        if self._invoker is not None:
+            self._invoker.shutdown()
+        self._stopped.set()
+        logger.info(
+            "worker stopped for namespace %s", self.namespace,
+            extra={"event": "worker.stopped", "namespace": self.namespace},
+        )  # fmt: skip
+
+    async def wait_stopped(self) -> None:
+        """Wait until stop() has finished, or re-raise what made the worker fail."""
+        assert self._main is not None
+        done, _ = await asyncio.wait(
+            [self._main, asyncio.ensure_future(self._stopped.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self._main in done and not self._main.cancelled():
+            self._main.result()
+
+    async def _run_components(self) -> None:
+        assert self._completer is not None
+        name = f"worker:{self.namespace}"
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._listener.run(), name=f"{name}:listener")
+                self._producer = group.create_task(self._produce(), name=f"{name}:producer")
+                group.create_task(self._completer.run(), name=f"{name}:completer")
+                if self._owns_actor:
+                    group.create_task(self._heartbeat(), name=f"{name}:heartbeat")
+                if self._scheduler is not None:
+                    group.create_task(self._scheduler.run(), name=f"{name}:scheduler")
+                group.create_task(self._watch_deadlines(), name=f"{name}:deadlines")
+        except ExceptionGroup as group:
+            # One component failed (the others were cancelled): raise its error itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _heartbeat(self) -> None:
+        assert self.actor_id is not None
+        try:
+            await heartbeat(
+                self._pool, self.actor_id, self._heartbeat_interval, fence=self._fence,
+                health=self.health,
+            )  # fmt: skip
+        except ActorLostError:
+            # Our claims are, or are about to be, someone else's: not one more moment of them.
+            self._claiming = False
+            for claim in self._running.values():
+                if claim.task is not None:
+                    claim.task.cancel()
+            raise
+
+    # ------------------------------------------------------------------ claiming
+
+    def _notified(self) -> None:
+        self._maybe_more = True
+        self._wake.set()
+
+    async def _produce(self) -> None:
+        try:
+            await self._produce_until_stopped()
+        finally:
+            await self._claimer.close()
+
+    async def _produce_until_stopped(self) -> None:
+        while self._claiming:
+            raise_if_cancelling()
+            try:
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                self._maybe_more = True
+            self._wake.clear()
+            free = self.max_workers - len(self._running)
+            if not self._claiming or free <= 0 or not self._maybe_more:
+                continue
+            try:
+                if self._replies_lost:
+                    await self._return_unknown_claims()
+                    self._replies_lost = False
+                claims = await self._claim(free)
+            except Exception as exc:  # noqa: BLE001 (claiming goes on; logged)
+                self._replies_lost = True
+                self.stats.claim_failures += 1
+                self.progress["claims"].failed(exc)
+                log_failure(
+                    logger, "claiming jobs failed", exc, "worker.claim_failed",
+                    namespace=self.namespace,
+                )  # fmt: skip
+                await asyncio.sleep(min(self._poll_interval, 1.0))
+                continue
+            self.progress["claims"].ok()
+            self._maybe_more = len(claims) == free
+            for claim in claims:
+                self._running[claim.id] = claim
+                claim.task = asyncio.create_task(self._run_job(claim), name=f"job:{claim.id}")
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        params = {"queue": self.namespace, "limit": limit, "actor": self.actor_id}
+        rows = await self._claimer.claim(params)
+        self.stats.claims += 1
+        self.stats.claimed += len(rows)
+        return [Claim.from_row(row) for row in rows]
+
+    async def _return_unknown_claims(self) -> None:
+        """Hand back the claims the table gives this actor but this process never saw."""
+        assert self._completer is not None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(actor_sql.SELECT_CLAIMS_OF_ACTOR, (self.actor_id, 100_000))
+            rows = await cur.fetchall()
+        known = self._running.keys() | self._completer.unwritten
+        unknown = [row for row in rows if row[0] not in known]
+        if not unknown:
+            return
+        logger.warning(
+            "%d claims committed but their reply was lost; handing them back: %s",
+            len(unknown), [row[0] for row in unknown][:20],
+            extra={"event": "worker.lost_claims", "namespace": self.namespace},
+        )  # fmt: skip
+        for job_id, attempt, _, resource_id, generation in unknown:
+            if resource_id is not None:
+                await self._completer.add(Reconciler.give_back(job_id, attempt, generation))
+        jobs = [row for row in unknown if row[3] is None]
+        if jobs:
+            await self._return_jobs([row[0] for row in jobs], [row[1] for row in jobs])
+        self.stats.handed_back += len(unknown)
+
+    # ------------------------------------------------------------------ running
+
+    async def _run_job(self, claim: Claim) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            result: Result
+            if claim.resource_id is None:
+                result = await self._jobs.run(claim)
+            else:
+                result = await self._works.run(claim)
+        except asyncio.CancelledError:
+            if not self._cancelling:
+                raise
+            # Cancelled at the stop deadline: hand the claim back (see stop()).
+            self._handed_back.append(claim)
+            self._running.pop(claim.id, None)
+            return
+        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+            # A GeneratorExit raised by a handler, or thrown into this task through a
+            # future it awaited (a plain def's thread), closes the runner's frames: they
+            # cannot return a result. The claim still fails, counted once.
+            runner = self._jobs if claim.resource_id is None else self._works
+            result = runner.escaped(claim, exc)
+        self.recorder.observe(claim.kind, result, loop.time() - started)
+        assert self._completer is not None
+        try:
+            await self._completer.add(result)
+        finally:
+            self._running.pop(claim.id, None)
+            if self._maybe_more:
+                self._wake.set()
+
+    def _results_written(self, results: list[Result], stale: set[int]) -> None:
+        if stale:
+            self.stats.stale += len(stale)
+            logger.warning(
+                "%d job results were stale (claim rescued or handed back meanwhile): %s",
+                len(stale), sorted(stale)[:20], extra={"event": "worker.stale_results"},
+            )  # fmt: skip
+        if self._scheduler is not None and any(
+            r.delay is not None and 0 < r.delay < 1.0 for r in results
+        ):
+            self._scheduler.poke()
+        if any(r.delay is not None and r.delay <= 0 for r in results):
+            self._notified()
+
+    async def _watch_deadlines(self) -> None:
+        # One periodic sweep instead of a timer per job: per-job timers cost more than
+        # a no-op job itself. Precision is a quarter of the shortest timeout.
+        shortest = min((r.timeout for r in self._app.jobs.values()), default=60.0)
+        interval = min(1.0, max(0.01, shortest / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for claim in self._running.values():
+                if claim.deadline <= now and not claim.timed_out and claim.task is not None:
+                    claim.timed_out = True
+                    claim.task.cancel()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    async def _hand_back(self) -> None:
+        handed_back, self._handed_back = self._handed_back, []
+        assert self._completer is not None
+        for claim in handed_back:
+            if claim.resource_id is not None:
+                # A work's job row never goes back to the queue (see COMPLETE_WORKS).
+                await self._completer.add(Reconciler.hand_back(claim))
+                self.stats.handed_back += 1
+        claims = [c for c in handed_back if c.resource_id is None]
+        if not claims:
+            return
+        try:
+            returned = await self._return_jobs([c.id for c in claims], [c.attempt for c in claims])
+        except (psycopg.Error, OSError) as exc:
+            logger.error(
+                "handing back %d claims failed, rescue will return them: %s", len(claims), exc,
+                extra={"event": "worker.hand_back_failed"},
+            )  # fmt: skip
+            return
+        self.stats.handed_back += returned
+        logger.info(
+            "handed back %d unfinished jobs", returned, extra={"event": "worker.handed_back"}
+        )
+
+    async def _return_jobs(self, ids: list[int], attempts: list[int]) -> int:
+        """Make claimed plain jobs available again, uncounted; return how many were."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(job_sql.HAND_BACK_JOBS, (ids, attempts, self.actor_id))
+            return len(await cur.fetchall())
+
+    async def queue_depth(self) -> tuple[int, float]:
+        """Return the namespace's available jobs (capped at 100,000) and the oldest's wait."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(job_sql.COUNT_AVAILABLE_JOBS, {"queue": self.namespace})
+            row = await cur.fetchone()
+        return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
+
+    async def _unregister(self) -> None:
+        if self._owns_actor and self.actor_id is not None:
+            await unregister_actor(self._pool, self.actor_id)
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
