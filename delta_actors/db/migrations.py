@@ -52,6 +52,10 @@ def migrations() -> tuple[Migration, ...]:
         if match is None:
             raise SchemaError(f"migration file {path} is not named NNNN_description.sql")
         found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    if not found:
+        # An install without its migrations would otherwise look like a schema at
+        # version 0 that needs nothing, and every command would fail later, obscurely.
+        raise SchemaError(f"no migrations found in {folder}: the installation is incomplete")
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise SchemaError(f"migrations in {folder} are not numbered 1..n without gaps: {versions}")

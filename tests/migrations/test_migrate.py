@@ -272,3 +272,17 @@ def test_cli_migrate_without_a_dsn_is_a_usage_error(monkeypatch):
     assert result.returncode == 2
     assert "--dsn" in result.stderr
     assert "DELTA_DATABASE_URL" in result.stderr
+
+
+def test_an_install_without_its_migrations_is_refused_not_taken_for_version_0(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(migrations, "_migrations_dir", lambda: tmp_path)
+    migrations.migrations.cache_clear()
+    try:
+        with pytest.raises(SchemaError, match=r"no migrations found .* incomplete"):
+            migrations.migrations()
+    finally:
+        monkeypatch.undo()
+        migrations.migrations.cache_clear()
+    assert migrations.required_version() >= 7
