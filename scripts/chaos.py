@@ -102,7 +102,7 @@ RECORD_PROBE_RUN = (
     " ON CONFLICT (run) DO NOTHING"
 )
 # One sample: the lease, the newest informer run, and the most overdue job that waits
-# for promotion (scheduled or retryable, due, not yet available: the leader's Scheduler).
+# for promotion (scheduled or retryable, due, not yet available: the leader's Promoter).
 SAMPLE_LIVENESS = """
 SELECT l.actor_id, l.term, l.expires_at > now(),
        (SELECT max(started_at) FROM chaos_informer_run),

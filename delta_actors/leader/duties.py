@@ -5,7 +5,7 @@ through a lease in Postgres (election.py). Only while it leads does an actor run
 duties, each a loop with its own interval (maintenance.py, resources/informers.py):
 
 - informers: each controller's `inform` on its interval, one run at a time;
-- scheduler: promotes due scheduled and retryable jobs;
+- promoter: promotes due scheduled and retryable jobs;
 - rescuer: returns the claims of dead actors to work, within the heartbeat TTL;
 - expirer: re-works synced resources past their namespace's `resource_expiry`;
 - cleaner: deletes finished jobs and deleted resources past their retention.
@@ -44,7 +44,7 @@ from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.leader.election import Elector
 from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer, run_periodically
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
-from delta_actors.queue.promoter import Scheduler
+from delta_actors.queue.promoter import Promoter
 from delta_actors.resources.informers import InformerScheduler
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Leader:
             "margin": lease_ttl * 2 / 15,
         }
         self._pool = make_async_pool(dsn, min_size=1, max_size=4, name="delta-leader")
-        self.scheduler = Scheduler(self._pool)
+        self.promoter = Promoter(self._pool)
         self.rescuer = Rescuer(self._pool, ttl=rescue_ttl)
         self.expirer = Expirer(app, self._pool)
         self.cleaner = Cleaner(app, self._pool)
@@ -110,8 +110,8 @@ class Leader:
 
             return Duty(name, progress, loop)
 
-        scheduler = Progress("scheduler", self.scheduler.interval)
-        duties = [Duty("scheduler", scheduler, lambda term, actor: self.scheduler.run(scheduler))]
+        promoter = Progress("promoter", self.promoter.interval)
+        duties = [Duty("promoter", promoter, lambda term, actor: self.promoter.run(promoter))]
         if self.informers.informers:
             informers = Progress("informers", self.informers.interval)
             duties.append(

@@ -1,4 +1,4 @@
-"""The metaclass behind `delta.Job` (and later `delta.Object`): a msgspec Struct with a kind.
+"""The metaclass behind `delta.Job` and `delta.Object`: a msgspec Struct with a kind.
 
 A kind is a class-level constant given once as a class keyword, `class X(delta.Job,
 kind="x")`. It is validated when the class is created, so a bad name fails at import time

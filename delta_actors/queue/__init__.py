@@ -2,7 +2,7 @@
 
 Job states (River's), and who moves a job between them::
 
-    insert ──► available ◄──── promote (scheduler) ◄── scheduled / retryable
+    insert ──► available ◄──── promote (promoter) ◄── scheduled / retryable
                   │  ▲
           claim   │  │ hand back (stopping worker; no attempt counted)
                   ▼  │

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 PROMOTE_BATCH = 1000
 
 
-class Scheduler:
+class Promoter:
     """Makes due jobs available; one loop per process that runs it."""
 
     def __init__(self, pool: AsyncConnectionPool, *, interval: float = 1.0) -> None:
@@ -62,7 +62,7 @@ class Scheduler:
 
     async def run(self, progress: Progress | None = None) -> None:
         """Promote due jobs until cancelled; survives any Exception (logged, retried)."""
-        progress = progress or Progress("scheduler", self._interval)
+        progress = progress or Progress("promoter", self._interval)
         while True:
             self._poked.clear()
             wait = self._interval
@@ -78,7 +78,7 @@ class Scheduler:
                     wait = min(wait, max(due_in, 0.001))
             except Exception as exc:  # noqa: BLE001 (promotion must go on; logged)
                 progress.failed(exc)
-                log_failure(logger, "promoting due jobs failed", exc, "scheduler.error")
+                log_failure(logger, "promoting due jobs failed", exc, "promoter.error")
             else:
                 progress.ok()
             raise_if_cancelling()

@@ -5,7 +5,7 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
 - producer: claims jobs, at most the free slots, one claim in flight at a time, on a
   connection of its own where the claim's plan is made once (see queue/claimer.py);
 - completer: writes results in fenced batches;
-- scheduler (optional): promotes due scheduled/retryable jobs;
+- promoter (optional, `run_scheduler`): promotes due scheduled/retryable jobs;
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
   when the row is gone (rescued) or no heartbeat got through for most of the rescue TTL,
   it cancels every running job and fails the worker: its claims are, or soon will be,
@@ -54,7 +54,7 @@ from delta_actors.queue.actors import heartbeat, register_actor, unregister_acto
 from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer, Result
 from delta_actors.queue.listener import Listener
-from delta_actors.queue.promoter import Scheduler
+from delta_actors.queue.promoter import Promoter
 from delta_actors.queue.retry import retry_delay
 from delta_actors.queue.runner import Claim, Invoker, JobRunner, WorkerStats
 from delta_actors.resources.reconciler import Reconciler
@@ -109,7 +109,7 @@ class Worker:
         self.stats = WorkerStats()
         self.recorder = Recorder()
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
-        self._scheduler = Scheduler(self._pool) if run_scheduler else None
+        self._promoter = Promoter(self._pool) if run_scheduler else None
         self.progress = {
             "claims": Progress(
                 "claims", poll_interval,
@@ -252,8 +252,8 @@ class Worker:
                 group.create_task(self._completer.run(), name=f"{name}:completer")
                 if self._owns_actor:
                     group.create_task(self._heartbeat(), name=f"{name}:heartbeat")
-                if self._scheduler is not None:
-                    group.create_task(self._scheduler.run(), name=f"{name}:scheduler")
+                if self._promoter is not None:
+                    group.create_task(self._promoter.run(), name=f"{name}:promoter")
                 group.create_task(self._watch_deadlines(), name=f"{name}:deadlines")
         except ExceptionGroup as group:
             # One component failed (the others were cancelled): raise its error itself.
@@ -391,10 +391,10 @@ class Worker:
                 "%d job results were stale (claim rescued or handed back meanwhile): %s",
                 len(stale), sorted(stale)[:20], extra={"event": "worker.stale_results"},
             )  # fmt: skip
-        if self._scheduler is not None and any(
+        if self._promoter is not None and any(
             r.delay is not None and 0 < r.delay < 1.0 for r in results
         ):
-            self._scheduler.poke()
+            self._promoter.poke()
         if any(r.delay is not None and r.delay <= 0 for r in results):
             self._notified()
 

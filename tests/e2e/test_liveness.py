@@ -133,7 +133,7 @@ def test_every_component_recovers_after_its_connections_are_killed_for_seconds(s
         stalled = {n: h for n, h in health.items() if h["since_progress"] > h["stall_after"]}
         assert not stalled, f"actor {actor_id} still stalled: {json.dumps(stalled)}"
     _, leader_health = _health(dsn, leader_actor)
-    assert {"scheduler", "informers", "rescuer", "expirer", "cleaner"} <= set(leader_health)
+    assert {"promoter", "informers", "rescuer", "expirer", "cleaner"} <= set(leader_health)
     assert all(h["restarts"] == 0 for h in leader_health.values()), leader_health
     assert "was never retrieved" not in process.log
 

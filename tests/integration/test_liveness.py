@@ -93,14 +93,14 @@ async def test_a_crashed_duty_is_restarted_with_its_traceback_and_the_others_kee
 ):
     monkeypatch.setattr(leader_module, "RESTART_DELAYS", (0.05, 0.2))
     leader = make_leader(dsn, rescuer=0.1)
-    real_run = leader.scheduler.run
+    real_run = leader.promoter.run
     crashes = 0
 
     async def crashing_run(progress: Progress | None = None) -> None:
         nonlocal crashes
         if crashes < 2:
             crashes += 1
-            raise RuntimeError(f"injected scheduler crash {crashes}")
+            raise RuntimeError(f"injected promoter crash {crashes}")
         await real_run(progress)
 
     rescuer_passes = 0
@@ -111,7 +111,7 @@ async def test_a_crashed_duty_is_restarted_with_its_traceback_and_the_others_kee
         rescuer_passes += 1
         return await real_rescue()
 
-    leader.scheduler.run = crashing_run  # type: ignore[method-assign]
+    leader.promoter.run = crashing_run  # type: ignore[method-assign]
     leader.rescuer.run_once = counting_rescue  # type: ignore[method-assign]
     caplog.set_level(logging.ERROR, logger="delta_actors.leader.duties")
     await started_leader(dsn, leader)
@@ -124,21 +124,21 @@ async def test_a_crashed_duty_is_restarted_with_its_traceback_and_the_others_kee
             await wait_until_async(
                 lambda: count(dsn, "SELECT count(*) FROM delta_job WHERE id = %s AND "
                           "state = 'available'", job.id),
-                5, "the restarted scheduler to promote the due job",
+                5, "the restarted promoter to promote the due job",
             )  # fmt: skip
         finally:
             await client.close()
         await wait_until_async(
             lambda: rescuer_passes > passes_before + 3, 3, "the rescuer to keep going"
         )
-        scheduler = progress_of(leader, "scheduler")
-        assert scheduler.restarts == 2
-        assert scheduler.crashes_in_a_row == 0, "progress after the restart resets the count"
+        promoter = progress_of(leader, "promoter")
+        assert promoter.restarts == 2
+        assert promoter.crashes_in_a_row == 0, "progress after the restart resets the count"
         assert leader.is_leader, "two crashes must not make the leader resign"
-        logged = [r for r in caplog.records if "leader duty scheduler crashed" in r.getMessage()]
+        logged = [r for r in caplog.records if "leader duty promoter crashed" in r.getMessage()]
         assert len(logged) == 2
         assert all(r.exc_info is not None for r in logged), "crashes logged without traceback"
-        assert "injected scheduler crash 2" in logged[-1].getMessage()
+        assert "injected promoter crash 2" in logged[-1].getMessage()
     finally:
         await leader.stop()
 
@@ -177,13 +177,13 @@ async def test_a_duty_that_keeps_crashing_makes_the_leader_step_down_and_sit_out
     async def always_crashing(progress: Progress | None = None) -> None:
         raise RuntimeError("broken for good")
 
-    leader.scheduler.run = always_crashing  # type: ignore[method-assign]
+    leader.promoter.run = always_crashing  # type: ignore[method-assign]
     await leader.start()
     try:
         await wait_until_async(lambda: leader.terms_lost == 1, 10, "the leader to step down")
         stepped_down_at = time.monotonic()
         assert not leader.is_leader
-        crashes = progress_of(leader, "scheduler").crashes_in_a_row
+        crashes = progress_of(leader, "promoter").crashes_in_a_row
         assert crashes == leader_module.RESIGN_AFTER_CRASHES
         # The lease was resigned (expired in the row), not left to lapse.
         await wait_until_async(
@@ -234,7 +234,7 @@ async def test_every_duty_recovers_after_its_pool_connections_are_killed(dsn):
         await wait_until_async(
             lambda: count(dsn, "SELECT count(*) FROM delta_job WHERE id = %s "
                       "AND state = 'available'", due.id),
-            5, "the scheduler to promote the due job",
+            5, "the promoter to promote the due job",
         )  # fmt: skip
         await wait_until_async(
             lambda: any(at > kills_ended for at in ProbeController.runs), 5, "an informer run"
@@ -264,7 +264,7 @@ async def test_leader_health_reaches_status_and_a_stall_shows(dsn):
             status = read_status(conn)
         (actor,) = status.actors
         assert {h.name for h in actor.health} == {
-            "scheduler",
+            "promoter",
             "informers",
             "rescuer",
             "expirer",
