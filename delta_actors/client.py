@@ -30,13 +30,14 @@ from delta_actors.db.connection import (
     translate_errors,
 )
 from delta_actors.db.migrations import check_schema, check_schema_async
+from delta_actors.db.resource_sql import StoredRow
 from delta_actors.errors import ConfigError, DecodeError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobRow, job_row
 from delta_actors.model.kinds import Kinded, kind_of
 from delta_actors.model.object import Object
-from delta_actors.model.resource import InformResult, Resource, State, resource_from_row
+from delta_actors.model.resource import InformResult, Resource, State
 from delta_actors.queue.insert import (
     InsertOptions,
     JobSpec,
@@ -62,17 +63,18 @@ def _inform_params(
     )
 
 
-def _resource(object_type: type[T], row: tuple[Any, ...] | None) -> Resource[T] | None:
-    if row is None:
+def _resource(object_type: type[T], values: tuple[Any, ...] | None) -> Resource[T] | None:
+    if values is None:
         return None
+    row = StoredRow(*values)
     try:
-        obj = msgspec.json.decode(row[15], type=object_type)
+        obj = msgspec.json.decode(row.object, type=object_type)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise DecodeError(
-            f"stored {row[1]} {row[2]!r} no longer decodes into {object_type.__qualname__} "
-            f"({exc}); inform a current object to replace it"
+            f"stored {row.kind} {row.object_id!r} no longer decodes into "
+            f"{object_type.__qualname__} ({exc}); inform a current object to replace it"
         ) from exc
-    return resource_from_row(row, obj)
+    return row.resource(obj)
 
 
 def _conninfo(pool: ConnectionPool | AsyncConnectionPool) -> str:

@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from typing import LiteralString
 
+import msgspec
+
+
+class ClaimOfActor(msgspec.Struct, frozen=True):
+    """A row of SELECT_CLAIMS_OF_ACTOR: a running job an actor holds."""
+
+    job_id: int
+    attempt: int
+    max_attempts: int
+    resource_id: int | None  # None: a plain job
+    generation: int | None  # the resource's generation, for a resource work
+
+
 REGISTER_ACTOR: LiteralString = """
 INSERT INTO delta_actor (host, pid, namespace, role) VALUES (%s, %s, %s, %s) RETURNING id
 """
@@ -36,8 +49,9 @@ LIMIT %(limit)s
 # Deleting the row first tells a paused actor that resumes that it was declared dead.
 DELETE_ACTORS: LiteralString = "DELETE FROM delta_actor WHERE id = ANY(%s)"
 
+# In the order of ClaimOfActor's fields.
 SELECT_CLAIMS_OF_ACTOR: LiteralString = """
-SELECT j.id, j.attempt, j.max_attempts, j.resource_id, r.generation
+SELECT j.id AS job_id, j.attempt, j.max_attempts, j.resource_id, r.generation
 FROM delta_job AS j
 LEFT JOIN delta_resource AS r ON r.id = j.resource_id
 WHERE j.state = 'running' AND j.claimed_by = %s

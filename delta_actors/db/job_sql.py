@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
+import msgspec
+
 from delta_actors.db.resource_sql import resource_columns
+
+
+class InsertedJob(msgspec.Struct, frozen=True):
+    """A row of INSERT_JOBS, INSERT_ONE_JOB or SELECT_LIVE_UNIQUE_JOBS, in their order."""
+
+    id: int
+    kind: str
+    queue: str
+    state: str
+    unique_key: str | None
+    notified: object = None  # INSERT_ONE_JOB's NOTIFY (void)
+
 
 # The one LISTEN/NOTIFY channel; the payload is the queue (namespace) that has work.
 JOB_CHANNEL: Final = "delta_jobs"

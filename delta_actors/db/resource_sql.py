@@ -12,11 +12,75 @@ expanded with `unnest`, so a batch of any size is one statement and one round tr
 
 from __future__ import annotations
 
-from typing import LiteralString
+from datetime import datetime
+from typing import Any, LiteralString, TypeVar
+
+import msgspec
+
+from delta_actors.model.job_row import JobError
+from delta_actors.model.resource import Resource, State
+
+T = TypeVar("T")
 
 
-# The columns of a Resource (resource.Resource's fields, `object` excepted), with `state`
-# computed: `running` while a work of the resource runs.
+class ResourceRow(msgspec.Struct, frozen=True):
+    """The columns of `resource_columns`, in their order: the one place they are named."""
+
+    id: int
+    kind: str
+    object_id: str
+    namespace: str
+    state: str  # `running` while a work of the resource runs, else the stored state
+    generation: int
+    attempt: int
+    max_attempts: int
+    errors: str | None  # a JSON array of JobError, newest last
+    tags: list[str]
+    metadata: str  # a JSON object
+    created_at: datetime
+    updated_at: datetime
+    attempted_at: datetime | None
+    synced_at: datetime | None
+
+    def resource(self, obj: T) -> Resource[T]:
+        """The Resource this row describes, holding `obj` (decoded by the caller)."""
+        errors = self.errors
+        metadata = self.metadata
+        return Resource(
+            self.id, self.kind, self.object_id, self.namespace, obj, _states[self.state],
+            self.generation, self.attempt, self.max_attempts,
+            _errors_decoder.decode(errors) if errors and errors != "[]" else [],
+            list(self.tags), _metadata_decoder.decode(metadata) if metadata != "{}" else {},
+            self.created_at, self.updated_at, self.attempted_at, self.synced_at,
+        )  # fmt: skip
+
+
+class StoredRow(ResourceRow, frozen=True):
+    """`resource_columns` and the stored object (GET_RESOURCE; a claimed work's resource)."""
+
+    object: bytes
+
+
+class InformedRow(ResourceRow, frozen=True):
+    """SELECT_STORED_RESOURCES: the columns, the content hash, the object if it compares."""
+
+    hash: bytes
+    object: bytes | None
+
+
+class WrittenRow(ResourceRow, frozen=True):
+    """WRITE_RESOURCES: the columns of a written resource, and the queues notified."""
+
+    notified: int
+
+
+_errors_decoder = msgspec.json.Decoder(list[JobError])
+_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+_states = {state.value: state for state in State}
+
+
+# The columns of a Resource (ResourceRow above: Resource's fields, `object` excepted),
+# with `state` computed: `running` while a work of the resource runs.
 def resource_columns(state: LiteralString) -> LiteralString:
     return (
         """
@@ -140,7 +204,7 @@ SELECT_STORED_RESOURCES: LiteralString = (
     """
 SELECT """
     + RESOURCE_COLUMNS
-    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END AS object
 FROM delta_resource AS r
 WHERE r.kind = ANY(%(kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
 """

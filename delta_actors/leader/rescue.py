@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from delta_actors.db import actor_sql, job_sql, resource_sql
+from delta_actors.db.actor_sql import ClaimOfActor
 from delta_actors.db.connection import Rows, Statement
 from delta_actors.model.job_row import JobState
 from delta_actors.model.resource import State
@@ -32,28 +33,29 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
     rescued = 0
     for actor_id in actor_ids:
         while True:
-            claims = yield actor_sql.SELECT_CLAIMS_OF_ACTOR, (actor_id, RESCUE_BATCH)
-            if not claims:
+            rows = yield actor_sql.SELECT_CLAIMS_OF_ACTOR, (actor_id, RESCUE_BATCH)
+            if not rows:
                 break
+            claims = [ClaimOfActor(*row) for row in rows]
             message = f"rescued: actor {actor_id} {reason}"
             jobs = [
-                _job_result(job_id, attempt, max_attempts, message)
-                for job_id, attempt, max_attempts, resource_id, _ in claims
-                if resource_id is None
+                _job_result(c.job_id, c.attempt, c.max_attempts, message)
+                for c in claims
+                if c.resource_id is None
             ]
             works = [
                 WorkResult(
-                    job_id,
-                    attempt,
-                    generation or 0,
+                    c.job_id,
+                    c.attempt,
+                    c.generation or 0,
                     JobState.DISCARDED,
                     State.FAILED,
                     count_attempt=True,
                     delay=0.0,
-                    error=error_entry(attempt, None, message),
+                    error=error_entry(c.attempt, None, message),
                 )
-                for job_id, attempt, _, resource_id, generation in claims
-                if resource_id is not None
+                for c in claims
+                if c.resource_id is not None
             ]
             if jobs:
                 rescued += len((yield job_sql.COMPLETE_JOBS, job_params(jobs, actor_id)))

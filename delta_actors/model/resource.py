@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -65,27 +64,3 @@ class InformResult(msgspec.Struct, Generic[T], frozen=True):
 
     resource: Resource[T]
     outcome: InformOutcome
-
-
-_errors_decoder = msgspec.json.Decoder(list[JobError])
-_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
-_states = {state.value: state for state in State}
-
-
-def _decode_metadata(text: str) -> dict[str, Any]:
-    """The metadata column, read as text (see resource_sql.RESOURCE_COLUMNS)."""
-    return _metadata_decoder.decode(text) if text != "{}" else {}
-
-
-def resource_from_row(row: Sequence[Any], obj: T) -> Resource[T]:
-    """Build a Resource from the 15 columns of resource_sql.RESOURCE_COLUMNS and its object."""
-    (
-        id_, kind, object_id, namespace, state, generation, attempt, max_attempts,
-        errors, tags, metadata, created_at, updated_at, attempted_at, synced_at,
-    ) = row[:15]  # fmt: skip
-    return Resource(
-        id_, kind, object_id, namespace, obj, _states[state], generation, attempt, max_attempts,
-        _errors_decoder.decode(errors) if errors and errors != "[]" else [],
-        list(tags), _decode_metadata(metadata),
-        created_at, updated_at, attempted_at, synced_at,
-    )  # fmt: skip

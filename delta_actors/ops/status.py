@@ -18,10 +18,10 @@ import psycopg
 from delta_actors.db import migration_sql, resource_sql, status_sql
 from delta_actors.db.connection import translate_errors
 from delta_actors.db.migrations import check_schema
+from delta_actors.db.resource_sql import StoredRow
 from delta_actors.health import ComponentHealth
 from delta_actors.model.job_row import JobError
 from delta_actors.model.names import validate_name
-from delta_actors.model.resource import resource_from_row
 
 RECENT_FAILURES = 10
 RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
@@ -195,9 +195,9 @@ def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> Res
         row = conn.execute(resource_sql.GET_RESOURCE, (kind, object_id)).fetchone()
         if row is None:
             raise NotFoundError(_not_found(conn, kind, object_id))
-        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (row[0],)).fetchall()
-    # The row is GET_RESOURCE's: RESOURCE_COLUMNS (decoded as for Resource), then the object.
-    stored = resource_from_row(row, msgspec.Raw(bytes(row[15])))
+        found = StoredRow(*row)
+        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (found.id,)).fetchall()
+    stored = found.resource(msgspec.Raw(bytes(found.object)))
     return ResourceDetail(
         stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,
         stored.generation, stored.attempt, stored.max_attempts, stored.object, stored.errors,

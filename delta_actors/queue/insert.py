@@ -23,6 +23,7 @@ import psycopg
 
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import job_sql
+from delta_actors.db.job_sql import InsertedJob
 from delta_actors.errors import ConfigError, EncodeError
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobState
@@ -192,10 +193,11 @@ def _match(
     Rows come back ordered by id, which follows input order; an input with a unique key
     that no returned row carries lost to a live job.
     """
-    inserted_keys = {(row[1], row[4]) for row in inserted if row[4] is not None}
+    rows = [InsertedJob(*values) for values in inserted]
+    inserted_keys = {(row.kind, row.unique_key) for row in rows if row.unique_key is not None}
     results: list[EnqueuedJob | None] = []
     duplicates: list[int] = []
-    rows = iter(inserted)
+    next_row = iter(rows)
     for index in range(start, stop):
         key = batch.unique_keys[index]
         if key is not None:
@@ -205,15 +207,19 @@ def _match(
                 duplicates.append(index)
                 continue
             inserted_keys.discard(pair)  # a repeat within the batch is a duplicate of this one
-        row = next(rows)
-        results.append(_enqueued(row, duplicate=False))
+        results.append(_enqueued(next(next_row), duplicate=False))
     return results, duplicates
 
 
-def _enqueued(row: Sequence[Any], *, duplicate: bool) -> EnqueuedJob:
+def _enqueued(row: InsertedJob, *, duplicate: bool) -> EnqueuedJob:
     return EnqueuedJob(
-        id=row[0], kind=row[1], namespace=row[2], state=JobState(row[3]), duplicate=duplicate
-    )
+        id=row.id, kind=row.kind, namespace=row.queue, state=JobState(row.state),
+        duplicate=duplicate,
+    )  # fmt: skip
+
+
+def _inserted(values: tuple[Any, ...]) -> InsertedJob:
+    return InsertedJob(*values)
 
 
 def _duplicate_params(batch: InsertBatch, indexes: list[int]) -> tuple[list[str], list[str]]:
@@ -228,7 +234,7 @@ def _resolve_duplicates(
     live: Sequence[tuple[Any, ...]],
 ) -> list[int]:
     """Fill in duplicates from live rows; return the indexes whose live job has finished."""
-    by_key = {(row[1], row[4]): row for row in live}
+    by_key = {(row.kind, row.unique_key): row for row in map(_inserted, live)}
     missing = []
     for index in indexes:
         row = by_key.get((batch.kinds[index], batch.unique_keys[index]))
@@ -354,7 +360,7 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
     if one is not None:
         inserted_one = conn.execute(job_sql.INSERT_ONE_JOB, one).fetchone()
         assert inserted_one is not None
-        return [_enqueued(inserted_one, duplicate=False)]
+        return [_enqueued(InsertedJob(*inserted_one), duplicate=False)]
     if _use_copy(batch):
         return _copy_jobs(conn, batch)
     out: list[EnqueuedJob] = []
@@ -385,7 +391,7 @@ async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -
     if one is not None:
         inserted_one = await (await conn.execute(job_sql.INSERT_ONE_JOB, one)).fetchone()
         assert inserted_one is not None
-        return [_enqueued(inserted_one, duplicate=False)]
+        return [_enqueued(InsertedJob(*inserted_one), duplicate=False)]
     if _use_copy(batch):
         return await _copy_jobs_async(conn, batch)
     out: list[EnqueuedJob] = []

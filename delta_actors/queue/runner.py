@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from delta_actors.app import App
+from delta_actors.db.resource_sql import StoredRow
 from delta_actors.model.job_row import JobError, JobState
 from delta_actors.outcomes import Cancel, PermanentError, Requeue
 from delta_actors.queue.completer import JobResult
@@ -58,15 +59,15 @@ class Claim:
     attempt: int
     max_attempts: int
     resource_id: int | None
-    resource: tuple[Any, ...] | None  # a resource work's row (RESOURCE_COLUMNS + object)
+    resource: StoredRow | None  # a resource work's resource, with its object
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
-        """Build a Claim from a CLAIM_JOBS row."""
-        resource = row[6:] if row[5] is not None else None
+        """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
+        resource = StoredRow(*row[6:]) if row[5] is not None else None
         return cls(row[0], row[1], row[2], row[3], row[4], row[5], resource)
 
 

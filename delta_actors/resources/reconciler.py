@@ -26,7 +26,7 @@ import logging
 import msgspec
 
 from delta_actors.model.job_row import JobState
-from delta_actors.model.resource import State, resource_from_row
+from delta_actors.model.resource import State
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
 from delta_actors.queue.completer import WorkResult
 from delta_actors.queue.runner import (
@@ -51,7 +51,7 @@ class Reconciler(ClaimRunner):
             # The resource row is gone (cleaned up): nothing to reconcile.
             self._stats.cancelled += 1
             return WorkResult(claim.id, claim.attempt, 0, JobState.CANCELLED, None)
-        generation, attempt = row[5], row[6]
+        generation, attempt = row.generation, row.attempt
         registration = self._app.controllers.get(claim.kind)
         if registration is None:
             self._stats.unknown_kind += 1
@@ -64,14 +64,14 @@ class Reconciler(ClaimRunner):
                 delay=UNKNOWN_KIND_DELAY, error=error_entry(attempt, None, message),
             )  # fmt: skip
         try:
-            obj = registration.decoder.decode(row[15])
+            obj = registration.decoder.decode(row.object)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             message = (
-                f"stored object of {claim.kind} {row[2]!r} no longer decodes into "
+                f"stored object of {claim.kind} {row.object_id!r} no longer decodes into "
                 f"{registration.object_type.__qualname__}: {exc}"
             )
             return self._failed(claim, generation, attempt, exc, message)
-        resource = resource_from_row(row, obj)
+        resource = row.resource(obj)
         try:
             await self._invoker.invoke(
                 claim, registration.controller.work, resource,
@@ -100,7 +100,7 @@ class Reconciler(ClaimRunner):
                 "delta.Delete to delete it"
             )
             logger.error(
-                "%s %s: %s", claim.kind, row[2], message,
+                "%s %s: %s", claim.kind, row.object_id, message,
                 extra={"event": "work.cancel_misused", "resource_id": claim.resource_id},
             )  # fmt: skip
             return self._failed(claim, generation, attempt, exc, message)
@@ -108,7 +108,7 @@ class Reconciler(ClaimRunner):
             self._stats.discarded += 1
             message = f"permanent error: {exc}"
             logger.warning(
-                "%s %s degraded: %s", claim.kind, row[2], message,
+                "%s %s degraded: %s", claim.kind, row.object_id, message,
                 extra={"event": "work.degraded", "resource_id": claim.resource_id},
             )  # fmt: skip
             return WorkResult(
@@ -148,12 +148,12 @@ class Reconciler(ClaimRunner):
         """The result for a work that `exc` ended outside run() (see Worker._run_job)."""
         row = claim.resource
         assert row is not None  # run() returns before user code for a vanished row
-        return self._failed(claim, row[5], row[6], exc)
+        return self._failed(claim, row.generation, row.attempt, exc)
 
     @staticmethod
     def hand_back(claim: Claim) -> WorkResult:
         """The result for a work cancelled at the stop deadline: a new work, not counted."""
-        generation = claim.resource[5] if claim.resource is not None else 0
+        generation = claim.resource.generation if claim.resource is not None else 0
         return Reconciler.give_back(claim.id, claim.attempt, generation)
 
     @staticmethod

@@ -33,11 +33,12 @@ import msgspec
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import resource_sql
 from delta_actors.db.connection import Rows, Statement
+from delta_actors.db.resource_sql import InformedRow, WrittenRow
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError
 from delta_actors.model.kinds import kind_of
 from delta_actors.model.names import validate_name
 from delta_actors.model.object import Object, has_compare
-from delta_actors.model.resource import InformOutcome, InformResult, resource_from_row
+from delta_actors.model.resource import InformOutcome, InformResult
 
 if TYPE_CHECKING:
     from delta_actors.app import App
@@ -175,8 +176,8 @@ def inform(
         if not pending:
             break
         stored_rows = yield _select_stored(items, pending, lock=round_ > 0)
-        stored = {(row[1], row[2]): row for row in stored_rows}
-        writes: list[tuple[int, tuple[Any, ...] | None]] = []
+        stored = {(row.kind, row.object_id): row for row in map(_informed, stored_rows)}
+        writes: list[tuple[int, InformedRow | None]] = []
         for index in pending:
             item = items[index]
             row = stored.get((item.kind, item.object_id))
@@ -187,21 +188,21 @@ def inform(
             if outcome is None:
                 writes.append((index, row))
             else:
-                results[index] = InformResult(resource_from_row(row, current), outcome)
+                results[index] = InformResult(row.resource(current), outcome)
         if not writes:
             pending = []
             break
         written_rows = yield _write(items, writes, tags, metadata)
-        written = {(row[1], row[2]): row for row in written_rows}
+        written = {(row.kind, row.object_id): row for row in map(_written, written_rows)}
         pending = []
         for index, stored_row in writes:
             item = items[index]
-            row = written.get((item.kind, item.object_id))
-            if row is None:
+            written_row = written.get((item.kind, item.object_id))
+            if written_row is None:
                 pending.append(index)  # lost a race with another inform: decide again
                 continue
             outcome = InformOutcome.CREATED if stored_row is None else InformOutcome.UPDATED
-            results[index] = InformResult(resource_from_row(row, item.obj), outcome)
+            results[index] = InformResult(written_row.resource(item.obj), outcome)
     if pending:
         raise DatabaseError(
             f"inform gave up after {MAX_ROUNDS} rounds of concurrent changes to "
@@ -211,17 +212,26 @@ def inform(
     return [_result_for(index, items, last, results) for index in range(len(items))]
 
 
-def _decide(item: _Item, row: tuple[Any, ...]) -> tuple[InformOutcome | None, Object]:
+def _informed(values: tuple[Any, ...]) -> InformedRow:
+    return InformedRow(*values)
+
+
+def _written(values: tuple[Any, ...]) -> WrittenRow:
+    return WrittenRow(*values)
+
+
+def _decide(item: _Item, row: InformedRow) -> tuple[InformOutcome | None, Object]:
     """Return (outcome, stored object) for a stored identity; outcome None means write."""
     if item.compares:
-        stored_obj = _decoder(type(item.obj)).decode(row[16])
+        assert row.object is not None  # selected for the kinds that compare
+        stored_obj = _decoder(type(item.obj)).decode(row.object)
         order = item.obj.compare(stored_obj)
         if order == 0:
             return InformOutcome.UNCHANGED, stored_obj
         if order < 0:
             return InformOutcome.STALE, stored_obj
         return None, stored_obj
-    if bytes(row[15]) == item.hash:
+    if bytes(row.hash) == item.hash:
         return InformOutcome.UNCHANGED, item.obj
     return None, item.obj
 
@@ -257,7 +267,7 @@ def _select_stored(items: list[_Item], indexes: list[int], *, lock: bool) -> Sta
 
 def _write(
     items: list[_Item],
-    writes: list[tuple[int, tuple[Any, ...] | None]],
+    writes: list[tuple[int, InformedRow | None]],
     tags: str,
     metadata: str,
 ) -> Statement:
@@ -268,8 +278,8 @@ def _write(
         "namespaces": [i.namespace for i in chosen],
         "objects": [i.encoded for i in chosen],
         "hashes": [i.hash for i in chosen],
-        "ids": [row[0] if row else None for _, row in writes],
-        "expected": [row[5] if row else None for _, row in writes],
+        "ids": [row.id if row else None for _, row in writes],
+        "expected": [row.generation if row else None for _, row in writes],
         "max_attempts": [i.max_attempts for i in chosen],
         "tags": tags,
         "metadata": metadata,

@@ -46,6 +46,7 @@ from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import actor_sql, job_sql
+from delta_actors.db.actor_sql import ClaimOfActor
 from delta_actors.db.connection import connect_async, make_async_pool, translate_errors
 from delta_actors.db.migrations import check_schema_async
 from delta_actors.errors import ActorLostError
@@ -333,22 +334,24 @@ class Worker:
         assert self._completer is not None
         async with self._pool.connection() as conn:
             cur = await conn.execute(actor_sql.SELECT_CLAIMS_OF_ACTOR, (self.actor_id, 100_000))
-            rows = await cur.fetchall()
+            rows = [ClaimOfActor(*row) for row in await cur.fetchall()]
         known = self._running.keys() | self._completer.unwritten
-        unknown = [row for row in rows if row[0] not in known]
+        unknown = [claim for claim in rows if claim.job_id not in known]
         if not unknown:
             return
         logger.warning(
             "%d claims committed but their reply was lost; handing them back: %s",
-            len(unknown), [row[0] for row in unknown][:20],
+            len(unknown), [claim.job_id for claim in unknown][:20],
             extra={"event": "worker.lost_claims", "namespace": self.namespace},
         )  # fmt: skip
-        for job_id, attempt, _, resource_id, generation in unknown:
-            if resource_id is not None:
-                await self._completer.add(Reconciler.give_back(job_id, attempt, generation))
-        jobs = [row for row in unknown if row[3] is None]
+        for claim in unknown:
+            if claim.resource_id is not None:
+                await self._completer.add(
+                    Reconciler.give_back(claim.job_id, claim.attempt, claim.generation or 0)
+                )
+        jobs = [claim for claim in unknown if claim.resource_id is None]
         if jobs:
-            await self._return_jobs([row[0] for row in jobs], [row[1] for row in jobs])
+            await self._return_jobs([c.job_id for c in jobs], [c.attempt for c in jobs])
         self.stats.handed_back += len(unknown)
 
     # ------------------------------------------------------------------ running
