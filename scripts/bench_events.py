@@ -24,8 +24,8 @@ import delta_actors as delta
 from delta_actors.db import migrations, resource_sql
 from delta_actors.db.connection import PLAN_CACHE_MODE
 from delta_actors.local.cluster import throwaway_cluster
-from delta_actors.model.job_row import JobState
-from delta_actors.queue.completer import WorkResult, work_params
+from delta_actors.queue import results as outcome
+from delta_actors.queue.completer import work_params
 
 ACTOR = 1
 
@@ -68,7 +68,7 @@ def main() -> None:
             assert row is not None
             lease = row[0]
             ids = [row[0] for row in conn.execute("SELECT id FROM delta_job ORDER BY id")]
-            results = [WorkResult(i, 1, 1, JobState.COMPLETED, delta.State.SYNCED) for i in ids]
+            results = [outcome.work_synced(i, 1, 1) for i in ids]
             params = work_params(results, ACTOR)
             variants: dict[str, tuple[LiteralString, bool]] = {
                 "without": (without_events(), False),

@@ -31,8 +31,8 @@ import psycopg
 from benchlib import migrated_cluster
 
 from delta_actors.db import job_sql
-from delta_actors.model.job_row import JobState
-from delta_actors.queue.completer import JobResult, job_params
+from delta_actors.queue import results as outcome
+from delta_actors.queue.completer import job_params
 
 GRID = list(itertools.product((2, 4, 10), (50, 200)))  # (connections, batch)
 
@@ -73,7 +73,7 @@ async def _delta_job_step(
 ) -> list[Any]:
     async with conn.pipeline():
         if done:
-            results = [JobResult(row[0], row[3], JobState.COMPLETED) for row in done]
+            results = [outcome.job_done(row[0], row[3]) for row in done]
             complete = job_params(results, CEILING_ACTOR)
             await conn.execute(job_sql.COMPLETE_JOBS, complete, prepare=False)
         claim = {"queue": "default", "limit": batch, "actor": CEILING_ACTOR}

@@ -162,7 +162,7 @@ REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 COMPLETE_JOBS: LiteralString = """
 UPDATE delta_job AS j
 SET state = u.state,
-    attempt = j.attempt - u.give_back::integer,
+    attempt = j.attempt - (NOT u.counts_attempt)::integer,
     claimed_by = NULL,
     scheduled_at = CASE WHEN u.delay IS NULL THEN j.scheduled_at
                         ELSE now() + make_interval(secs => u.delay) END,
@@ -171,8 +171,8 @@ SET state = u.state,
     errors = CASE WHEN u.error IS NULL THEN j.errors
                   ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
 FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
-            %(delays)s::float8[], %(errors)b::jsonb[], %(give_backs)s::boolean[])
-     AS u(id, attempt, state, delay, error, give_back)
+            %(delays)s::float8[], %(errors)b::jsonb[], %(counts_attempts)s::boolean[])
+     AS u(id, attempt, state, delay, error, counts_attempt)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
   AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
 RETURNING j.id

@@ -109,8 +109,8 @@ WITH u AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::smallint[], %(generations)s::bigint[],
         %(job_states)s::delta_job_state[], %(resource_states)s::delta_resource_state[],
-        %(count_attempts)s::boolean[], %(delays)s::float8[], %(errors)b::jsonb[])
-    AS u(id, attempt, generation, job_state, resource_state, count_attempt, delay, error)
+        %(counts_attempts)s::boolean[], %(delays)s::float8[], %(errors)b::jsonb[])
+    AS u(id, attempt, generation, job_state, resource_state, counts_attempt, delay, error)
 ),
 finished AS (
     UPDATE delta_job AS j
@@ -132,9 +132,9 @@ resources AS (
     UPDATE delta_resource AS r
     SET state = CASE
             WHEN u.resource_state IS NULL OR r.generation <> u.generation THEN r.state
-            WHEN u.count_attempt AND r.attempt + 1 >= r.max_attempts THEN 'degraded'
+            WHEN u.counts_attempt AND r.attempt + 1 >= r.max_attempts THEN 'degraded'
             ELSE u.resource_state END,
-        attempt = CASE WHEN u.count_attempt AND r.generation = u.generation
+        attempt = CASE WHEN u.counts_attempt AND r.generation = u.generation
                        THEN r.attempt + 1 ELSE r.attempt END,
         synced_at = CASE WHEN u.resource_state = 'synced' AND r.generation = u.generation
                          THEN now() ELSE r.synced_at END,

@@ -17,9 +17,8 @@ from collections.abc import Generator
 from delta_actors.db import actor_sql, job_sql, resource_sql
 from delta_actors.db.actor_sql import ClaimOfActor
 from delta_actors.db.connection import Rows, Statement
-from delta_actors.model.job_row import JobState
-from delta_actors.model.resource import State
-from delta_actors.queue.completer import JobResult, WorkResult, job_params, work_params
+from delta_actors.queue import results
+from delta_actors.queue.completer import job_params, work_params
 from delta_actors.queue.runner import error_entry
 
 RESCUE_BATCH = 1000
@@ -39,21 +38,12 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
             claims = [ClaimOfActor(*row) for row in rows]
             message = f"rescued: actor {actor_id} {reason}"
             jobs = [
-                _job_result(c.job_id, c.attempt, c.max_attempts, message)
+                results.job_failed(c.job_id, c.attempt, c.max_attempts, 0.0, _error(c, message))
                 for c in claims
                 if c.resource_id is None
             ]
             works = [
-                WorkResult(
-                    c.job_id,
-                    c.attempt,
-                    c.generation or 0,
-                    JobState.DISCARDED,
-                    State.FAILED,
-                    count_attempt=True,
-                    delay=0.0,
-                    error=error_entry(c.attempt, None, message),
-                )
+                results.work_failed(c.job_id, c.attempt, c.generation or 0, 0.0, _error(c, message))
                 for c in claims
                 if c.resource_id is not None
             ]
@@ -66,11 +56,8 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
     return rescued
 
 
-def _job_result(job_id: int, attempt: int, max_attempts: int, message: str) -> JobResult:
-    error = error_entry(attempt, None, message)
-    if attempt >= max_attempts:
-        return JobResult(job_id, attempt, JobState.DISCARDED, error=error)
-    return JobResult(job_id, attempt, JobState.AVAILABLE, delay=0.0, error=error)
+def _error(claim: ClaimOfActor, message: str) -> str:
+    return error_entry(claim.attempt, None, message)
 
 
 def find_dead_actors(ttl: float) -> Generator[Statement, Rows, list[int]]:

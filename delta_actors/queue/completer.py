@@ -16,7 +16,6 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,39 +24,9 @@ from psycopg_pool import AsyncConnectionPool
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.db import job_sql, resource_sql
 from delta_actors.health import Progress, log_failure
-from delta_actors.model.job_row import JobState
-from delta_actors.model.resource import State
+from delta_actors.queue.results import JobResult, Result, WorkResult
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class JobResult:
-    """The outcome of one claim, to be written."""
-
-    id: int
-    attempt: int
-    state: JobState
-    delay: float | None = None  # seconds until it is due again (retry or snooze)
-    error: str | None = None  # an encoded JobError
-    give_back: bool = False  # a snooze: the attempt does not count
-
-
-@dataclass(frozen=True, slots=True)
-class WorkResult:
-    """The outcome of one resource work, to be written (see resource_sql.COMPLETE_WORKS)."""
-
-    id: int
-    attempt: int
-    generation: int  # the generation the work saw
-    job_state: JobState  # completed, cancelled or discarded: a work's job always finishes
-    resource_state: State | None  # what the resource becomes; None leaves it as it is
-    count_attempt: bool = False  # a failed attempt of this generation
-    delay: float | None = None  # queue a follow-up work after this many seconds
-    error: str | None = None  # an encoded JobError
-
-
-Result = JobResult | WorkResult
 
 
 class Completer:
@@ -183,7 +152,7 @@ def job_params(batch: list[JobResult], actor_id: int) -> dict[str, object]:
         "states": array_literal([r.state for r in batch]),
         "delays": array_literal([r.delay for r in batch]),
         "errors": _errors(batch),
-        "give_backs": array_literal([r.give_back for r in batch]),
+        "counts_attempts": array_literal([r.counts_attempt for r in batch]),
         "actor": actor_id,
     }
 
@@ -196,7 +165,7 @@ def work_params(batch: list[WorkResult], actor_id: int) -> dict[str, object]:
         "generations": array_literal([r.generation for r in batch]),
         "job_states": array_literal([r.job_state for r in batch]),
         "resource_states": array_literal([r.resource_state for r in batch]),
-        "count_attempts": array_literal([r.count_attempt for r in batch]),
+        "counts_attempts": array_literal([r.counts_attempt for r in batch]),
         "delays": array_literal([r.delay for r in batch]),
         "errors": _errors(batch),
         "actor": actor_id,

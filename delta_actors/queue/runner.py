@@ -20,13 +20,13 @@ import msgspec
 
 from delta_actors.app import App
 from delta_actors.db.resource_sql import StoredRow
-from delta_actors.model.job_row import JobError, JobState
+from delta_actors.model.job_row import JobError
 from delta_actors.outcomes import Cancel, PermanentError, Requeue
-from delta_actors.queue.completer import JobResult
+from delta_actors.queue import results
+from delta_actors.queue.results import UNKNOWN_KIND_DELAY, JobResult
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN_KIND_DELAY = 60.0  # seconds before work of an unregistered kind is offered again
 _TRACE_LIMIT = 4000
 _error_encoder = msgspec.json.Encoder()
 
@@ -177,19 +177,18 @@ class JobRunner(ClaimRunner):
             )  # fmt: skip
         except Requeue as outcome:
             self._stats.snoozed += 1
-            state = JobState.AVAILABLE if outcome.after <= 0 else JobState.SCHEDULED
-            return JobResult(claim.id, claim.attempt, state, delay=outcome.after, give_back=True)
+            return results.job_requeued(claim.id, claim.attempt, outcome.after)
         except Cancel as outcome:
             self._stats.cancelled += 1
-            return JobResult(
-                claim.id, claim.attempt, JobState.CANCELLED,
-                error=error_entry(claim.attempt, None, f"cancelled: {outcome.reason}"),
+            return results.job_cancelled(
+                claim.id, claim.attempt,
+                error_entry(claim.attempt, None, f"cancelled: {outcome.reason}"),
             )  # fmt: skip
         except PermanentError as exc:
             self._stats.discarded += 1
-            return JobResult(
-                claim.id, claim.attempt, JobState.DISCARDED,
-                error=error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
+            return results.job_discarded(
+                claim.id, claim.attempt,
+                error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
             )  # fmt: skip
         except HandlerTimeout as exc:
             return self._failed(claim, exc, str(exc))
@@ -198,7 +197,7 @@ class JobRunner(ClaimRunner):
         except BaseException as exc:  # noqa: BLE001 (a handler's SystemExit is its job's failure)
             return self._failed(claim, exc)
         self._stats.completed += 1
-        return JobResult(claim.id, claim.attempt, JobState.COMPLETED)
+        return results.job_done(claim.id, claim.attempt)
 
     def escaped(self, claim: Claim, exc: BaseException) -> JobResult:
         """The result for a run that `exc` ended outside run() (see Worker._run_job)."""
@@ -214,16 +213,14 @@ class JobRunner(ClaimRunner):
                 claim.id, claim.kind, claim.attempt, claim.max_attempts, message or exc,
                 extra={"event": "job.discarded", "job_id": claim.id, "kind": claim.kind},
             )  # fmt: skip
-            return JobResult(claim.id, claim.attempt, JobState.DISCARDED, error=error)
+            return results.job_failed(claim.id, claim.attempt, claim.max_attempts, 0.0, error)
         delay = self._retry_policy(claim.attempt)
         logger.info(
             "job %d (%s) failed attempt %d of %d, retrying in %.1fs: %s",
             claim.id, claim.kind, claim.attempt, claim.max_attempts, delay, message or exc,
             extra={"event": "job.failed", "job_id": claim.id, "kind": claim.kind},
         )  # fmt: skip
-        # No backoff means due now: available at once rather than waiting for promotion.
-        state = JobState.AVAILABLE if delay <= 0 else JobState.RETRYABLE
-        return JobResult(claim.id, claim.attempt, state, delay=delay, error=error)
+        return results.job_failed(claim.id, claim.attempt, claim.max_attempts, delay, error)
 
     def _unknown_kind(self, claim: Claim) -> JobResult:
         # Not the job's fault and nothing to lose: offer it again later, uncounted, so a
@@ -231,10 +228,9 @@ class JobRunner(ClaimRunner):
         self._stats.unknown_kind += 1
         message = unknown_kind_message("job kind", claim.kind, self._app.jobs)
         logger.error(message, extra={"event": "job.unknown_kind", "job_id": claim.id})
-        return JobResult(
-            claim.id, claim.attempt, JobState.SCHEDULED, delay=UNKNOWN_KIND_DELAY,
-            error=error_entry(claim.attempt, None, message), give_back=True,
-        )  # fmt: skip
+        return results.job_of_unknown_kind(
+            claim.id, claim.attempt, error_entry(claim.attempt, None, message)
+        )
 
 
 def unknown_kind_message(what: str, kind: str, registered: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Running one resource work: the controller's `work` and its outcome.
 
-Outcomes (invariant 5 of docs/architecture.md) and what COMPLETE_WORKS makes of them, when the
-resource's generation is still the one the work saw:
+Outcomes (invariant 5 of docs/architecture.md; the rules live in queue/results.py) and
+what COMPLETE_WORKS makes of them, when the resource's generation is still the one the
+work saw:
 
     return                      -> synced
     raise Requeue(after=d)      -> scheduled, a new work after d s, no failure counted
@@ -25,12 +26,10 @@ import logging
 
 import msgspec
 
-from delta_actors.model.job_row import JobState
-from delta_actors.model.resource import State
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
-from delta_actors.queue.completer import WorkResult
+from delta_actors.queue import results
+from delta_actors.queue.results import WorkResult
 from delta_actors.queue.runner import (
-    UNKNOWN_KIND_DELAY,
     Claim,
     ClaimRunner,
     HandlerTimeout,
@@ -50,7 +49,7 @@ class Reconciler(ClaimRunner):
         if row is None:
             # The resource row is gone (cleaned up): nothing to reconcile.
             self._stats.cancelled += 1
-            return WorkResult(claim.id, claim.attempt, 0, JobState.CANCELLED, None)
+            return results.work_of_vanished_resource(claim.id, claim.attempt)
         generation, attempt = row.generation, row.attempt
         registration = self._app.controllers.get(claim.kind)
         if registration is None:
@@ -59,10 +58,9 @@ class Reconciler(ClaimRunner):
             logger.error(
                 message, extra={"event": "work.unknown_kind", "resource_id": claim.resource_id}
             )
-            return WorkResult(
-                claim.id, claim.attempt, generation, JobState.CANCELLED, None,
-                delay=UNKNOWN_KIND_DELAY, error=error_entry(attempt, None, message),
-            )  # fmt: skip
+            return results.work_of_unknown_kind(
+                claim.id, claim.attempt, generation, error_entry(attempt, None, message)
+            )
         try:
             obj = registration.decoder.decode(row.object)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -79,18 +77,12 @@ class Reconciler(ClaimRunner):
             )  # fmt: skip
         except Requeue as outcome:
             self._stats.snoozed += 1
-            return WorkResult(
-                claim.id, claim.attempt, generation, JobState.COMPLETED, State.SCHEDULED,
-                delay=outcome.after,
-            )  # fmt: skip
+            return results.work_requeued(claim.id, claim.attempt, generation, outcome.after)
         except Delete as outcome:
             self._stats.deleted += 1
-            return WorkResult(
-                claim.id, claim.attempt, generation, JobState.COMPLETED, State.DELETED,
-                error=error_entry(attempt, None, f"deleted: {outcome.reason}")
-                if outcome.reason
-                else None,
-            )  # fmt: skip
+            reason = f"deleted: {outcome.reason}" if outcome.reason else None
+            error = error_entry(attempt, None, reason) if reason else None
+            return results.work_deleted(claim.id, claim.attempt, generation, error)
         except Cancel as exc:
             # Cancel stops a plain job; a resource is not a job to cancel. A mistake in
             # the controller, so an ordinary failure (retried, then degraded), and said.
@@ -111,10 +103,9 @@ class Reconciler(ClaimRunner):
                 "%s %s degraded: %s", claim.kind, row.object_id, message,
                 extra={"event": "work.degraded", "resource_id": claim.resource_id},
             )  # fmt: skip
-            return WorkResult(
-                claim.id, claim.attempt, generation, JobState.DISCARDED, State.DEGRADED,
-                error=error_entry(attempt + 1, exc, message),
-            )  # fmt: skip
+            return results.work_degraded(
+                claim.id, claim.attempt, generation, error_entry(attempt + 1, exc, message)
+            )
         except HandlerTimeout as exc:
             return self._failed(claim, generation, attempt, exc, str(exc))
         except (asyncio.CancelledError, GeneratorExit):
@@ -122,7 +113,7 @@ class Reconciler(ClaimRunner):
         except BaseException as exc:  # noqa: BLE001 (a controller's SystemExit is a failure)
             return self._failed(claim, generation, attempt, exc)
         self._stats.completed += 1
-        return WorkResult(claim.id, claim.attempt, generation, JobState.COMPLETED, State.SYNCED)
+        return results.work_synced(claim.id, claim.attempt, generation)
 
     def _failed(
         self,
@@ -139,10 +130,9 @@ class Reconciler(ClaimRunner):
             claim.kind, claim.resource_id, attempt + 1, message or exc,
             extra={"event": "work.failed", "resource_id": claim.resource_id},
         )  # fmt: skip
-        return WorkResult(
-            claim.id, claim.attempt, generation, JobState.DISCARDED, State.FAILED,
-            count_attempt=True, delay=delay, error=error_entry(attempt + 1, exc, message),
-        )  # fmt: skip
+        return results.work_failed(
+            claim.id, claim.attempt, generation, delay, error_entry(attempt + 1, exc, message)
+        )
 
     def escaped(self, claim: Claim, exc: BaseException) -> WorkResult:
         """The result for a work that `exc` ended outside run() (see Worker._run_job)."""
@@ -152,11 +142,6 @@ class Reconciler(ClaimRunner):
 
     @staticmethod
     def hand_back(claim: Claim) -> WorkResult:
-        """The result for a work cancelled at the stop deadline: a new work, not counted."""
+        """The result for a claimed work that did not run to its end (see results.py)."""
         generation = claim.resource.generation if claim.resource is not None else 0
-        return Reconciler.give_back(claim.id, claim.attempt, generation)
-
-    @staticmethod
-    def give_back(job_id: int, attempt: int, generation: int) -> WorkResult:
-        """A claimed work that did not run: its row cancelled, a new work queued, uncounted."""
-        return WorkResult(job_id, attempt, generation, JobState.CANCELLED, None, delay=0.0)
+        return results.work_handed_back(claim.id, claim.attempt, generation)

@@ -40,43 +40,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from delta_actors.model.job_row import JobState
-from delta_actors.queue.completer import JobResult, Result, WorkResult
+from delta_actors.queue.results import Result, WorkResult
 from delta_actors.runtime.protocol import Heartbeat, KindTally
 
 # Upper bounds in seconds of the run duration histograms; one more bucket counts the rest.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# What a resource work's result makes of its resource -> the `result` label.
-_WORK_RESULTS = {
-    "synced": "success",
-    "failed": "error",
-    "scheduled": "requeue",
-    "deleted": "deleted",
-    "degraded": "degraded",
-}
 ERROR_RESULTS = frozenset({"error", "degraded", "discarded"})
 
 
-_JOB_RESULTS = {
-    JobState.COMPLETED: "success",
-    JobState.CANCELLED: "cancelled",
-    JobState.DISCARDED: "discarded",
-}
-
-
 def result_label(result: Result) -> str:
-    """Name the outcome of one run for the `result` label."""
-    # Dict lookups, not a match over enums: every finished run pays for this.
-    if type(result) is WorkResult:
-        state = result.resource_state
-        if state is None:
-            return "cancelled"  # no controller for the kind, or the resource is gone
-        return _WORK_RESULTS.get(state, state)
-    assert isinstance(result, JobResult)
-    if result.give_back:
-        return "requeue"
-    return _JOB_RESULTS.get(result.state, "error")
+    """Name the outcome of one run for the `result` label (queue/results.py decides it)."""
+    return result.ending
 
 
 @dataclass(slots=True)

@@ -51,11 +51,13 @@ from delta_actors.db.connection import connect_async, make_async_pool, translate
 from delta_actors.db.migrations import check_schema_async
 from delta_actors.errors import ActorLostError
 from delta_actors.health import ComponentHealth, Progress, log_failure
+from delta_actors.queue import results
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
 from delta_actors.queue.claimer import Claimer
-from delta_actors.queue.completer import Completer, Result
+from delta_actors.queue.completer import Completer
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.promoter import Promoter
+from delta_actors.queue.results import Result
 from delta_actors.queue.retry import retry_delay
 from delta_actors.queue.runner import Claim, Invoker, JobRunner, WorkerStats
 from delta_actors.resources.reconciler import Reconciler
@@ -303,7 +305,7 @@ class Worker:
                 continue
             try:
                 if self._replies_lost:
-                    await self._return_unknown_claims()
+                    await self._hand_back_unknown_claims()
                     self._replies_lost = False
                 claims = await self._claim(free)
             except Exception as exc:  # noqa: BLE001 (claiming goes on; logged)
@@ -329,7 +331,7 @@ class Worker:
         self.stats.claimed += len(rows)
         return [Claim.from_row(row) for row in rows]
 
-    async def _return_unknown_claims(self) -> None:
+    async def _hand_back_unknown_claims(self) -> None:
         """Hand back the claims the table gives this actor but this process never saw."""
         assert self._completer is not None
         async with self._pool.connection() as conn:
@@ -347,11 +349,11 @@ class Worker:
         for claim in unknown:
             if claim.resource_id is not None:
                 await self._completer.add(
-                    Reconciler.give_back(claim.job_id, claim.attempt, claim.generation or 0)
+                    results.work_handed_back(claim.job_id, claim.attempt, claim.generation or 0)
                 )
         jobs = [claim for claim in unknown if claim.resource_id is None]
         if jobs:
-            await self._return_jobs([c.job_id for c in jobs], [c.attempt for c in jobs])
+            await self._hand_back_jobs([c.job_id for c in jobs], [c.attempt for c in jobs])
         self.stats.handed_back += len(unknown)
 
     # ------------------------------------------------------------------ running
@@ -429,7 +431,9 @@ class Worker:
         if not claims:
             return
         try:
-            returned = await self._return_jobs([c.id for c in claims], [c.attempt for c in claims])
+            returned = await self._hand_back_jobs(
+                [c.id for c in claims], [c.attempt for c in claims]
+            )
         except (psycopg.Error, OSError) as exc:
             logger.error(
                 "handing back %d claims failed, rescue will return them: %s", len(claims), exc,
@@ -441,7 +445,7 @@ class Worker:
             "handed back %d unfinished jobs", returned, extra={"event": "worker.handed_back"}
         )
 
-    async def _return_jobs(self, ids: list[int], attempts: list[int]) -> int:
+    async def _hand_back_jobs(self, ids: list[int], attempts: list[int]) -> int:
         """Make claimed plain jobs available again, uncounted; return how many were."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(job_sql.HAND_BACK_JOBS, (ids, attempts, self.actor_id))

@@ -12,7 +12,7 @@ import pytest
 
 import delta_actors as delta
 from delta_actors.queue.completer import array_literal
-from delta_actors.queue.runner import UNKNOWN_KIND_DELAY
+from delta_actors.queue.results import UNKNOWN_KIND_DELAY
 from tests.integration.job_table import get_job, is_state
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async

@@ -5,19 +5,18 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from delta_actors.model.job_row import JobState
-from delta_actors.model.resource import State
-from delta_actors.queue.completer import JobResult, WorkResult
+from delta_actors.queue import results
+from delta_actors.queue.results import WorkResult
 from delta_actors.runtime import protocol
 from delta_actors.runtime.metrics import Recorder, SupervisorMetrics, result_label
 
 
 def synced(job_id: int = 1) -> WorkResult:
-    return WorkResult(job_id, 1, 1, JobState.COMPLETED, State.SYNCED)
+    return results.work_synced(job_id, 1, 1)
 
 
 def failed(job_id: int = 1) -> WorkResult:
-    return WorkResult(job_id, 1, 1, JobState.DISCARDED, State.FAILED, count_attempt=True)
+    return results.work_failed(job_id, 1, 1, 1.0, "{}")
 
 
 def samples(metrics: SupervisorMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -46,15 +45,18 @@ def test_result_labels_name_every_outcome():
     """Each result a runner returns maps to one label; errors are told apart from requeues."""
     assert result_label(synced()) == "success"
     assert result_label(failed()) == "error"
-    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, State.SCHEDULED)) == "requeue"
-    assert result_label(WorkResult(1, 1, 1, JobState.COMPLETED, State.DELETED)) == "deleted"
-    assert result_label(WorkResult(1, 1, 1, JobState.DISCARDED, State.DEGRADED)) == "degraded"
-    assert result_label(WorkResult(1, 1, 0, JobState.CANCELLED, None)) == "cancelled"
-    assert result_label(JobResult(1, 1, JobState.COMPLETED)) == "success"
-    assert result_label(JobResult(1, 1, JobState.RETRYABLE, delay=1.0)) == "error"
-    assert result_label(JobResult(1, 1, JobState.DISCARDED)) == "discarded"
-    assert result_label(JobResult(1, 1, JobState.CANCELLED)) == "cancelled"
-    assert result_label(JobResult(1, 1, JobState.SCHEDULED, delay=5, give_back=True)) == "requeue"
+    assert result_label(results.work_requeued(1, 1, 1, 5.0)) == "requeue"
+    assert result_label(results.work_deleted(1, 1, 1, None)) == "deleted"
+    assert result_label(results.work_degraded(1, 1, 1, "{}")) == "degraded"
+    assert result_label(results.work_of_vanished_resource(1, 1)) == "cancelled"
+    assert result_label(results.work_of_unknown_kind(1, 1, 1, "{}")) == "cancelled"
+    assert result_label(results.job_done(1, 1)) == "success"
+    assert result_label(results.job_failed(1, 1, 5, 1.0, "{}")) == "error"
+    assert result_label(results.job_failed(1, 5, 5, 1.0, "{}")) == "discarded"
+    assert result_label(results.job_discarded(1, 1, "{}")) == "discarded"
+    assert result_label(results.job_cancelled(1, 1, "{}")) == "cancelled"
+    assert result_label(results.job_requeued(1, 1, 5.0)) == "requeue"
+    assert result_label(results.job_of_unknown_kind(1, 1, "{}")) == "requeue"
 
 
 def test_recorder_buckets_durations_by_their_upper_bound():
@@ -63,7 +65,7 @@ def test_recorder_buckets_durations_by_their_upper_bound():
     recorder.observe("task", synced(), 0.005)
     recorder.observe("task", synced(), 0.2)
     recorder.observe("task", failed(), 100.0)
-    recorder.observe("mail", JobResult(1, 1, JobState.COMPLETED), 0.0)
+    recorder.observe("mail", results.job_done(1, 1), 0.0)
     by_kind = {t.kind: t for t in recorder.snapshot()}
     task = by_kind["task"]
     assert task.is_work and not by_kind["mail"].is_work

@@ -1,0 +1,184 @@
+"""Outcome rules: what each way a run can end writes, and how it is counted. One home.
+
+Every result to write comes from one of the functions below, whoever ended the run: the
+job runner, the reconciler, the worker handing claims back, rescue. Each says the row's
+new state, whether the run counts as an attempt, the follow-up, and the `ending` that
+metrics count (the `result` label; docs/operations.md lists them).
+
+Plain jobs (a job's `attempt` counts its runs; a run that does not count gives its
+attempt back):
+
+    ending           state                           counts_attempt  follow-up
+    done             completed                       yes             -
+    failed           retryable, or available at once yes             after the backoff
+                     (no backoff); discarded after
+                     its last attempt
+    requeued         scheduled / available           no              after `Requeue.after`
+    cancelled        cancelled                       yes             -
+    discarded        discarded (PermanentError)      yes             -
+    unknown kind     scheduled                       no              UNKNOWN_KIND_DELAY
+    rescued          as failed, due at once          yes             -
+
+Resource works (the work's job row always finishes; a follow-up is a new queued work;
+a resource's `attempt` counts the failed attempts of its generation, and degrades it at
+`max_attempts`, in COMPLETE_WORKS):
+
+    ending           job row     resource      counts_attempt  follow-up
+    synced           completed   synced        no              -
+    requeued         completed   scheduled     no              after `Requeue.after`
+    deleted          completed   deleted       no              -
+    degraded         discarded   degraded      yes             -
+    failed           discarded   failed        yes             after the backoff
+    unknown kind     cancelled   (as it is)    no              UNKNOWN_KIND_DELAY
+    resource gone    cancelled   -             no              -
+    handed back      cancelled   (as it is)    no              at once
+    rescued          as failed, due at once
+
+"Hand back" is the one verb for a claim returned without a counted attempt: at a stop
+deadline, or when a claim's reply was lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delta_actors.model.job_row import JobState
+from delta_actors.model.resource import State
+
+UNKNOWN_KIND_DELAY = 60.0  # seconds before a claim nobody here can run is offered again
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """The outcome of one plain job's claim, to be written (job_sql.COMPLETE_JOBS)."""
+
+    id: int
+    attempt: int
+    state: JobState
+    counts_attempt: bool  # False: the run gives its attempt back (requeue, unknown kind)
+    ending: str  # the metrics `result` label
+    delay: float | None = None  # seconds until it is due again (retry or requeue)
+    error: str | None = None  # an encoded JobError
+
+
+@dataclass(frozen=True, slots=True)
+class WorkResult:
+    """The outcome of one resource work, to be written (resource_sql.COMPLETE_WORKS)."""
+
+    id: int
+    attempt: int
+    generation: int  # the generation the work saw
+    job_state: JobState  # completed, cancelled or discarded: a work's job always finishes
+    resource_state: State | None  # what the resource becomes; None leaves it as it is
+    counts_attempt: bool  # a failed attempt of this generation
+    ending: str  # the metrics `result` label
+    delay: float | None = None  # queue a follow-up work after this many seconds
+    error: str | None = None  # an encoded JobError
+
+
+Result = JobResult | WorkResult
+
+
+# ---------------------------------------------------------------- plain jobs
+
+
+def job_done(job_id: int, attempt: int) -> JobResult:
+    """The handler returned."""
+    return JobResult(job_id, attempt, JobState.COMPLETED, True, "success")
+
+
+def job_failed(job_id: int, attempt: int, max_attempts: int, delay: float, error: str) -> JobResult:
+    """The handler failed (raised, timed out), or its actor died running it (delay 0)."""
+    if attempt >= max_attempts:
+        return JobResult(job_id, attempt, JobState.DISCARDED, True, "discarded", error=error)
+    # No backoff means due now: available at once rather than waiting for promotion.
+    state = JobState.AVAILABLE if delay <= 0 else JobState.RETRYABLE
+    return JobResult(job_id, attempt, state, True, "error", delay=delay, error=error)
+
+
+def job_requeued(job_id: int, attempt: int, after: float) -> JobResult:
+    """The handler raised Requeue(after): run again then, the attempt given back."""
+    state = JobState.AVAILABLE if after <= 0 else JobState.SCHEDULED
+    return JobResult(job_id, attempt, state, False, "requeue", delay=after)
+
+
+def job_cancelled(job_id: int, attempt: int, error: str) -> JobResult:
+    """The handler raised Cancel."""
+    return JobResult(job_id, attempt, JobState.CANCELLED, True, "cancelled", error=error)
+
+
+def job_discarded(job_id: int, attempt: int, error: str) -> JobResult:
+    """The handler raised PermanentError: no retry can help."""
+    return JobResult(job_id, attempt, JobState.DISCARDED, True, "discarded", error=error)
+
+
+def job_of_unknown_kind(job_id: int, attempt: int, error: str) -> JobResult:
+    """No handler here: offered again later, uncounted, so a deploy that has it runs it."""
+    return JobResult(
+        job_id, attempt, JobState.SCHEDULED, False, "requeue",
+        delay=UNKNOWN_KIND_DELAY, error=error,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- resource works
+
+
+def work_synced(job_id: int, attempt: int, generation: int) -> WorkResult:
+    """`work` returned: the resource is in sync."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.COMPLETED, State.SYNCED, False, "success"
+    )
+
+
+def work_requeued(job_id: int, attempt: int, generation: int, after: float) -> WorkResult:
+    """`work` raised Requeue(after): a new work then, no failure counted."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.COMPLETED, State.SCHEDULED, False, "requeue",
+        delay=after,
+    )  # fmt: skip
+
+
+def work_deleted(job_id: int, attempt: int, generation: int, error: str | None) -> WorkResult:
+    """`work` raised Delete: the resource is gone."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.COMPLETED, State.DELETED, False, "deleted",
+        error=error,
+    )  # fmt: skip
+
+
+def work_degraded(job_id: int, attempt: int, generation: int, error: str) -> WorkResult:
+    """`work` raised PermanentError: degraded at once."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.DISCARDED, State.DEGRADED, True, "degraded",
+        error=error,
+    )  # fmt: skip
+
+
+def work_failed(job_id: int, attempt: int, generation: int, delay: float, error: str) -> WorkResult:
+    """`work` failed (raised, timed out, its object no longer decodes), or its actor died
+    running it (delay 0); COMPLETE_WORKS degrades it at its last attempt."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.DISCARDED, State.FAILED, True, "error",
+        delay=delay, error=error,
+    )  # fmt: skip
+
+
+def work_of_unknown_kind(job_id: int, attempt: int, generation: int, error: str) -> WorkResult:
+    """No controller here: the resource is left as it is and offered again later."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.CANCELLED, None, False, "cancelled",
+        delay=UNKNOWN_KIND_DELAY, error=error,
+    )  # fmt: skip
+
+
+def work_of_vanished_resource(job_id: int, attempt: int) -> WorkResult:
+    """The resource row is gone (cleaned up): nothing to reconcile."""
+    return WorkResult(job_id, attempt, 0, JobState.CANCELLED, None, False, "cancelled")
+
+
+def work_handed_back(job_id: int, attempt: int, generation: int) -> WorkResult:
+    """A claimed work that did not run to its end: its row cancelled, a new work queued
+    at once, no attempt counted (a stop deadline, a claim whose reply was lost)."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.CANCELLED, None, False, "cancelled", delay=0.0
+    )
