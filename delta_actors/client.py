@@ -8,7 +8,7 @@ the work it creates commits or rolls back with the caller's own writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -20,6 +20,8 @@ from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import job_sql, resource_sql
 from delta_actors.db.connection import (
+    Rows,
+    Statement,
     connect,
     connect_async,
     drive,
@@ -61,6 +63,36 @@ def _inform_params(
     return InformParams(
         namespace=namespace, tags=tuple(tags), metadata=metadata, max_attempts=max_attempts
     )
+
+
+# The logic of each call, once, as statements for `drive` (Client) or `drive_async`
+# (AsyncClient) to run: the two clients only open a connection and drive these.
+
+
+def _get(object_type: type[T], object_id: str) -> Generator[Statement, Rows, Resource[T] | None]:
+    rows = yield resource_sql.GET_RESOURCE, (kind_of(object_type), object_id)
+    return _resource(object_type, rows[0] if rows else None)
+
+
+def _invalidate(
+    object_type: type[T], object_id: str
+) -> Generator[Statement, Rows, Resource[T] | None]:
+    kind = kind_of(object_type)
+    yield resource_sql.INVALIDATE_RESOURCE, (kind, object_id)
+    rows = yield resource_sql.GET_RESOURCE, (kind, object_id)
+    return _resource(object_type, rows[0] if rows else None)
+
+
+def _get_job(job_id: int) -> Generator[Statement, Rows, JobRow | None]:
+    rows = yield job_sql.GET_JOB, (job_id,)
+    return job_row(rows[0]) if rows else None
+
+
+def _cancel_job(job_id: int) -> Generator[Statement, Rows, JobRow | None]:
+    rows = yield job_sql.CANCEL_JOB, (job_id,)
+    if not rows:
+        rows = yield job_sql.GET_JOB, (job_id,)
+    return job_row(rows[0]) if rows else None
 
 
 def _resource(object_type: type[T], values: tuple[Any, ...] | None) -> Resource[T] | None:
@@ -225,8 +257,7 @@ class Client:
     def get_job(self, job_id: int) -> JobRow | None:
         """Return the job with id `job_id`, or None."""
         with translate_errors("get job"), self._pool.connection() as conn:
-            row = conn.execute(job_sql.GET_JOB, (job_id,)).fetchone()
-        return job_row(row) if row else None
+            return drive(conn, _get_job(job_id))
 
     def cancel_job(self, job_id: int) -> JobRow | None:
         """Cancel a job that is waiting to run; return it as it now is (None if unknown).
@@ -234,10 +265,7 @@ class Client:
         A running job finishes its current attempt; a finished one stays as it is.
         """
         with translate_errors("cancel job"), self._pool.connection() as conn:
-            row = conn.execute(job_sql.CANCEL_JOB, (job_id,)).fetchone()
-            if row is None:
-                row = conn.execute(job_sql.GET_JOB, (job_id,)).fetchone()
-        return job_row(row) if row else None
+            return drive(conn, _cancel_job(job_id))
 
     # ------------------------------------------------------------------ resources
 
@@ -318,21 +346,15 @@ class Client:
     def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""
         with translate_errors("get resource"), self._pool.connection() as conn:
-            row = conn.execute(
-                resource_sql.GET_RESOURCE, (kind_of(object_type), object_id)
-            ).fetchone()
-        return _resource(object_type, row)
+            return drive(conn, _get(object_type, object_id))
 
     def invalidate(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Work the resource again with its stored object; return it (None if unknown).
 
         A deleted resource stays deleted: only a newer change brings it back.
         """
-        kind = kind_of(object_type)
         with translate_errors("invalidate"), self._pool.connection() as conn:
-            conn.execute(resource_sql.INVALIDATE_RESOURCE, (kind, object_id))
-            row = conn.execute(resource_sql.GET_RESOURCE, (kind, object_id)).fetchone()
-        return _resource(object_type, row)
+            return drive(conn, _invalidate(object_type, object_id))
 
     # ------------------------------------------------------------------ events
 
@@ -467,17 +489,13 @@ class AsyncClient:
         """Return the job with id `job_id`, or None."""
         with translate_errors("get job"):
             async with self._pool.connection() as conn:
-                row = await (await conn.execute(job_sql.GET_JOB, (job_id,))).fetchone()
-        return job_row(row) if row else None
+                return await drive_async(conn, _get_job(job_id))
 
     async def cancel_job(self, job_id: int) -> JobRow | None:
         """Cancel a job that is waiting to run (see Client.cancel_job)."""
         with translate_errors("cancel job"):
             async with self._pool.connection() as conn:
-                row = await (await conn.execute(job_sql.CANCEL_JOB, (job_id,))).fetchone()
-                if row is None:
-                    row = await (await conn.execute(job_sql.GET_JOB, (job_id,))).fetchone()
-        return job_row(row) if row else None
+                return await drive_async(conn, _cancel_job(job_id))
 
     # ------------------------------------------------------------------ resources
 
@@ -556,21 +574,13 @@ class AsyncClient:
         """Return the resource of `object_type` with id `object_id`, or None."""
         with translate_errors("get resource"):
             async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    resource_sql.GET_RESOURCE, (kind_of(object_type), object_id)
-                )
-                row = await cur.fetchone()
-        return _resource(object_type, row)
+                return await drive_async(conn, _get(object_type, object_id))
 
     async def invalidate(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Work the resource again with its stored object (see Client.invalidate)."""
-        kind = kind_of(object_type)
         with translate_errors("invalidate"):
             async with self._pool.connection() as conn:
-                await conn.execute(resource_sql.INVALIDATE_RESOURCE, (kind, object_id))
-                cur = await conn.execute(resource_sql.GET_RESOURCE, (kind, object_id))
-                row = await cur.fetchone()
-        return _resource(object_type, row)
+                return await drive_async(conn, _invalidate(object_type, object_id))
 
     # ------------------------------------------------------------------ events
 

@@ -11,7 +11,7 @@ tool can apply the same files in order instead.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 
 from delta_actors.db import migration_sql
+from delta_actors.db.connection import Rows, Statement, drive, drive_async
 from delta_actors.errors import SchemaError
 
 _FILE_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -92,22 +93,23 @@ def migrate(
     return done
 
 
+def read_version() -> Generator[Statement, Rows, int]:
+    """The highest applied migration version, 0 for an unmigrated database (drive it)."""
+    exists = yield migration_sql.SELECT_MIGRATION_TABLE_EXISTS, None
+    if not exists or not exists[0][0]:
+        return 0
+    rows = yield migration_sql.SELECT_SCHEMA_VERSION, None
+    return int(rows[0][0]) if rows else 0
+
+
 def current_version(conn: psycopg.Connection) -> int:
     """Return the highest applied migration version, 0 for an unmigrated database."""
-    exists = conn.execute(migration_sql.SELECT_MIGRATION_TABLE_EXISTS).fetchone()
-    if not exists or not exists[0]:
-        return 0
-    row = conn.execute(migration_sql.SELECT_SCHEMA_VERSION).fetchone()
-    return int(row[0]) if row else 0
+    return drive(conn, read_version())
 
 
 async def current_version_async(conn: psycopg.AsyncConnection) -> int:
     """Async twin of current_version."""
-    exists = await (await conn.execute(migration_sql.SELECT_MIGRATION_TABLE_EXISTS)).fetchone()
-    if not exists or not exists[0]:
-        return 0
-    row = await (await conn.execute(migration_sql.SELECT_SCHEMA_VERSION)).fetchone()
-    return int(row[0]) if row else 0
+    return await drive_async(conn, read_version())
 
 
 def schema_problem(version: int) -> str | None:
