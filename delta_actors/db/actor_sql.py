@@ -1,9 +1,5 @@
 """Statements of the actor table (`delta_actor`): register, heartbeat, unregister, and
 rescue's view of dead actors and their claims.
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
 """
 
 from __future__ import annotations

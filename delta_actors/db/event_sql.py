@@ -1,9 +1,4 @@
-"""Statements of resource events (`delta_event`) and their subscribers (`delta_subscriber`).
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
-"""
+"""Statements of resource events (`delta_event`) and their subscribers (`delta_subscriber`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
 """Statements of the job table (`delta_job`): insert, claim, complete, promote, hand back,
 read, cancel and clean up. A work's completion also writes its resource: see resource_sql.
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
 """
 
 from __future__ import annotations

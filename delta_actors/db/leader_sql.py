@@ -2,10 +2,6 @@
 
 `fence` in the informer statements: the write happens only while the given term holds an
 unexpired lease, so a leader that lost its lease (paused, partitioned) cannot act.
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
 """
 
 from __future__ import annotations

@@ -4,10 +4,6 @@ completion, expiry, tombstones and cleanup.
 Lock order, to keep informs, completions and claims free of deadlocks: a statement that
 writes resources locks them first, in id order (a `FOR UPDATE ... ORDER BY id` CTE),
 and only then writes the queued work. Claims never lock resources.
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
 """
 
 from __future__ import annotations

@@ -2,10 +2,6 @@
 
 Ages come from the database's clock. Queue counts go through the partial indexes of each
 state.
-
-Statements are `LiteralString` constants named after the function that runs them; nothing
-here is ever formatted with user input. Arrays are passed as single parameters and
-expanded with `unnest`, so a batch of any size is one statement and one round trip.
 """
 
 from __future__ import annotations

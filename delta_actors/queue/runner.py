@@ -180,16 +180,12 @@ class JobRunner(ClaimRunner):
             return results.job_requeued(claim.id, claim.attempt, outcome.after)
         except Cancel as outcome:
             self._stats.cancelled += 1
-            return results.job_cancelled(
-                claim.id, claim.attempt,
-                error_entry(claim.attempt, None, f"cancelled: {outcome.reason}"),
-            )  # fmt: skip
+            error = error_entry(claim.attempt, None, f"cancelled: {outcome.reason}")
+            return results.job_cancelled(claim.id, claim.attempt, error)
         except PermanentError as exc:
             self._stats.discarded += 1
-            return results.job_discarded(
-                claim.id, claim.attempt,
-                error_entry(claim.attempt, exc, f"permanent error: {exc.reason}"),
-            )  # fmt: skip
+            error = error_entry(claim.attempt, exc, f"permanent error: {exc.reason}")
+            return results.job_discarded(claim.id, claim.attempt, error)
         except HandlerTimeout as exc:
             return self._failed(claim, exc, str(exc))
         except (asyncio.CancelledError, GeneratorExit):

@@ -34,20 +34,21 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
 
 
-def _beats(dsn: str, what: str, since: datetime) -> int:
+def _one(dsn: str, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The one row `query` returns."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM e2e_beat WHERE what = %s AND at > %s", (what, since)
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None, f"no row for {query}"
+    return row
+
+
+def _beats(dsn: str, what: str, since: datetime) -> int:
+    query = "SELECT count(*) FROM e2e_beat WHERE what = %s AND at > %s"
+    return int(_one(dsn, query, (what, since))[0])
 
 
 def _now(dsn: str) -> datetime:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT clock_timestamp()").fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    return _one(dsn, "SELECT clock_timestamp()")[0]  # type: ignore[no-any-return]
 
 
 def _kill_repeatedly(dsn: str, seconds: float, every: float) -> int:
@@ -64,25 +65,22 @@ def _kill_repeatedly(dsn: str, seconds: float, every: float) -> int:
 
 def _leader(dsn: str) -> tuple[int, int, float]:
     """(actor id, term, seconds until the lease expires)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT actor_id, term, extract(epoch FROM expires_at - now())::float8 "
-            "FROM delta_leader"
-        ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), float(row[2])
+    actor, term, expires_in = _one(
+        dsn,
+        "SELECT actor_id, term, extract(epoch FROM expires_at - now())::float8 FROM delta_leader",
+    )
+    return int(actor), int(term), float(expires_in)
 
 
 def _health(dsn: str, actor_id: int) -> tuple[float, dict[str, dict[str, object]]]:
     """(heartbeat age, health by component) of one actor, as its row says."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT extract(epoch FROM now() - heartbeat_at)::float8, health "
-            "FROM delta_actor WHERE id = %s",
-            (actor_id,),
-        ).fetchone()
-    assert row is not None, f"actor {actor_id} has no row"
-    return float(row[0]), {h["name"]: h for h in row[1] or []}
+    age, health = _one(
+        dsn,
+        "SELECT extract(epoch FROM now() - heartbeat_at)::float8, health "
+        "FROM delta_actor WHERE id = %s",
+        (actor_id,),
+    )
+    return float(age), {h["name"]: h for h in health or []}
 
 
 def _started_with_informer_running(supervise: Any, dsn: str) -> Any:

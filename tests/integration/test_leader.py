@@ -50,12 +50,12 @@ async def test_competing_electors_have_one_leader_at_a_time(dsn):
         await wait_until_async(lambda: _true(any(e.is_leader for e in electors)), 5, "a leader")
         leader = next(e for e in electors if e.is_leader)
         # Crash the leader's session: its lease must expire before anyone else leads.
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE '%%delta_leader%%' "
-                "AND pid <> pg_backend_pid()"
-            )
+        await execute(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE '%%delta_leader%%' "
+            "AND pid <> pg_backend_pid()",
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 4
         leaders_seen = set()
@@ -70,6 +70,12 @@ async def test_competing_electors_have_one_leader_at_a_time(dsn):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def execute(dsn: str, statement: str) -> None:
+    """Run one statement on a connection of its own, as another session would."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        await admin.execute(statement)  # type: ignore[arg-type]
 
 
 async def _true(value: object) -> bool:
@@ -371,11 +377,11 @@ async def test_a_leader_whose_election_connection_breaks_takes_its_lease_back_at
     task = asyncio.create_task(elector.run())
     try:
         await wait_until_async(lambda: _true(elector.is_leader), 5, "leadership")
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = 'delta-lease'"
-            )
+        await execute(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'delta-lease'",
+        )
         await wait_until_async(lambda: _true(seen.lost == 1), 5, "the term to end")
         await wait_until_async(lambda: _true(elector.is_leader), 3, "the lease taken back")
         assert seen.terms == [1, 2]
