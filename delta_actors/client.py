@@ -18,7 +18,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from delta_actors.app import App
 from delta_actors.config import DEFAULT_NAMESPACE
-from delta_actors.db import job_sql, resource_sql
+from delta_actors.controller import has_informer
+from delta_actors.db import job_sql, leader_sql, resource_sql
 from delta_actors.db.connection import (
     Rows,
     Statement,
@@ -33,11 +34,12 @@ from delta_actors.db.connection import (
 )
 from delta_actors.db.migrations import check_schema, check_schema_async
 from delta_actors.db.resource_sql import StoredRow
-from delta_actors.errors import ConfigError, DecodeError
+from delta_actors.errors import ConfigError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobRow, job_row
 from delta_actors.model.kinds import Kinded, kind_of
+from delta_actors.model.names import validate_name
 from delta_actors.model.object import Object
 from delta_actors.model.resource import InformResult, Resource, State
 from delta_actors.queue.insert import (
@@ -93,6 +95,32 @@ def _cancel_job(job_id: int) -> Generator[Statement, Rows, JobRow | None]:
     if not rows:
         rows = yield job_sql.GET_JOB, (job_id,)
     return job_row(rows[0]) if rows else None
+
+
+def _request_informer(kind: str, full: bool) -> Generator[Statement, Rows, None]:
+    rows = yield leader_sql.REQUEST_INFORMER, {"kind": kind, "full": full}
+    if rows:
+        return
+    known = yield leader_sql.SELECT_INFORMER_KINDS, None
+    names = ", ".join(row[0] for row in known) or "none"
+    raise UnknownKindError(
+        f"no informer of kind {kind!r} in this database (informers: {names}); a kind's "
+        "informer is known once the leader of an app whose controller has one started"
+    )
+
+
+def _informer_kind(object_type: type[Object] | str, app: App | None) -> str:
+    kind = object_type if isinstance(object_type, str) else kind_of(object_type)
+    validate_name(kind, "kind")
+    if app is not None:
+        registration = app.controllers.get(kind)
+        if registration is None or not has_informer(registration.controller):
+            informers = sorted(k for k, r in app.controllers.items() if has_informer(r.controller))
+            raise UnknownKindError(
+                f"the app has no informer of kind {kind!r} (informers: "
+                f"{', '.join(informers) or 'none'})"
+            )
+    return kind
 
 
 def _resource(object_type: type[T], values: tuple[Any, ...] | None) -> Resource[T] | None:
@@ -356,6 +384,22 @@ class Client:
         with translate_errors("invalidate"), self._pool.connection() as conn:
             return drive(conn, _invalidate(object_type, object_id))
 
+    def run_informer(self, object_type: type[Object] | str, *, full: bool = False) -> None:
+        """Ask the leader to run this kind's informer now (within about a second).
+
+        Args:
+            object_type: the Object type (or kind name) whose controller's informer runs.
+            full: list everything (tombstones included, if the controller has them)
+                instead of the changes after the cursor.
+
+        A run already in progress is not doubled: the request runs once more after it.
+        Works from any client, with or without an app: the request goes through the
+        database to whichever leader holds the lease.
+        """
+        kind = _informer_kind(object_type, self.app)
+        with translate_errors("run informer"), self._pool.connection() as conn:
+            drive(conn, _request_informer(kind, full))
+
     # ------------------------------------------------------------------ events
 
     def subscribe(
@@ -581,6 +625,13 @@ class AsyncClient:
         with translate_errors("invalidate"):
             async with self._pool.connection() as conn:
                 return await drive_async(conn, _invalidate(object_type, object_id))
+
+    async def run_informer(self, object_type: type[Object] | str, *, full: bool = False) -> None:
+        """Ask the leader to run this kind's informer now (see Client.run_informer)."""
+        kind = _informer_kind(object_type, self.app)
+        with translate_errors("run informer"):
+            async with self._pool.connection() as conn:
+                await drive_async(conn, _request_informer(kind, full))
 
     # ------------------------------------------------------------------ events
 

@@ -40,6 +40,8 @@ class Controller(Generic[T]):
     - `timeout`: seconds one `work` may run before it counts as a failed attempt (60);
     - `max_attempts`: failed attempts of one generation before it is degraded (10);
     - `inform_interval`: seconds between informer runs (3600; None disables);
+    - `inform_timeout`: seconds one informer run may take before it fails (600; the
+      cursor stays, as for any failed run);
     - `full_interval`: seconds between full listings (None: only the first run is full);
     - `tombstones`: mark unlisted resources deleted after a full listing (False).
     """
@@ -49,6 +51,7 @@ class Controller(Generic[T]):
     timeout: ClassVar[float] = 60.0
     max_attempts: ClassVar[int] = 10
     inform_interval: ClassVar[float | None] = 3600.0
+    inform_timeout: ClassVar[float] = 600.0
     full_interval: ClassVar[float | None] = None
     tombstones: ClassVar[bool] = False
 

@@ -41,37 +41,91 @@ SELECT count(pg_notify('delta_leader', 'resigned')) FROM resigned
 """
 
 SELECT_INFORMERS: LiteralString = """
-SELECT kind, cursor, next_run_at <= now() FROM delta_informer WHERE kind = ANY(%s)
+SELECT kind, cursor, next_run_at <= now() OR requested_at IS NOT NULL,
+       extract(epoch FROM last_success_at)::float8
+FROM delta_informer WHERE kind = ANY(%s)
 """
 
 ADD_INFORMERS: LiteralString = """
 INSERT INTO delta_informer (kind) SELECT unnest(%s::text[]) ON CONFLICT (kind) DO NOTHING
 """
 
+# Starts a due (or requested) run: clears the request and records the run. Fenced. The
+# run's kind of listing is known once the caller decided it: FINISH/FAIL record it.
 START_INFORMER: LiteralString = """
-UPDATE delta_informer SET last_started_at = now()
-WHERE kind = %(kind)s AND next_run_at <= now()
-  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
-              AND actor_id = %(actor)s AND expires_at > now())
-RETURNING cursor, now(), last_full_at
+WITH before AS (
+    SELECT requested_at, requested_full FROM delta_informer WHERE kind = %(kind)s FOR UPDATE
+),
+started AS (
+    UPDATE delta_informer AS i
+    SET last_started_at = now(), requested_at = NULL, requested_full = false
+    FROM before
+    WHERE i.kind = %(kind)s AND (i.next_run_at <= now() OR i.requested_at IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+                  AND actor_id = %(actor)s AND expires_at > now())
+    RETURNING i.cursor, now() AS started_at, i.last_full_at,
+              before.requested_at IS NOT NULL AS requested, before.requested_full
+),
+run AS (
+    INSERT INTO delta_informer_run (kind, full_listing, requested)
+    SELECT %(kind)s, false, s.requested FROM started AS s
+    RETURNING id
+)
+SELECT s.cursor, s.started_at, s.last_full_at, s.requested, s.requested_full,
+       (SELECT id FROM run)
+FROM started AS s
 """
 
 FINISH_INFORMER: LiteralString = """
-UPDATE delta_informer
-SET cursor = coalesce(%(cursor)s, cursor), last_finished_at = now(), last_error = NULL,
-    last_full_at = CASE WHEN %(full)s THEN last_started_at ELSE last_full_at END,
-    runs = runs + 1, objects = objects + %(objects)s,
-    next_run_at = now() + make_interval(secs => %(next_in)s)
-WHERE kind = %(kind)s
-  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
-              AND actor_id = %(actor)s AND expires_at > now())
-RETURNING kind
+WITH finished AS (
+    UPDATE delta_informer
+    SET cursor = coalesce(%(cursor)s, cursor), last_finished_at = now(), last_error = NULL,
+        last_success_at = now(),
+        last_full_at = CASE WHEN %(full)s THEN last_started_at ELSE last_full_at END,
+        runs = runs + 1, objects = objects + %(objects)s,
+        next_run_at = now() + make_interval(secs => %(next_in)s)
+    WHERE kind = %(kind)s
+      AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+                  AND actor_id = %(actor)s AND expires_at > now())
+    RETURNING kind
+),
+recorded AS (
+    UPDATE delta_informer_run
+    SET finished_at = now(), objects = %(objects)s, full_listing = %(full)s
+    WHERE id = %(run)s AND EXISTS (SELECT 1 FROM finished)  -- a fenced-off run stays open
+)
+SELECT kind FROM finished
 """
 
 FAIL_INFORMER: LiteralString = """
+WITH failed AS (
+    UPDATE delta_informer
+    SET last_error = %(error)s, last_error_at = now(), failures = failures + 1,
+        last_finished_at = now(), objects = objects + %(objects)s,
+        next_run_at = now() + make_interval(secs => %(next_in)s)
+    WHERE kind = %(kind)s
+)
+UPDATE delta_informer_run
+SET finished_at = now(), objects = %(objects)s, error = %(error)s, full_listing = %(full)s
+WHERE id = %(run)s
+"""
+
+# client.run_informer: ask the leader to run it at its next check (about a second).
+REQUEST_INFORMER: LiteralString = """
 UPDATE delta_informer
-SET last_error = %(error)s, failures = failures + 1, last_finished_at = now(),
-    objects = objects + %(objects)s,
-    next_run_at = now() + make_interval(secs => %(next_in)s)
+SET requested_at = coalesce(requested_at, now()), requested_full = requested_full OR %(full)s
 WHERE kind = %(kind)s
+RETURNING kind
+"""
+
+SELECT_INFORMER_KINDS: LiteralString = "SELECT kind FROM delta_informer ORDER BY kind"
+
+# The Cleaner: informer runs older than a week, a batch at a time (oldest first).
+DELETE_OLD_INFORMER_RUNS: LiteralString = """
+DELETE FROM delta_informer_run WHERE id = ANY(ARRAY(
+    SELECT id FROM delta_informer_run
+    WHERE started_at < now() - interval '7 days'
+    ORDER BY started_at
+    LIMIT %(limit)s
+))
 """

@@ -112,3 +112,11 @@ SELECT EXISTS (SELECT 1 FROM delta_resource WHERE kind = %s)
 SELECT_RESOURCE_KINDS: LiteralString = """
 SELECT DISTINCT kind FROM delta_resource ORDER BY kind LIMIT 50
 """
+
+# One row per informer, in the order of ops.status.InformerStatus's fields.
+SELECT_INFORMERS_STATUS: LiteralString = """
+SELECT kind, last_started_at, last_success_at, last_error_at, last_error, cursor,
+       extract(epoch FROM next_run_at - now())::float8, requested_at IS NOT NULL,
+       runs, failures
+FROM delta_informer ORDER BY kind
+"""

@@ -126,6 +126,15 @@ class Leader:
         )  # fmt: skip
         return duties
 
+    def informer_runs(self) -> list[tuple[str, dict[str, int], float | None]]:
+        """Per informing kind: runs by result since this process started, and the last
+        success the database records (epoch seconds), for metrics."""
+        informers = self.informers
+        return [
+            (kind, dict(informers.runs.get(kind, {})), informers.last_success.get(kind))
+            for kind in sorted(informers.informers)
+        ]
+
     def health(self) -> list[ComponentHealth]:
         """Each duty's progress now; empty while this candidate does not lead."""
         return [duty.progress.snapshot() for duty in self.duties] if self.is_leader else []

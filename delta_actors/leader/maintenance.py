@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
-from delta_actors.db import event_sql, job_sql, resource_sql
+from delta_actors.db import event_sql, job_sql, leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
 from delta_actors.events import SUBSCRIBER_TTL
 from delta_actors.health import Progress, log_failure
@@ -133,9 +133,14 @@ class Cleaner:
                 cur = await conn.execute(resource_sql.DELETE_DELETED_RESOURCES, params)
                 resources += cur.rowcount
             events = await self._delete_read_events(conn)
+            cur = await conn.execute(leader_sql.DELETE_OLD_INFORMER_RUNS, {"limit": self.limit})
+            informer_runs = cur.rowcount
             cur = await conn.execute(event_sql.DELETE_LAPSED_SUBSCRIBERS, {"grace": SUBSCRIBER_TTL})
             subscribers = cur.rowcount
-        return {"jobs": jobs, "resources": resources, "events": events, "subscribers": subscribers}
+        return {
+            "jobs": jobs, "resources": resources, "events": events, "subscribers": subscribers,
+            "informer_runs": informer_runs,
+        }  # fmt: skip
 
     async def _delete_read_events(self, conn: psycopg.AsyncConnection) -> int:
         # Events pile up as fast as works finish: keep deleting, a batch per statement,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -38,6 +40,19 @@ def _dsn_to_read(dsn: str | None, data_dir: Path | None) -> str:
         f"no database given: pass --dsn URL, set {DSN_ENV}, or start the embedded "
         f"database in {cluster.data_dir} (`delta-actors db start`)"
     )
+
+
+@contextmanager
+def _exit_codes(not_found: type[Exception] | tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Exit 1 with its message on `not_found`, 2 on any other DeltaError."""
+    try:
+        yield
+    except not_found as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def _echo_json(value: object) -> None:
@@ -236,16 +251,33 @@ def status(dsn: str | None, data_dir: Path | None, as_json: bool) -> None:
     from delta_actors.ops.tables import render_status
 
     resolved = _dsn_to_read(dsn, data_dir)
-    try:
-        with connect(resolved, autocommit=True, action="read status") as conn:
-            found = read_status(conn)
-    except DeltaError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    with _exit_codes(), connect(resolved, autocommit=True, action="read status") as conn:
+        found = read_status(conn)
     if as_json:
         _echo_json(found)
     else:
         click.echo(render_status(found))
+
+
+@main.command()
+@click.argument("kind")
+@click.option("--full", is_flag=True, help="List everything, not the changes after the cursor.")
+@click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+def inform(kind: str, full: bool, dsn: str | None, data_dir: Path | None) -> None:
+    """Run KIND's informer now, on whichever leader holds the lease.
+
+    Exits 1 when no informer of that kind is known to the database, 2 when it cannot be
+    reached. `delta-actors status` shows the run under INFORMERS.
+    """
+    from delta_actors.client import Client
+    from delta_actors.errors import UnknownKindError
+
+    resolved = _dsn_to_read(dsn, data_dir)
+    with _exit_codes(not_found=UnknownKindError), Client.connect(resolved, max_size=1) as client:
+        client.run_informer(kind, full=full)
+    listing = "a full listing" if full else "the changes after its cursor"
+    click.echo(f"asked the leader to run the {kind} informer now ({listing})")
 
 
 @main.command()
@@ -265,15 +297,11 @@ def inspect(
     from delta_actors.ops.tables import render_resource
 
     resolved = _dsn_to_read(dsn, data_dir)
-    try:
-        with connect(resolved, autocommit=True, action="inspect") as conn:
-            detail = inspect_resource(conn, kind, object_id)
-    except NotFoundError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except DeltaError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    with (
+        _exit_codes(not_found=NotFoundError),
+        connect(resolved, autocommit=True, action="inspect") as conn,
+    ):
+        detail = inspect_resource(conn, kind, object_id)
     if as_json:
         _echo_json(detail)
     else:

@@ -90,6 +90,21 @@ class Failure(msgspec.Struct, frozen=True):
     error: str
 
 
+class InformerStatus(msgspec.Struct, frozen=True):
+    """One kind's informer: its last run, last success and last error, cursor, next run."""
+
+    kind: str
+    last_run_at: datetime | None  # when the last run started
+    last_success_at: datetime | None
+    last_error_at: datetime | None
+    last_error: str  # the last failed run's error (`Type: message`); "" after a success
+    cursor: datetime | None
+    next_in: float  # seconds until the next run is due; negative: overdue
+    requested: bool  # a run was asked for (run_informer) and has not started yet
+    runs: int  # runs that succeeded
+    failures: int  # runs that failed
+
+
 class Status(msgspec.Struct, frozen=True):
     """Everything `delta-actors status` shows."""
 
@@ -99,6 +114,7 @@ class Status(msgspec.Struct, frozen=True):
     resources: list[ResourceCount]
     queues: list[QueueStatus]
     failures: list[Failure]
+    informers: list[InformerStatus] = []
 
 
 class WorkStatus(msgspec.Struct, frozen=True):
@@ -159,6 +175,7 @@ def read_status(conn: psycopg.Connection) -> Status:
         failures = conn.execute(
             status_sql.SELECT_RECENT_FAILURES, {"limit": RECENT_FAILURES}
         ).fetchall()
+        informers = conn.execute(status_sql.SELECT_INFORMERS_STATUS).fetchall()
     return Status(
         schema_version=int(version[0]) if version else 0,
         leader=LeaderStatus(*leader) if leader else None,
@@ -183,6 +200,10 @@ def read_status(conn: psycopg.Connection) -> Status:
         failures=[
             Failure(what, kind, str(id_), ns, state, attempt, at, _last_error(error))
             for what, kind, id_, ns, state, attempt, at, error in failures
+        ],
+        informers=[
+            InformerStatus(kind, run, ok, err_at, _last_line(err or ""), cur, next_in, req, n, f)
+            for kind, run, ok, err_at, err, cur, next_in, req, n, f in informers
         ],
     )
 
@@ -212,6 +233,12 @@ def _not_found(conn: psycopg.Connection, kind: str, object_id: str) -> str:
     kinds = [row[0] for row in conn.execute(status_sql.SELECT_RESOURCE_KINDS)]
     stored = ", ".join(kinds) if kinds else "none"
     return f"no resources of kind {kind!r} (kinds stored: {stored})"
+
+
+def _last_line(text: str) -> str:
+    """The last line of a traceback: `Type: message`."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _last_error(entry: str | None) -> str:

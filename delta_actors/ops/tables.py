@@ -74,6 +74,7 @@ def render_status(status: Status) -> str:
             "ACTORS\n" + _actors(status),
             "RESOURCES\n" + _resources(status),
             "QUEUES (finished/s: over the last minute)\n" + _queues(status),
+            "INFORMERS\n" + _informers(status),
             "RECENT FAILURES\n" + _failures(status),
         )
     )
@@ -118,6 +119,20 @@ def _queues(status: Status) -> str:
         for q in status.queues
     ]  # fmt: skip
     return table(("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S"), rows)
+
+
+def _informers(status: Status) -> str:
+    if not status.informers:
+        return "none"
+    rows = [
+        (i.kind, format_time(i.last_run_at), format_time(i.last_success_at),
+         _shorten(i.last_error, 60) or "-", format_time(i.cursor),
+         "requested" if i.requested else
+         ("due" if i.next_in <= 0 else "in " + format_age(i.next_in)), i.runs, i.failures)
+        for i in status.informers
+    ]  # fmt: skip
+    headers = ("KIND", "LAST RUN", "LAST SUCCESS", "LAST ERROR", "CURSOR", "NEXT", "OK", "FAILED")
+    return table(headers, rows)
 
 
 def _failures(status: Status) -> str:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.controller import InformOptions, has_informer
 from delta_actors.db import leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
-from delta_actors.health import Progress, log_failure
+from delta_actors.health import Progress, describe, log_failure
 from delta_actors.model.object import Object
 from delta_actors.resources.store import InformParams, inform, prepare
 
@@ -43,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 BATCH = 500
 FAILURE_BACKOFF = 30.0  # seconds before a failed informer runs again (at most its interval)
+
+
+class InformerTimeout(Exception):  # noqa: N818 (the run's failure, like HandlerTimeout)
+    """An informer run took longer than its controller's `inform_timeout`."""
 
 
 class InformerScheduler:
@@ -59,6 +64,10 @@ class InformerScheduler:
             and registration.controller.inform_interval is not None
         }
         self._running: dict[str, asyncio.Task[Any]] = {}
+        # Metrics, sent with the leader's heartbeats: runs by kind and result since this
+        # process started, and each kind's last success (epoch seconds, from the database).
+        self.runs: dict[str, dict[str, int]] = {}
+        self.last_success: dict[str, float] = {}
 
     @property
     def interval(self) -> float:
@@ -103,7 +112,9 @@ class InformerScheduler:
         self._running = {k: t for k, t in self._running.items() if not t.done()}
         async with self._pool.connection() as conn:
             cur = await conn.execute(leader_sql.SELECT_INFORMERS, (list(self.informers),))
-            due = [kind for kind, _, is_due in await cur.fetchall() if is_due]
+            rows = await cur.fetchall()
+        due = [kind for kind, _, is_due, _ in rows if is_due]
+        self.last_success.update((kind, at) for kind, _, _, at in rows if at is not None)
         started = []
         for kind in due:
             if kind in self._running:
@@ -125,7 +136,7 @@ class InformerScheduler:
             log_failure(logger, f"informer {kind} run failed", exc, "informer.error")
 
     async def run_informer(self, kind: str, term: int, actor_id: int) -> dict[str, Any]:
-        """Run one informer now if it is due and we lead; return what it did."""
+        """Run one informer now if it is due (or asked for) and we lead; return what it did."""
         registration = self.informers[kind]
         fence = {"kind": kind, "term": term, "actor": actor_id}
         async with self._pool.connection() as conn:
@@ -133,62 +144,89 @@ class InformerScheduler:
             row = await cur.fetchone()
         if row is None:
             return {"kind": kind, "ran": False}
-        cursor, started_at, last_full_at = row
-        full = cursor is None or _full_due(
-            registration.controller.full_interval, last_full_at, started_at
+        cursor, started_at, last_full_at, requested, requested_full, run_id = row
+        full = (
+            cursor is None
+            or requested_full
+            or _full_due(registration.controller.full_interval, last_full_at, started_at)
         )
-        options = InformOptions(after=None if full else cursor, full=full)
-        written = 0
-        listed: list[str] = []
-        newest: datetime | None = None
-        batch: list[Object] = []
+        if requested:
+            logger.info(
+                "informer %s runs on request (%s listing)", kind, "full" if full else "cursor",
+                extra={"event": "informer.requested", "kind": kind},
+            )  # fmt: skip
+        run = _Run(kind, run_id, full, started_at)
         try:
-            async for obj in registration.controller.inform(options):
-                batch.append(obj)
-                if options.full:
-                    listed.append(obj.id())
-                created = obj.created_at()
-                if created is not None and (newest is None or created > newest):
-                    newest = created
-                if len(batch) >= BATCH:
-                    written += await self._write(registration, batch)
-                    batch = []
-            if batch:
-                written += await self._write(registration, batch)
+            await self._list(registration, InformOptions(None if full else cursor, full), run)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 (an informer's SystemExit is its failure too)
-            # What was listed before the failure is real data: keep it.
-            if batch:
-                try:
-                    written += await self._write(registration, batch)
-                except Exception as write_exc:  # noqa: BLE001 (the run's failure is recorded next)
-                    log_failure(
-                        logger, "writing the informer's last batch failed", write_exc,
-                        "informer.write_failed",
-                    )  # fmt: skip
-            await self._failed(kind, registration, written, exc)
-            return {"kind": kind, "ran": True, "error": str(exc), "objects": written}
+            await self._failed(registration, run, exc)
+            return {"kind": kind, "ran": True, "error": str(exc), "objects": run.written}
         tombstoned = 0
         async with self._pool.connection() as conn, conn.transaction():
-            if options.full and registration.controller.tombstones:
+            if full and registration.controller.tombstones:
                 cur = await conn.execute(
                     resource_sql.TOMBSTONE_UNLISTED,
-                    {**fence, "started": started_at, "listed": listed},
+                    {**fence, "started": started_at, "listed": run.listed},
                 )
                 tombstoned = len(await cur.fetchall())
             await conn.execute(
                 leader_sql.FINISH_INFORMER,
-                {**fence, "cursor": newest or started_at, "objects": written, "full": full,
+                {**fence, "cursor": run.newest or started_at, "objects": run.written,
+                 "full": full, "run": run_id,
                  "next_in": _jittered(registration.controller.inform_interval)},
             )  # fmt: skip
-        if written or tombstoned:
+        self._count(kind, "success")
+        if run.written or tombstoned:
             logger.info(
-                "informer %s listed %d objects%s", kind, written,
+                "informer %s listed %d objects%s", kind, run.written,
                 f", {tombstoned} tombstoned" if tombstoned else "",
-                extra={"event": "informer.ran", "kind": kind, "objects": written},
+                extra={"event": "informer.ran", "kind": kind, "objects": run.written},
             )  # fmt: skip
-        return {"kind": kind, "ran": True, "objects": written, "tombstoned": tombstoned}
+        return {"kind": kind, "ran": True, "objects": run.written, "tombstoned": tombstoned}
+
+    async def _list(
+        self, registration: ControllerRegistration, options: InformOptions, run: _Run
+    ) -> None:
+        """List and write in batches, within `inform_timeout`; on failure, keep what was
+        listed (it is real data) and raise."""
+        batch: list[Object] = []
+        limit = registration.controller.inform_timeout
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                async for obj in registration.controller.inform(options):
+                    batch.append(obj)
+                    if options.full:
+                        run.listed.append(obj.id())
+                    created = obj.created_at()
+                    if created is not None and (run.newest is None or created > run.newest):
+                        run.newest = created
+                    if len(batch) >= BATCH:
+                        run.written += await self._write(registration, batch)
+                        batch = []
+                if batch:
+                    run.written += await self._write(registration, batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if batch:
+                await self._write_last(registration, batch, run)
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise InformerTimeout(
+                    f"informer {run.kind} ran past its inform_timeout of {limit:g}s"
+                ) from exc
+            raise
+
+    async def _write_last(
+        self, registration: ControllerRegistration, batch: list[Object], run: _Run
+    ) -> None:
+        try:
+            run.written += await self._write(registration, batch)
+        except Exception as exc:  # noqa: BLE001 (the run's failure is recorded next)
+            log_failure(logger, "writing the informer's last batch failed", exc,
+                        "informer.write_failed")  # fmt: skip
 
     async def _write(self, registration: ControllerRegistration, batch: list[Object]) -> int:
         params = InformParams(namespace=registration.namespace)
@@ -197,24 +235,43 @@ class InformerScheduler:
             await drive_async(conn, inform(items, params))
         return len(items)
 
+    def _count(self, kind: str, result: str) -> None:
+        by_result = self.runs.setdefault(kind, {})
+        by_result[result] = by_result.get(result, 0) + 1
+
     async def _failed(
-        self, kind: str, registration: ControllerRegistration, written: int, exc: BaseException
+        self, registration: ControllerRegistration, run: _Run, exc: BaseException
     ) -> None:
+        kind = run.kind
+        self._count(kind, "error")
         interval = registration.controller.inform_interval or FAILURE_BACKOFF
         logger.error(
-            "informer %s failed after %d objects; its cursor stays: %s", kind, written, exc,
-            extra={"event": "informer.failed", "kind": kind},
+            "informer %s failed after %d objects; its cursor stays: %s", kind, run.written,
+            describe(exc), extra={"event": "informer.failed", "kind": kind},
         )  # fmt: skip
         message = "".join(traceback.format_exception(exc))[-4000:]
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(
                     leader_sql.FAIL_INFORMER,
-                    {"kind": kind, "error": message, "objects": written,
-                     "next_in": min(FAILURE_BACKOFF, interval)},
+                    {"kind": kind, "error": message, "objects": run.written, "run": run.run_id,
+                     "full": run.full, "next_in": min(FAILURE_BACKOFF, interval)},
                 )  # fmt: skip
         except Exception as db_exc:  # noqa: BLE001 (the failure is logged above already)
             log_failure(logger, "recording the informer failure failed", db_exc, "informer.error")
+
+
+@dataclass
+class _Run:
+    """One informer run as it goes: what it was started as, and what it listed so far."""
+
+    kind: str
+    run_id: int
+    full: bool
+    started_at: datetime
+    written: int = 0
+    listed: list[str] = field(default_factory=list)  # ids, for tombstones after a full run
+    newest: datetime | None = None  # the newest created_at() seen: the next cursor
 
 
 def _full_due(interval: float | None, last_full: datetime | None, now: datetime) -> bool:

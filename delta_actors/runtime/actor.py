@@ -198,6 +198,7 @@ class _Actor:
                 running=0, claimed=0, completed=0, failed=0, queue_depth=0,
                 rescued=leader.rescuer.rescued_claims, is_leader=leader.is_leader,
                 elected=leader.terms_led, lost=leader.terms_lost, health=leader.health(),
+                informers=[protocol.InformerTally(*run) for run in leader.informer_runs()],
             )  # fmt: skip
         depth, lag = 0, 0.0
         with contextlib.suppress(Exception):

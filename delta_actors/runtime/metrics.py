@@ -106,6 +106,8 @@ class _Totals:
     rescued: dict[str, int] = field(default_factory=lambda: {"leader": 0, "supervisor": 0})
     elected: int = 0
     lost: int = 0
+    informer_runs: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result)
+    informer_success: dict[str, float] = field(default_factory=dict)  # kind -> epoch s
 
     def add(self, namespace: str, heartbeat: Heartbeat) -> None:
         for tally in heartbeat.kinds:
@@ -116,9 +118,19 @@ class _Totals:
         self.rescued["leader"] += heartbeat.rescued
         self.elected += heartbeat.elected
         self.lost += heartbeat.lost
+        for informer in heartbeat.informers:
+            for result, count in informer.results.items():
+                run_key = (informer.kind, result)
+                self.informer_runs[run_key] = self.informer_runs.get(run_key, 0) + count
+            if informer.last_success is not None:
+                known = self.informer_success.get(informer.kind, 0.0)
+                self.informer_success[informer.kind] = max(known, informer.last_success)
 
     def copy(self) -> _Totals:
-        copied = _Totals(rescued=dict(self.rescued), elected=self.elected, lost=self.lost)
+        copied = _Totals(
+            rescued=dict(self.rescued), elected=self.elected, lost=self.lost,
+            informer_runs=dict(self.informer_runs), informer_success=dict(self.informer_success),
+        )  # fmt: skip
         for key, tally in self.tallies.items():
             copied.tallies[key] = _Tally(dict(tally.results), list(tally.buckets), tally.seconds)
         return copied
@@ -295,7 +307,23 @@ def _leader_families(
         "delta_is_leader", "1 while this supervisor's leader candidate holds the lease."
     )
     is_leader.add_metric([], int(any(h is not None and h.is_leader for _, h, _ in live.values())))
-    yield from (rescued, transitions, is_leader)
+    runs = CounterMetricFamily(
+        "delta_informer_runs",
+        "Informer runs by this supervisor's leader candidate, by kind and result "
+        "(success, error: a failed or timed-out run).",
+        labels=["kind", "result"],
+    )
+    for (kind, result), count in sorted(totals.informer_runs.items()):
+        runs.add_metric([kind, result], count)
+    last_success = GaugeMetricFamily(
+        "delta_informer_last_success_timestamp_seconds",
+        "When each kind's informer last ran without error (any leader; as the database "
+        "records it, seen by this supervisor's leader candidate).",
+        labels=["kind"],
+    )
+    for kind, at in sorted(totals.informer_success.items()):
+        last_success.add_metric([kind], at)
+    yield from (rescued, transitions, is_leader, runs, last_success)
 
 
 def serve(metrics: SupervisorMetrics, host: str, port: int) -> WSGIServer:

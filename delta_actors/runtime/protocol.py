@@ -53,6 +53,15 @@ class KindTally(msgspec.Struct, array_like=True, frozen=True):
     seconds: float  # the sum of the run durations
 
 
+class InformerTally(msgspec.Struct, array_like=True, frozen=True):
+    """One kind's informer runs on this leader candidate since it started, by result, and
+    the kind's last success as the database records it (epoch seconds; None: never)."""
+
+    kind: str
+    results: dict[str, int]
+    last_success: float | None
+
+
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     """The actor lives; its counters since it started, and its gauges now."""
 
@@ -69,6 +78,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     elected: int = 0  # terms this leader candidate won
     lost: int = 0  # terms it lost or gave up
     health: list[ComponentHealth] = []  # what each component last got done (health.py)
+    informers: list[InformerTally] = []  # the leader's informer runs
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):

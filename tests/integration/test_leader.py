@@ -17,7 +17,7 @@ from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer
 from delta_actors.resources.informers import InformerScheduler
 from tests.waiting import wait_until_async
 
-NO_EVENTS = {"events": 0, "subscribers": 0}
+NO_EVENTS = {"events": 0, "subscribers": 0, "informer_runs": 0}
 FAST = {"ttl": 1.5, "renew_interval": 0.3, "elect_interval": 0.2, "margin": 0.3}
 
 
@@ -253,7 +253,7 @@ async def test_stale_leader_cannot_run_informers_or_advance_cursors(dsn):
             cur = await conn.execute(
                 leader_sql.FINISH_INFORMER,
                 {"kind": "listing", "term": old_term, "actor": 1, "cursor": datetime.now(UTC),
-                 "objects": 1, "next_in": 1.0, "full": False},
+                 "objects": 1, "next_in": 1.0, "full": False, "run": None},
             )  # fmt: skip
             assert cur.rowcount == 0
             cur = await conn.execute(
