@@ -17,7 +17,6 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from delta_actors.app import App
-from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.controller import has_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
 from delta_actors.db.connection import (
@@ -155,7 +154,7 @@ def _require_dsn(dsn: str | None) -> str:
 
 
 def _options(
-    namespace: str,
+    namespace: str | None,
     priority: int,
     scheduled_at: datetime | None,
     unique_key: str | None,
@@ -213,7 +212,7 @@ class Client:
         self,
         job: Job,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         unique_key: str | None = None,
@@ -223,7 +222,8 @@ class Client:
 
         Args:
             job: the job's arguments.
-            namespace: the queue whose workers run it.
+            namespace: the queue whose workers run it; default: the job type's
+                `namespace=`, else "default".
             priority: 1 (first) to 4 (last).
             scheduled_at: an aware datetime before which it does not run; None: now.
             unique_key: while a live job of this kind holds the key, return that job instead.
@@ -239,7 +239,7 @@ class Client:
         conn: psycopg.Connection,
         job: Job,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         unique_key: str | None = None,
@@ -255,7 +255,7 @@ class Client:
         self,
         jobs: Iterable[Job | JobSpec],
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         max_attempts: int = 25,
@@ -271,7 +271,7 @@ class Client:
         conn: psycopg.Connection,
         jobs: Iterable[Job | JobSpec],
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         max_attempts: int = 25,
@@ -467,7 +467,7 @@ class AsyncClient:
         self,
         job: Job,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         unique_key: str | None = None,
@@ -485,7 +485,7 @@ class AsyncClient:
         conn: psycopg.AsyncConnection,
         job: Job,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         unique_key: str | None = None,
@@ -501,7 +501,7 @@ class AsyncClient:
         self,
         jobs: Iterable[Job | JobSpec],
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         max_attempts: int = 25,
@@ -518,7 +518,7 @@ class AsyncClient:
         conn: psycopg.AsyncConnection,
         jobs: Iterable[Job | JobSpec],
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         priority: int = 1,
         scheduled_at: datetime | None = None,
         max_attempts: int = 25,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from delta_actors.model.kinds import Kinded
 
 
@@ -15,4 +17,8 @@ class Job(Kinded):
 
     The optional class keyword `timeout=` (seconds, default 60) bounds one run of the
     handler; a run that takes longer is cancelled and counts as a failed attempt.
+    `namespace=` names the queue its jobs go to when `enqueue` is not given one
+    (`class SendEmail(delta.Job, kind="send-email", namespace="mail")`).
     """
+
+    default_namespace: ClassVar[str | None] = None

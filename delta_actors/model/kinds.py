@@ -16,22 +16,33 @@ from delta_actors.model.names import validate_name
 
 
 class KindMeta(msgspec.StructMeta):
-    """Struct metaclass that accepts and validates `kind=` (and `timeout=`) class keywords."""
+    """Struct metaclass that accepts and validates `kind=` (and `timeout=`, and for jobs
+    `namespace=`) class keywords."""
 
     def __new__(
         mcls,
         name: str,
         bases: tuple[type, ...],
-        namespace: dict[str, Any],
+        attrs: dict[str, Any],
+        /,
         *,
         kind: str | None = None,
         timeout: float | None = None,
+        namespace: str | None = None,
         **struct_options: Any,
     ) -> KindMeta:
-        cls = super().__new__(mcls, name, bases, namespace, **struct_options)
+        cls = super().__new__(mcls, name, bases, attrs, **struct_options)
         if kind is not None:
             validate_name(kind, f"kind of {name}")
             cls.kind = kind  # type: ignore[attr-defined]
+        if namespace is not None:
+            if not hasattr(cls, "default_namespace"):
+                raise ConfigError(
+                    f"{name} cannot declare namespace=: an object's namespace is its "
+                    "controller's (`namespace = ...` on the Controller), or an inform's"
+                )
+            validate_name(namespace, f"namespace of {name}")
+            cls.default_namespace = namespace
         if timeout is not None:
             if not timeout > 0:
                 raise ConfigError(f"timeout of {name} must be > 0 seconds, got {timeout!r}")

@@ -59,7 +59,7 @@ class JobSpec(msgspec.Struct, frozen=True):
 class InsertOptions:
     """The defaults of one enqueue call."""
 
-    namespace: str = DEFAULT_NAMESPACE
+    namespace: str | None = None  # None: the job type's `namespace=`, else "default"
     priority: int = 1
     scheduled_at: datetime | None = None
     unique_key: str | None = None
@@ -100,23 +100,24 @@ def build_batch(
     """Validate and encode `jobs`; raise before anything is written if one is bad."""
     batch = InsertBatch()
     checks = _Checks(app)
-    # Kinds of the Job types that passed as plain items: a later plain item of such a
-    # type takes the same call defaults, already checked, and only needs encoding.
-    plain: dict[type, str] = {}
+    # The Job types that passed as plain items: a later plain item of such a type takes
+    # the same (checked) options and kind, and only needs encoding.
+    plain: dict[type, tuple[str, InsertOptions]] = {}
     for position, item in enumerate(jobs):
-        job_options = options
-        kind = plain.get(type(item))
-        if kind is None:
+        known = plain.get(type(item))
+        if known is None:
             kind, job_options = checks.item(position, item, options)
-            if job_options is options:
-                plain[type(item)] = kind
+            if not isinstance(item, JobSpec):
+                plain[type(item)] = (kind, job_options)
+        else:
+            kind, job_options = known
         job = item.job if isinstance(item, JobSpec) else item
         try:
             encoded = _encoder.encode(job)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise EncodeError(f"job {position} of kind {kind!r} does not encode: {exc}") from exc
         batch.kinds.append(kind)
-        batch.queues.append(job_options.namespace)
+        batch.queues.append(_namespace(job_options))
         batch.args.append(encoded)
         batch.priorities.append(job_options.priority)
         batch.max_attempts.append(job_options.max_attempts)
@@ -149,23 +150,31 @@ class _Checks:
             if self.app is not None:
                 self.app.job(kind)
             self.types.add(job_type)
-        if spec is not None:
+        declared = job_type.default_namespace
+        if spec is not None or (options.namespace is None and declared is not None):
             options = InsertOptions(
-                namespace=_pick(spec.namespace, options.namespace),
-                priority=_pick(spec.priority, options.priority),
-                scheduled_at=spec.scheduled_at or options.scheduled_at,
-                unique_key=spec.unique_key or options.unique_key,
-                max_attempts=_pick(spec.max_attempts, options.max_attempts),
+                namespace=_first(spec.namespace if spec else None, options.namespace, declared),
+                priority=_pick(spec.priority if spec else None, options.priority),
+                scheduled_at=(spec.scheduled_at if spec else None) or options.scheduled_at,
+                unique_key=(spec.unique_key if spec else None) or options.unique_key,
+                max_attempts=_pick(spec.max_attempts if spec else None, options.max_attempts),
+            )
+        if self.app is not None and declared is not None and options.namespace != declared:
+            raise ConfigError(
+                f"job kind {kind!r} runs in namespace {declared!r} ({job_type.__qualname__} "
+                f"declares it), not {options.namespace!r}: leave namespace= out, or enqueue "
+                "it where it runs"
             )
         self._options(options)
         return kind, options
 
     def _options(self, options: InsertOptions) -> None:
-        if options.namespace not in self.namespaces:
-            validate_name(options.namespace, "namespace")
+        namespace = _namespace(options)
+        if namespace not in self.namespaces:
+            validate_name(namespace, "namespace")
             if self.app is not None:
-                self.app.namespace(options.namespace)
-            self.namespaces.add(options.namespace)
+                self.app.namespace(namespace)
+            self.namespaces.add(namespace)
         priority, max_attempts = options.priority, options.max_attempts
         if not (isinstance(priority, int) and 1 <= priority <= 4):
             raise ConfigError(f"priority must be 1 (first) to 4 (last), got {priority!r}")
@@ -179,6 +188,15 @@ class _Checks:
                 f"scheduled_at {scheduled_at.isoformat()} has no time zone: pass an aware "
                 "datetime, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
+
+
+def _namespace(options: InsertOptions) -> str:
+    return DEFAULT_NAMESPACE if options.namespace is None else options.namespace
+
+
+def _first(*values: str | None) -> str | None:
+    """The first value given (not None); an empty string counts, to be refused later."""
+    return next((value for value in values if value is not None), None)
 
 
 def _pick(value: _T | None, default: _T) -> _T:

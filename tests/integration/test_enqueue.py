@@ -338,3 +338,61 @@ def test_concurrent_transactions_with_one_unique_key_make_one_live_job(dsn, firs
     live = rows[1]
     assert live is not None and live.unique_key == "race"
     assert job_states(dsn) == {"available": 1}
+
+
+# ---------------------------------------------------------------- a job type's namespace
+
+
+class Mail(delta.Job, kind="mail-job", namespace="mail"):
+    to: str = ""
+
+
+def test_a_job_type_that_declares_its_namespace_goes_there_unless_told_otherwise(dsn):
+    """`namespace=` on the Job class is enqueue's default, also per type within a batch."""
+    with delta.Client.connect(dsn) as client:
+        assert client.enqueue(Mail()).namespace == "mail"
+        assert client.enqueue(Note()).namespace == "default"
+        # Without an app there is nothing to check an explicit namespace against.
+        assert client.enqueue(Mail(), namespace="elsewhere").namespace == "elsewhere"
+        mixed = client.enqueue_many([Mail(), Note(), delta.JobSpec(Mail(), priority=2), Mail()])
+        assert [job.namespace for job in mixed] == ["mail", "default", "mail", "mail"]
+    with psycopg.connect(dsn) as conn:
+        queues = conn.execute(
+            "SELECT queue, count(*) FROM delta_job GROUP BY queue ORDER BY queue"
+        ).fetchall()
+    assert queues == [("default", 2), ("elsewhere", 1), ("mail", 4)]
+
+
+def test_a_client_with_an_app_refuses_a_job_outside_its_declared_namespace(dsn):
+    app = delta.App(
+        jobs={Mail: lambda job: None, Note: lambda job: None},
+        namespaces={"default": delta.Namespace(), "mail": delta.Namespace()},
+    )
+    with delta.Client.connect(dsn, app=app) as client:
+        assert client.enqueue(Mail()).namespace == "mail"
+        with pytest.raises(delta.ConfigError, match=r"'mail-job' runs in namespace 'mail'"):
+            client.enqueue(Mail(), namespace="default")
+        with pytest.raises(delta.ConfigError, match="runs in namespace 'mail'"):
+            client.enqueue_many([Note(), delta.JobSpec(Mail(), namespace="default")])
+    without_mail = delta.App(jobs={Mail: lambda job: None})
+    with (
+        delta.Client.connect(dsn, app=without_mail) as client,
+        pytest.raises(delta.UnknownNamespaceError, match="mail"),
+    ):
+        client.enqueue(Mail())
+    assert job_count(dsn) == 1, "a refused call wrote nothing"
+
+
+def test_namespace_is_refused_on_objects_and_checked_on_jobs_at_class_creation():
+    with pytest.raises(delta.ConfigError, match="controller's"):
+
+        class Placed(delta.Object, kind="placed", namespace="elsewhere"):  # type: ignore[call-arg]
+            key: str
+
+            def id(self) -> str:
+                return self.key
+
+    with pytest.raises(delta.ConfigError, match="namespace of Bad"):
+
+        class Bad(delta.Job, kind="bad", namespace="Not A Name"):
+            pass
