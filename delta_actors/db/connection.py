@@ -223,23 +223,34 @@ def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> Asy
     )  # fmt: skip
 
 
-def drive(conn: psycopg.Connection, steps: Generator[Statement, Rows, _R]) -> _R:
-    """Run a statement generator on a sync connection; return what it returns."""
+def drive(
+    conn: psycopg.Connection, steps: Generator[Statement, Rows, _R], *, prepare: bool | None = False
+) -> _R:
+    """Run a statement generator on a sync connection; return what it returns.
+
+    `prepare` as psycopg's: False (the default) sends every statement unprepared, as a
+    caller's connection wants (see above); None lets psycopg prepare repeated ones.
+    """
     try:
         statement = next(steps)
         while True:
-            cur = conn.execute(*statement, prepare=False)
+            cur = conn.execute(*statement, prepare=prepare)
             statement = steps.send(cur.fetchall() if cur.description else [])
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def drive_async(conn: psycopg.AsyncConnection, steps: Generator[Statement, Rows, _R]) -> _R:
+async def drive_async(
+    conn: psycopg.AsyncConnection,
+    steps: Generator[Statement, Rows, _R],
+    *,
+    prepare: bool | None = False,
+) -> _R:
     """Run a statement generator on an async connection; return what it returns."""
     try:
         statement = next(steps)
         while True:
-            cur = await conn.execute(*statement, prepare=False)
+            cur = await conn.execute(*statement, prepare=prepare)
             statement = steps.send(await cur.fetchall() if cur.description else [])
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -12,7 +12,7 @@ I/O calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +23,7 @@ import psycopg
 
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import job_sql
+from delta_actors.db.connection import Rows, Statement, drive, drive_async
 from delta_actors.db.job_sql import InsertedJob
 from delta_actors.errors import ConfigError, EncodeError
 from delta_actors.model.job import Job
@@ -372,6 +373,32 @@ def _one_job(batch: InsertBatch) -> dict[str, Any] | None:
     }
 
 
+def _insert_chunks(batch: InsertBatch) -> Generator[Statement, Rows, list[EnqueuedJob]]:
+    """INSERT_JOBS a chunk at a time, resolving unique keys; a generator of statements."""
+    out: list[EnqueuedJob] = []
+    for start in range(0, len(batch), INSERT_CHUNK):
+        stop = min(start + INSERT_CHUNK, len(batch))
+        inserted = yield job_sql.INSERT_JOBS, batch.params(start, stop)
+        results, duplicates = _match(batch, start, stop, inserted)
+        # A live duplicate may finish between the insert and the lookup: insert again.
+        while duplicates:
+            live = yield job_sql.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
+            missing = _resolve_duplicates(batch, results, duplicates, start, live)
+            duplicates = []
+            for index in missing:
+                row = yield job_sql.INSERT_JOBS, batch.params(index, index + 1)
+                retried, again = _match(batch, index, index + 1, row)
+                results[index - start] = retried[0]
+                duplicates.extend(again)
+        out.extend(r for r in results if r is not None)
+    return out
+
+
+# Both twins: one job is one plain statement, a large batch a COPY (their protocols
+# differ between sync and async psycopg), anything else the chunks above. Repeated
+# statements may be prepared here, as psycopg does by default.
+
+
 def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Insert `batch` in the connection's current transaction (or its own, in autocommit)."""
     one = _one_job(batch)
@@ -381,26 +408,8 @@ def insert_jobs(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJo
         return [_enqueued(InsertedJob(*inserted_one), duplicate=False)]
     if _use_copy(batch):
         return _copy_jobs(conn, batch)
-    out: list[EnqueuedJob] = []
     with _atomic(conn, batch):
-        for start in range(0, len(batch), INSERT_CHUNK):
-            stop = min(start + INSERT_CHUNK, len(batch))
-            inserted = conn.execute(job_sql.INSERT_JOBS, batch.params(start, stop)).fetchall()
-            results, duplicates = _match(batch, start, stop, inserted)
-            # A live duplicate may finish between the insert and the lookup: insert again.
-            while duplicates:
-                live = conn.execute(
-                    job_sql.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
-                ).fetchall()
-                missing = _resolve_duplicates(batch, results, duplicates, start, live)
-                duplicates = []
-                for index in missing:
-                    row = conn.execute(job_sql.INSERT_JOBS, batch.params(index, index + 1))
-                    retried, again = _match(batch, index, index + 1, row.fetchall())
-                    results[index - start] = retried[0]
-                    duplicates.extend(again)
-            out.extend(r for r in results if r is not None)
-    return out
+        return drive(conn, _insert_chunks(batch), prepare=None)
 
 
 async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
@@ -412,24 +421,5 @@ async def insert_jobs_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -
         return [_enqueued(InsertedJob(*inserted_one), duplicate=False)]
     if _use_copy(batch):
         return await _copy_jobs_async(conn, batch)
-    out: list[EnqueuedJob] = []
     async with _atomic_async(conn, batch):
-        for start in range(0, len(batch), INSERT_CHUNK):
-            stop = min(start + INSERT_CHUNK, len(batch))
-            cur = await conn.execute(job_sql.INSERT_JOBS, batch.params(start, stop))
-            results, duplicates = _match(batch, start, stop, await cur.fetchall())
-            while duplicates:
-                cur = await conn.execute(
-                    job_sql.SELECT_LIVE_UNIQUE_JOBS, _duplicate_params(batch, duplicates)
-                )
-                missing = _resolve_duplicates(
-                    batch, results, duplicates, start, await cur.fetchall()
-                )
-                duplicates = []
-                for index in missing:
-                    cur = await conn.execute(job_sql.INSERT_JOBS, batch.params(index, index + 1))
-                    retried, again = _match(batch, index, index + 1, await cur.fetchall())
-                    results[index - start] = retried[0]
-                    duplicates.extend(again)
-            out.extend(r for r in results if r is not None)
-    return out
+        return await drive_async(conn, _insert_chunks(batch), prepare=None)

@@ -20,17 +20,15 @@ from delta_actors.resources.informers import InformerScheduler
 from delta_actors.runtime import protocol
 from delta_actors.runtime.metrics import SupervisorMetrics
 from tests.integration.test_leader import _lead
+from tests.objects import Keyed
 from tests.unit.test_metrics import samples
 from tests.waiting import wait_until_async
 
 CLI = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()"]
 
 
-class Page(delta.Object, kind="page"):
-    key: str
-
-    def id(self) -> str:
-        return self.key
+class Page(Keyed, kind="page"):
+    pass
 
 
 class PageController(delta.Controller[Page]):
@@ -52,11 +50,8 @@ class PageController(delta.Controller[Page]):
         yield Page(key="p2")
 
 
-class Plain(delta.Object, kind="plain-page"):
-    key: str
-
-    def id(self) -> str:
-        return self.key
+class Plain(Keyed, kind="plain-page"):
+    pass
 
 
 class PlainController(delta.Controller[Plain]):

@@ -20,16 +20,14 @@ from delta_actors.leader import duties as leader_module
 from delta_actors.leader.duties import Leader
 from delta_actors.ops.status import read_status
 from delta_actors.ops.tables import render_status
+from tests.objects import Keyed
 from tests.waiting import wait_until, wait_until_async
 
 LEASE_TTL = 3.0  # renewals every second, a fast hand-over
 
 
-class Probe(delta.Object, kind="probe"):
-    key: str
-
-    def id(self) -> str:
-        return self.key
+class Probe(Keyed, kind="probe"):
+    pass
 
 
 class ProbeController(delta.Controller[Probe]):
