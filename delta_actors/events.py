@@ -8,7 +8,8 @@ What a subscriber gets
     or first iterated): every result written by a statement that starts after that is
     delivered or counted in a `Gap`; results from just before may also appear.
     A resource whose generation changed while its work ran takes no state from that work,
-    and so has no event for it; neither do requeues, nor resources an informer tombstoned.
+    and so has no event for it; neither do requeues. A resource an informer tombstoned is
+    a `deleted` event (its error says so), written by the tombstoning statement.
 
 How events travel
     The statement that writes a work's result (resource_sql.COMPLETE_WORKS) also inserts one

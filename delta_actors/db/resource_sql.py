@@ -321,14 +321,29 @@ SELECT count(pg_notify('delta_jobs', w.queue)) FROM works AS w
 """
 
 # After a full listing: every resource of the kind that the listing did not name, and
-# that no inform touched since the listing began, is marked deleted. Fenced.
+# that no inform touched since the listing began, is marked deleted. Fenced. Each is a
+# `deleted` event for the subscribers that want it, as in COMPLETE_WORKS.
 TOMBSTONE_UNLISTED: LiteralString = """
-UPDATE delta_resource AS r SET state = 'deleted', updated_at = now()
-WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.updated_at < %(started)s
-  AND NOT (r.object_id = ANY(%(listed)s::text[]))
-  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
-              AND actor_id = %(actor)s AND expires_at > now())
-RETURNING r.id
+WITH tombstoned AS (
+    UPDATE delta_resource AS r SET state = 'deleted', updated_at = now()
+    WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.updated_at < %(started)s
+      AND NOT (r.object_id = ANY(%(listed)s::text[]))
+      AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+                  AND actor_id = %(actor)s AND expires_at > now())
+    RETURNING r.id, r.kind, r.object_id, r.namespace, r.generation
+),
+events AS (
+    INSERT INTO delta_event (resource_id, kind, object_id, namespace, event, generation, error)
+    SELECT t.id, t.kind, t.object_id, t.namespace, 'deleted', t.generation,
+           'tombstoned: not in a full listing of its informer'
+    FROM tombstoned AS t
+    WHERE EXISTS (SELECT 1 FROM delta_subscriber WHERE expires_at > now())
+      AND EXISTS (SELECT 1 FROM delta_subscriber AS s
+                  WHERE s.expires_at > now()
+                    AND (s.kinds IS NULL OR t.kind = ANY(s.kinds))
+                    AND (s.events IS NULL OR 'deleted' = ANY(s.events)))
+)
+SELECT id FROM tombstoned
 """
 
 # Synced resources older than the namespace's expiry get one new work each (no chain).

@@ -192,3 +192,26 @@ def test_informer_metrics_count_runs_and_keep_them_across_restarts():
     )
     key = ("delta_informer_last_success_timestamp_seconds", frozenset({("kind", "page")}))
     assert found[key] == 2000.0
+
+
+async def test_a_tombstoned_resource_is_a_deleted_event_for_subscribers(dsn):
+    """The full listing that tombstones writes the event, as a work's result would."""
+    app = make_app()
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        client = delta.AsyncClient(pool)
+        await client.inform_many([Page(key="p1"), Page(key="gone")])
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE delta_resource SET updated_at = now() - interval '1 minute'")
+            await conn.execute("INSERT INTO delta_informer (kind) VALUES ('page')")
+        term = await _lead(dsn)
+        PageController.tombstones = True
+        try:
+            async with client.subscribe(kinds=[Page], events=["deleted"]) as subscription:
+                result = await InformerScheduler(app, pool).run_informer("page", term, 1)
+                assert result["tombstoned"] == 1
+                event = await asyncio.wait_for(anext(aiter(subscription)), 10)
+        finally:
+            PageController.tombstones = False
+    assert isinstance(event, delta.Event)
+    assert (event.kind, event.id, event.event) == ("page", "gone", delta.State.DELETED)
+    assert event.error is not None and "tombstoned" in event.error
