@@ -5,9 +5,12 @@ every write that a stale leader could get wrong (starting a run, advancing the c
 tombstones) is fenced on the leader's term in SQL.
 
 A run of kind K:
-1. START_INFORMER claims the due run and reads the cursor. The run is a full listing
-   (`after` None, `full` True) the first time, and every `full_interval` seconds when the
-   controller sets one; otherwise it lists changes after the cursor.
+1. START_INFORMER claims the due run (or the one a client asked for with
+   `run_informer`, clearing the request), records it in `delta_informer_run`, and reads
+   the cursor. The run is a full listing (`after` None, `full` True) the first time, on a
+   request for one, and every `full_interval` seconds when the controller sets one;
+   otherwise it lists changes after the cursor. A kind runs at most once at a time: a
+   request that arrives during a run is served by one more run after it.
 2. The controller's `inform(InformOptions(after, full))` yields objects; they are written in
    batches of `BATCH` through the same path as `inform_many`.
 3. Without error: the cursor advances to the newest `created_at()` the run saw, or, for
@@ -15,8 +18,9 @@ A run of kind K:
    due after `inform_interval` plus up to 10% jitter. After a full listing, a controller
    with `tombstones = True` gets every resource of K that was not listed (and not informed
    since the run began) marked deleted.
-4. With an error: the cursor stays, what was written stays written (it is real data), and
-   the next run is due after a backoff capped at the interval.
+4. With an error, or past the controller's `inform_timeout`: the cursor stays, what was
+   written stays written (it is real data), and the next run is due after a backoff
+   capped at the interval. Either way the run's record gets its end, objects and error.
 """
 
 from __future__ import annotations
