@@ -158,8 +158,29 @@ def ping(job: Ping) -> None:
     _beat("ping")
 
 
+class Ledger(delta.Object, kind="ledger"):
+    """Never stored: its informer runs hourly, or when asked (`delta-actors inform`)."""
+
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+class LedgerController(delta.Controller[Ledger]):
+    inform_interval = 3600.0
+
+    async def work(self, resource: delta.Resource[Ledger]) -> None:
+        return None
+
+    async def inform(self, options: delta.InformOptions) -> AsyncIterator[Ledger]:
+        await asyncio.to_thread(_beat, "ledger-full" if options.full else "ledger")
+        for _ in ():
+            yield Ledger(key="never")
+
+
 liveness_app = delta.App(
-    controllers=[TaskController(), BeaconController()],
+    controllers=[TaskController(), BeaconController(), LedgerController()],
     jobs={Ping: ping},
     namespaces={"default": delta.Namespace(max_workers=10)},
 )

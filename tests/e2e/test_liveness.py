@@ -11,6 +11,8 @@ died unnoticed (the `supervise` fixture fails a test on any unhandled loop error
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -169,3 +171,29 @@ def test_supervise_restarts_a_leader_whose_duty_makes_no_progress(supervise, e2e
     wait_until(lambda: _leader(dsn)[0] != first_leader, 30, "a new leader")
     released = _now(dsn)
     wait_until(lambda: _beats(dsn, "inform", released) >= 1, 15, "the informer to run again")
+
+
+def test_the_inform_command_runs_an_informer_on_the_leader_of_a_running_supervisor(
+    supervise, e2e_dsn
+):
+    """An hourly informer runs within seconds of `delta-actors inform`, full when asked."""
+    dsn = e2e_dsn
+    process = _started_with_informer_running(supervise, dsn)
+    wait_until(lambda: _ledger_runs(dsn) >= 1, 30, "the ledger informer's first run")
+    first = _ledger_runs(dsn)
+    cli = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()"]
+    asked = subprocess.run([*cli, "inform", "ledger", "--dsn", dsn], capture_output=True,
+                           text=True, check=False, timeout=60)  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    wait_until(lambda: _ledger_runs(dsn) == first + 1, 10, "the requested run")
+    since = _now(dsn)
+    asked = subprocess.run([*cli, "inform", "ledger", "--full", "--dsn", dsn],
+                           capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    wait_until(lambda: _beats(dsn, "ledger-full", since) == 1, 10, "the requested full run")
+    assert "informer ledger runs on request" in process.log
+
+
+def _ledger_runs(dsn: str) -> int:
+    query = "SELECT count(*) FROM e2e_beat WHERE what IN ('ledger', 'ledger-full')"
+    return int(_one(dsn, query)[0])
