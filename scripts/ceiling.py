@@ -76,7 +76,7 @@ async def _delta_job_step(
             results = [outcome.job_done(row[0], row[3]) for row in done]
             complete = job_params(results, CEILING_ACTOR)
             await conn.execute(job_sql.COMPLETE_JOBS, complete, prepare=False)
-        claim = {"queue": "default", "limit": batch, "actor": CEILING_ACTOR}
+        claim = {"namespace": "default", "limit": batch, "actor": CEILING_ACTOR}
         cur = await conn.execute(job_sql.CLAIM_JOBS, claim, prepare=False)
     return list(await cur.fetchall())
 
@@ -94,7 +94,7 @@ def _fill_minimal(conn: psycopg.Connection[Any], count: int) -> LiteralString:
 def _fill_delta_job(conn: psycopg.Connection[Any], count: int) -> LiteralString:
     conn.execute("TRUNCATE delta_job, delta_resource")
     conn.execute(
-        "INSERT INTO delta_job (kind, queue, args, max_attempts)"
+        "INSERT INTO delta_job (kind, namespace, args, max_attempts)"
         " SELECT 'noop', 'default', '{}'::bytea, 25 FROM generate_series(1, %s)",
         (count,),
     )

@@ -16,7 +16,7 @@ class InsertedJob(msgspec.Struct, frozen=True):
 
     id: int
     kind: str
-    queue: str
+    namespace: str
     state: str
     unique_key: str | None
     notified: object = None  # INSERT_ONE_JOB's NOTIFY (void)
@@ -27,19 +27,19 @@ JOB_CHANNEL: Final = "delta_jobs"
 
 _INSERTED_JOBS: LiteralString = """
 INSERT INTO delta_job
-    (kind, queue, args, priority, max_attempts, unique_key, state, scheduled_at)
-SELECT u.kind, u.queue, u.args, u.priority, u.max_attempts, u.unique_key,
+    (kind, namespace, args, priority, max_attempts, unique_key, state, scheduled_at)
+SELECT u.kind, u.namespace, u.args, u.priority, u.max_attempts, u.unique_key,
        CASE WHEN u.scheduled_at IS NULL OR u.scheduled_at <= now()
             THEN 'available' ELSE 'scheduled' END::delta_job_state,
        coalesce(u.scheduled_at, now())
 FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::smallint[],
             %s::text[], %s::timestamptz[])
-     AS u(kind, queue, args, priority, max_attempts, unique_key, scheduled_at)
+     AS u(kind, namespace, args, priority, max_attempts, unique_key, scheduled_at)
 ON CONFLICT (kind, unique_key)
     WHERE unique_key IS NOT NULL
       AND state IN ('available', 'scheduled', 'running', 'retryable')
     DO NOTHING
-RETURNING id, kind, queue, state, unique_key
+RETURNING id, kind, namespace, state, unique_key
 """
 
 # Rows come back in insertion order (ids ascend with it). Postgres delivers identical
@@ -49,10 +49,10 @@ INSERT_JOBS: LiteralString = (
     + _INSERTED_JOBS
     + """),
 notified AS (
-    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS q
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM inserted WHERE state = 'available') AS q
 )
-SELECT i.id, i.kind, i.queue, i.state::text, i.unique_key
+SELECT i.id, i.kind, i.namespace, i.state::text, i.unique_key
 FROM inserted AS i, notified
 ORDER BY i.id
 """
@@ -62,14 +62,14 @@ ORDER BY i.id
 # INSERT_JOBS, but a plain VALUES insert plans in a third of the time (0.2 against
 # 0.5 ms a call, half of it planning), which is enqueue-to-start latency.
 INSERT_ONE_JOB: LiteralString = """
-INSERT INTO delta_job (kind, queue, args, priority, max_attempts, state, scheduled_at)
-VALUES (%(kind)s, %(queue)s, %(args)s, %(priority)s, %(max_attempts)s,
+INSERT INTO delta_job (kind, namespace, args, priority, max_attempts, state, scheduled_at)
+VALUES (%(kind)s, %(namespace)s, %(args)s, %(priority)s, %(max_attempts)s,
         CASE WHEN %(scheduled_at)s::timestamptz IS NULL
                   OR %(scheduled_at)s::timestamptz <= now()
              THEN 'available' ELSE 'scheduled' END::delta_job_state,
         coalesce(%(scheduled_at)s::timestamptz, now()))
-RETURNING id, kind, queue, state::text, unique_key,
-          CASE WHEN state = 'available' THEN pg_notify('delta_jobs', queue) END
+RETURNING id, kind, namespace, state::text, unique_key,
+          CASE WHEN state = 'available' THEN pg_notify('delta_jobs', namespace) END
 """
 
 # Bulk path (no unique keys): reserve ids and read the transaction's clock, COPY the
@@ -80,12 +80,12 @@ SELECT now(), array(SELECT nextval('delta_job_id_seq') FROM generate_series(1, %
 """
 
 COPY_JOBS: LiteralString = """
-COPY delta_job (id, kind, queue, args, priority, max_attempts, state, scheduled_at)
+COPY delta_job (id, kind, namespace, args, priority, max_attempts, state, scheduled_at)
 FROM STDIN (FORMAT BINARY)
 """
 
 COPY_DUE_JOBS: LiteralString = """
-COPY delta_job (id, kind, queue, args, priority, max_attempts) FROM STDIN (FORMAT BINARY)
+COPY delta_job (id, kind, namespace, args, priority, max_attempts) FROM STDIN (FORMAT BINARY)
 """
 
 NOTIFY_QUEUES: LiteralString = """
@@ -93,16 +93,17 @@ SELECT count(pg_notify('delta_jobs', q)) FROM unnest(%s::text[]) AS q
 """
 
 SELECT_LIVE_UNIQUE_JOBS: LiteralString = """
-SELECT id, kind, queue, state::text, unique_key
+SELECT id, kind, namespace, state::text, unique_key
 FROM delta_job
 WHERE (kind, unique_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
   AND state IN ('available', 'scheduled', 'running', 'retryable')
 """
 
-# The available jobs of queue %(queue)s, as `j`, through the claim index (migration 6: it
-# leads with hashtext(queue); the queue test on the row settles a collision).
+# The available jobs of namespace %(namespace)s, as `j`, through the claim index (it leads
+# with hashtext of the namespace; the namespace test on the row settles a collision).
 _AVAILABLE_IN_QUEUE: LiteralString = (
-    "j.state = 'available' AND hashtext(j.queue) = hashtext(%(queue)s) AND j.queue = %(queue)s"
+    "j.state = 'available' AND hashtext(j.namespace) = hashtext(%(namespace)s) "
+    "AND j.namespace = %(namespace)s"
 )
 
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
@@ -183,9 +184,9 @@ WITH returned AS (
     FROM unnest(%s::bigint[], %s::smallint[]) AS u(id, attempt)
     WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
       AND j.claimed_by = %s
-    RETURNING j.id, j.queue
+    RETURNING j.id, j.namespace
 )
-SELECT r.id, pg_notify('delta_jobs', r.queue) FROM returned AS r
+SELECT r.id, pg_notify('delta_jobs', r.namespace) FROM returned AS r
 """
 
 PROMOTE_DUE_JOBS: LiteralString = """
@@ -199,10 +200,10 @@ WITH due AS (
 promoted AS (
     UPDATE delta_job AS j SET state = 'available'
     FROM due WHERE j.id = due.id
-    RETURNING j.queue
+    RETURNING j.namespace
 )
-SELECT p.queue, count(*), pg_notify('delta_jobs', p.queue)
-FROM promoted AS p GROUP BY p.queue
+SELECT p.namespace, count(*), pg_notify('delta_jobs', p.namespace)
+FROM promoted AS p GROUP BY p.namespace
 """
 
 SELECT_NEXT_DUE_IN: LiteralString = """
@@ -235,7 +236,7 @@ SELECT
 
 # In the order of the fields of queue.rows.JobRow.
 JOB_COLUMNS: LiteralString = """
-id, kind, queue, state::text, args, priority, attempt, max_attempts,
+id, kind, namespace, state::text, args, priority, attempt, max_attempts,
 array_to_json(errors), unique_key, claimed_by,
 created_at, scheduled_at, attempted_at, finalized_at
 """
@@ -255,7 +256,7 @@ WITH old AS (
     SELECT id FROM delta_job
     WHERE state IN ('completed', 'cancelled', 'discarded')
       AND finalized_at < now() - make_interval(secs => %(retention)s)
-      AND queue = %(namespace)s
+      AND namespace = %(namespace)s
     ORDER BY finalized_at
     LIMIT %(limit)s
 )

@@ -167,7 +167,7 @@ events AS (
 -- of its snapshot): then nothing is queued for the newer generation. So queue one,
 -- unless one is queued (ON CONFLICT) or running already.
 followups AS (
-    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts, state, scheduled_at)
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts, state, scheduled_at)
     SELECT x.kind, x.namespace, '\\x', x.id, x.max_attempts,
            CASE WHEN x.delay <= 0 THEN 'available' ELSE 'scheduled' END::delta_job_state,
            now() + make_interval(secs => greatest(x.delay, 0))
@@ -179,11 +179,11 @@ followups AS (
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO NOTHING
-    RETURNING queue, state
+    RETURNING namespace, state
 ),
 notified AS (
-    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM followups WHERE state = 'available') AS q
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM followups WHERE state = 'available') AS q
 )
 SELECT f.id, (SELECT n FROM notified) FROM finished AS f
 """
@@ -267,24 +267,24 @@ written AS (
 ),
 -- A new resource has no work yet: a plain insert, without the cost of conflict checks.
 new_works AS (
-    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
     SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM inserted AS w
-    RETURNING queue
+    RETURNING namespace
 ),
 changed_works AS (
-    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
     SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM updated AS w
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
-        DO UPDATE SET state = 'available', scheduled_at = now(), queue = excluded.queue
-    RETURNING queue
+        DO UPDATE SET state = 'available', scheduled_at = now(), namespace = excluded.namespace
+    RETURNING namespace
 ),
 works AS (
-    SELECT queue FROM new_works UNION ALL SELECT queue FROM changed_works
+    SELECT namespace FROM new_works UNION ALL SELECT namespace FROM changed_works
 ),
 notified AS (
-    SELECT count(pg_notify('delta_jobs', q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM works) AS q
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM works) AS q
 )
 SELECT w.*, (SELECT n FROM notified) FROM written AS w
 """
@@ -310,14 +310,14 @@ marked AS (
     RETURNING r.id, r.kind, r.namespace, r.max_attempts
 ),
 works AS (
-    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
     SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO UPDATE SET state = 'available', scheduled_at = now()
-    RETURNING queue
+    RETURNING namespace
 )
-SELECT count(pg_notify('delta_jobs', w.queue)) FROM works AS w
+SELECT count(pg_notify('delta_jobs', w.namespace)) FROM works AS w
 """
 
 # After a full listing: every resource of the kind that the listing did not name, and
@@ -362,15 +362,16 @@ expired AS (
     RETURNING r.id, r.kind, r.namespace, r.max_attempts
 ),
 works AS (
-    INSERT INTO delta_job (kind, queue, args, resource_id, max_attempts)
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
     SELECT e.kind, e.namespace, '\\x', e.id, e.max_attempts FROM expired AS e
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO NOTHING
-    RETURNING queue
+    RETURNING namespace
 )
 SELECT (SELECT count(*) FROM expired),
-       (SELECT count(pg_notify('delta_jobs', q.queue)) FROM (SELECT DISTINCT queue FROM works) AS q)
+       (SELECT count(pg_notify('delta_jobs', q.namespace))
+        FROM (SELECT DISTINCT namespace FROM works) AS q)
 """
 
 DELETE_DELETED_RESOURCES: LiteralString = """

@@ -45,35 +45,35 @@ ORDER BY kind, state
 
 SELECT_QUEUES: LiteralString = """
 WITH available AS (
-    SELECT queue, count(*) AS n, min(scheduled_at) AS oldest
-    FROM delta_job WHERE state = 'available' GROUP BY queue
+    SELECT namespace, count(*) AS n, min(scheduled_at) AS oldest
+    FROM delta_job WHERE state = 'available' GROUP BY namespace
 ),
 running AS (
-    SELECT queue, count(*) AS n FROM delta_job WHERE state = 'running' GROUP BY queue
+    SELECT namespace, count(*) AS n FROM delta_job WHERE state = 'running' GROUP BY namespace
 ),
 waiting AS (
-    SELECT queue, count(*) AS n
-    FROM delta_job WHERE state IN ('scheduled', 'retryable') GROUP BY queue
+    SELECT namespace, count(*) AS n
+    FROM delta_job WHERE state IN ('scheduled', 'retryable') GROUP BY namespace
 ),
 finished AS (
-    SELECT queue, count(*) AS n
+    SELECT namespace, count(*) AS n
     FROM delta_job
     WHERE state IN ('completed', 'cancelled', 'discarded')
       AND finalized_at > now() - make_interval(secs => %(window)s)
-    GROUP BY queue
+    GROUP BY namespace
 ),
 queues AS (
-    SELECT queue FROM available UNION SELECT queue FROM running
-    UNION SELECT queue FROM waiting UNION SELECT queue FROM finished
+    SELECT namespace FROM available UNION SELECT namespace FROM running
+    UNION SELECT namespace FROM waiting UNION SELECT namespace FROM finished
 )
-SELECT q.queue, coalesce(a.n, 0), coalesce(r.n, 0), coalesce(w.n, 0),
+SELECT q.namespace, coalesce(a.n, 0), coalesce(r.n, 0), coalesce(w.n, 0),
        greatest(extract(epoch FROM now() - a.oldest), 0)::float8, coalesce(f.n, 0)
 FROM queues AS q
-LEFT JOIN available AS a ON a.queue = q.queue
-LEFT JOIN running AS r ON r.queue = q.queue
-LEFT JOIN waiting AS w ON w.queue = q.queue
-LEFT JOIN finished AS f ON f.queue = q.queue
-ORDER BY q.queue
+LEFT JOIN available AS a ON a.namespace = q.namespace
+LEFT JOIN running AS r ON r.namespace = q.namespace
+LEFT JOIN waiting AS w ON w.namespace = q.namespace
+LEFT JOIN finished AS f ON f.namespace = q.namespace
+ORDER BY q.namespace
 """
 
 # Resources that failed or degraded, and plain jobs waiting to retry or discarded in
@@ -85,7 +85,7 @@ SELECT_RECENT_FAILURES: LiteralString = """
  WHERE r.state IN ('failed', 'degraded')
  ORDER BY r.updated_at DESC LIMIT %(limit)s)
 UNION ALL
-(SELECT 'job', j.kind, j.id::text, j.queue, j.state::text, j.attempt::int,
+(SELECT 'job', j.kind, j.id::text, j.namespace, j.state::text, j.attempt::int,
         coalesce(j.finalized_at, j.attempted_at, j.created_at) AS at,
         j.errors[array_upper(j.errors, 1)]::text
  FROM delta_job AS j

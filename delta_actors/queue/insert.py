@@ -72,7 +72,7 @@ class InsertBatch:
     """Column arrays for INSERT_JOBS, one entry per job, in input order."""
 
     kinds: list[str] = field(default_factory=list)
-    queues: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
     args: list[bytes] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)
     max_attempts: list[int] = field(default_factory=list)
@@ -86,7 +86,7 @@ class InsertBatch:
         """Return the statement parameters for rows start..stop."""
         return (
             self.kinds[start:stop],
-            self.queues[start:stop],
+            self.namespaces[start:stop],
             self.args[start:stop],
             self.priorities[start:stop],
             self.max_attempts[start:stop],
@@ -118,7 +118,7 @@ def build_batch(
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise EncodeError(f"job {position} of kind {kind!r} does not encode: {exc}") from exc
         batch.kinds.append(kind)
-        batch.queues.append(_namespace(job_options))
+        batch.namespaces.append(_namespace(job_options))
         batch.args.append(encoded)
         batch.priorities.append(job_options.priority)
         batch.max_attempts.append(job_options.max_attempts)
@@ -232,7 +232,7 @@ def _match(
 
 def _enqueued(row: InsertedJob, *, duplicate: bool) -> EnqueuedJob:
     return EnqueuedJob(
-        id=row.id, kind=row.kind, namespace=row.queue, state=JobState(row.state),
+        id=row.id, kind=row.kind, namespace=row.namespace, state=JobState(row.state),
         duplicate=duplicate,
     )  # fmt: skip
 
@@ -302,7 +302,7 @@ def _copy_plan(
     A batch with no scheduled job leaves state and scheduled_at to their defaults:
     'available' and the clock of the transaction that reserved the ids.
     """
-    columns = (ids, batch.kinds, batch.queues, batch.args, batch.priorities, batch.max_attempts)
+    columns = (ids, batch.kinds, batch.namespaces, batch.args, batch.priorities, batch.max_attempts)
     if all(at is None for at in batch.scheduled_at):
         return job_sql.COPY_DUE_JOBS, _COPY_DUE_TYPES, zip(*columns, strict=True)
     states = [_state(at, now).value for at in batch.scheduled_at]
@@ -315,9 +315,9 @@ def _copy_results(
 ) -> tuple[list[EnqueuedJob], list[str]]:
     """What a COPY inserted, in input order, and the queues it made work available in."""
     results = [
-        EnqueuedJob(id=job_id, kind=kind, namespace=queue, state=_state(at, now))
-        for job_id, kind, queue, at in zip(
-            ids, batch.kinds, batch.queues, batch.scheduled_at, strict=True
+        EnqueuedJob(id=job_id, kind=kind, namespace=namespace, state=_state(at, now))
+        for job_id, kind, namespace, at in zip(
+            ids, batch.kinds, batch.namespaces, batch.scheduled_at, strict=True
         )
     ]
     woken = {job.namespace for job in results if job.state is JobState.AVAILABLE}
@@ -365,7 +365,7 @@ def _one_job(batch: InsertBatch) -> dict[str, Any] | None:
         return None
     return {
         "kind": batch.kinds[0],
-        "queue": batch.queues[0],
+        "namespace": batch.namespaces[0],
         "args": batch.args[0],
         "priority": batch.priorities[0],
         "max_attempts": batch.max_attempts[0],

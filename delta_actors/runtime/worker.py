@@ -325,7 +325,7 @@ class Worker:
                 claim.task = asyncio.create_task(self._run_job(claim), name=f"job:{claim.id}")
 
     async def _claim(self, limit: int) -> list[Claim]:
-        params = {"queue": self.namespace, "limit": limit, "actor": self.actor_id}
+        params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}
         rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
@@ -454,7 +454,7 @@ class Worker:
     async def queue_depth(self) -> tuple[int, float]:
         """Return the namespace's available jobs (capped at 100,000) and the oldest's wait."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(job_sql.COUNT_AVAILABLE_JOBS, {"queue": self.namespace})
+            cur = await conn.execute(job_sql.COUNT_AVAILABLE_JOBS, {"namespace": self.namespace})
             row = await cur.fetchone()
         return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
 

@@ -118,8 +118,9 @@ def test_every_component_recovers_after_its_connections_are_killed_for_seconds(s
         ).fetchone()
         assert dead is not None
         conn.execute(
-            "INSERT INTO delta_job (queue, kind, args, state, attempt, max_attempts, claimed_by, "
-            "attempted_at) VALUES ('default', 'ping', '{}', 'running', 1, 5, %s, now())",
+            "INSERT INTO delta_job (namespace, kind, args, state, attempt, max_attempts, "
+            "claimed_by, attempted_at) "
+            "VALUES ('default', 'ping', '{}', 'running', 1, 5, %s, now())",
             (dead[0],),
         )
 

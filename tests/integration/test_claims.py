@@ -32,11 +32,11 @@ from delta_actors.queue.claimer import Claimer
 dsn, actor = sys.argv[1], int(sys.argv[2])
 async def main():
     claimer = Claimer(dsn, "default")
-    await claimer.claim({{"queue": "none", "limit": 1, "actor": actor}})  # connected
+    await claimer.claim({{"namespace": "none", "limit": 1, "actor": actor}})  # connected
     print("ready", flush=True)
     sys.stdin.readline()  # every claimer starts at once
     while True:
-        params = {{"queue": "default", "limit": {CLAIM_LIMIT}, "actor": actor}}
+        params = {{"namespace": "default", "limit": {CLAIM_LIMIT}, "actor": actor}}
         ids = [row[0] for row in await claimer.claim(params)]
         if not ids:
             break
@@ -252,7 +252,7 @@ async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
         actor_id = (await cur.fetchone())[0]
         # What a claim whose reply was lost leaves behind: rows claimed, nobody knows.
         cur = await conn.execute(
-            job_sql.CLAIM_JOBS, {"queue": "default", "limit": 10, "actor": actor_id}
+            job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 10, "actor": actor_id}
         )
         assert len(await cur.fetchall()) == 2
         async with running_worker(app, dsn, actor_id=actor_id) as worker:
@@ -296,7 +296,7 @@ async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("ALTER TABLE delta_resource SET (autovacuum_enabled = false)")
         claimer = Claimer(dsn, "default", replan_interval=1.0)
-        claim = {"queue": "default", "limit": 10, "actor": 1}
+        claim = {"namespace": "default", "limit": 10, "actor": 1}
         try:
             await claimer.claim(claim)
             plan = await _claim_plan(claimer)
@@ -337,7 +337,7 @@ async def test_queues_whose_hashes_collide_claim_only_their_own_jobs(dsn):
         await client.enqueue_many(jobs, namespace=other)
     claimer = Claimer(dsn, mine)
     try:
-        claimed = await claimer.claim({"queue": mine, "limit": 10, "actor": 1})
+        claimed = await claimer.claim({"namespace": mine, "limit": 10, "actor": 1})
     finally:
         await claimer.close()
     assert [row[0] for row in claimed] == expected

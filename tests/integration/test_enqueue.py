@@ -358,7 +358,7 @@ def test_a_job_type_that_declares_its_namespace_goes_there_unless_told_otherwise
         assert [job.namespace for job in mixed] == ["mail", "default", "mail", "mail"]
     with psycopg.connect(dsn) as conn:
         queues = conn.execute(
-            "SELECT queue, count(*) FROM delta_job GROUP BY queue ORDER BY queue"
+            "SELECT namespace, count(*) FROM delta_job GROUP BY namespace ORDER BY namespace"
         ).fetchall()
     assert queues == [("default", 2), ("elsewhere", 1), ("mail", 4)]
 

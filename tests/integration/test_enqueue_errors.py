@@ -268,9 +268,10 @@ def test_scheduled_at_with_a_time_zone_is_accepted(dsn):
 @pytest.mark.parametrize(
     "statement",
     [
-        "INSERT INTO delta_job (kind, queue, args, max_attempts) VALUES ('Note', 'default', '', 1)",
-        "INSERT INTO delta_job (kind, queue, args, max_attempts) VALUES ('note', 'a b', '', 1)",
-        "UPDATE delta_job SET queue = '-lead'",
+        "INSERT INTO delta_job (kind, namespace, args, max_attempts) "
+        "VALUES ('Note', 'default', '', 1)",
+        "INSERT INTO delta_job (kind, namespace, args, max_attempts) VALUES ('note', 'a b', '', 1)",
+        "UPDATE delta_job SET namespace = '-lead'",
         "UPDATE delta_job SET kind = repeat('k', 64)",
         "INSERT INTO delta_resource (kind, object_id, namespace, object, hash, max_attempts)"
         " VALUES ('gizmo', 'g1', 'Default', '', '', 1)",
@@ -291,4 +292,6 @@ def test_the_database_refuses_bad_names_from_any_writer(dsn, statement):
         )
         with pytest.raises(psycopg.errors.CheckViolation, match="domain delta_name"):
             conn.execute(statement)
-        assert conn.execute("SELECT kind, queue FROM delta_job").fetchall() == [("note", "default")]
+        assert conn.execute("SELECT kind, namespace FROM delta_job").fetchall() == [
+            ("note", "default")
+        ]

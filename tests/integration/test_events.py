@@ -147,7 +147,7 @@ async def test_rescue_of_a_dead_actors_claim_is_a_failed_event(dsn):
                 row = await cur.fetchone()
                 assert row is not None
                 await conn.execute(
-                    job_sql.CLAIM_JOBS, {"queue": "default", "limit": 1, "actor": row[0]}
+                    job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 1, "actor": row[0]}
                 )
             assert (await Rescuer(pool, ttl=10).run_once())["claims"] == 1
             (event,) = await collect(subscription, 1)

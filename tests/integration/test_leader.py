@@ -284,7 +284,9 @@ async def test_rescue_returns_dead_actors_claims_but_not_fresh_results(dsn):
             row = await cur.fetchone()
             assert row is not None
             dead = row[0]
-            await conn.execute(job_sql.CLAIM_JOBS, {"queue": "default", "limit": 3, "actor": dead})
+            await conn.execute(
+                job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 3, "actor": dead}
+            )
             # The dead actor managed to write one result before dying.
             await conn.execute(
                 "UPDATE delta_job SET state = 'completed', finalized_at = now(), "

@@ -204,7 +204,7 @@ def test_tags_metadata_and_namespace_are_stored(dsn):
         "other", ["a", "b"], {"src": "crm"},
     )  # fmt: skip
     assert resource.max_attempts == 7
-    assert count(dsn, "SELECT count(*) FROM delta_job WHERE queue = 'other'") == 1
+    assert count(dsn, "SELECT count(*) FROM delta_job WHERE namespace = 'other'") == 1
 
 
 # ---------------------------------------------------------------- coalescing

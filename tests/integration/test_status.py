@@ -101,7 +101,7 @@ async def work_everything(dsn: str) -> None:
         # The parked works have waited five minutes, as far as lag can tell.
         conn.execute(
             "UPDATE delta_job SET scheduled_at = now() - interval '5 minutes' "
-            "WHERE queue = 'parked' AND state = 'available'"
+            "WHERE namespace = 'parked' AND state = 'available'"
         )
 
 
