@@ -17,7 +17,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from delta_actors.app import App
-from delta_actors.controller import has_informer
+from delta_actors.controller import runs_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
 from delta_actors.db.connection import (
     Rows,
@@ -113,8 +113,8 @@ def _informer_kind(object_type: type[Object] | str, app: App | None) -> str:
     validate_name(kind, "kind")
     if app is not None:
         registration = app.controllers.get(kind)
-        if registration is None or not has_informer(registration.controller):
-            informers = sorted(k for k, r in app.controllers.items() if has_informer(r.controller))
+        if registration is None or not runs_informer(registration.controller):
+            informers = sorted(k for k, r in app.controllers.items() if runs_informer(r.controller))
             raise UnknownKindError(
                 f"the app has no informer of kind {kind!r} (informers: "
                 f"{', '.join(informers) or 'none'})"

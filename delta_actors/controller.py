@@ -84,6 +84,11 @@ def object_type_of(controller: Controller[Any]) -> type[Object]:
     return object_type
 
 
+def runs_informer(controller: Controller[Any]) -> bool:
+    """Whether the leader runs this controller's informer (it has one, on an interval)."""
+    return has_informer(controller) and controller.inform_interval is not None
+
+
 def has_informer(controller: Controller[Any]) -> bool:
     """Return whether the controller overrides inform()."""
     return type(controller).inform is not Controller.inform

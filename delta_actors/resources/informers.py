@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.app import App, ControllerRegistration
 from delta_actors.cancellation import raise_if_cancelling
-from delta_actors.controller import InformOptions, has_informer
+from delta_actors.controller import InformOptions, runs_informer
 from delta_actors.db import leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
 from delta_actors.health import Progress, describe, log_failure
@@ -64,8 +64,7 @@ class InformerScheduler:
         self.informers = {
             kind: registration
             for kind, registration in app.controllers.items()
-            if has_informer(registration.controller)
-            and registration.controller.inform_interval is not None
+            if runs_informer(registration.controller)
         }
         self._running: dict[str, asyncio.Task[Any]] = {}
         # Metrics, sent with the leader's heartbeats: runs by kind and result since this
