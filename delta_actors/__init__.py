@@ -9,6 +9,7 @@ it, never one above; tests/unit/test_layout.py holds the package to that:
 - runtime/: the supervisor, its actor processes and their pipe protocol, the worker,
   metrics.
 - leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).
+- context: `work_context()`, a running work's client and effects.
 - client, events: what application code calls.
 - resources/: the controller pattern: store informed objects, reconcile, run informers.
 - queue/: the job table's lifecycle: insert, claim, run, complete, promote, listen.
@@ -25,6 +26,7 @@ from __future__ import annotations
 from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
 from delta_actors.config import Namespace
+from delta_actors.context import WorkContext, work_context
 from delta_actors.controller import Controller, InformOptions
 from delta_actors.errors import (
     ActorLostError,
@@ -87,6 +89,8 @@ __all__ = [
     "Subscription",
     "UnknownKindError",
     "UnknownNamespaceError",
+    "WorkContext",
     "Worker",
     "WorkerStats",
+    "work_context",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from delta_actors.config import DEFAULT_NAMESPACE, Namespace
-from delta_actors.controller import Controller, object_type_of
+from delta_actors.controller import Controller, has_finalize, object_type_of
 from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
 from delta_actors.model.job import Job
 from delta_actors.model.kinds import kind_of
@@ -36,6 +36,8 @@ class ControllerRegistration:
     namespace: str
     has_compare: bool
     decoder: msgspec.json.Decoder[Any]
+    finalizes: bool  # it has a finalize(): a deletion is `deleting` until that returns
+    finalize_is_async: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,10 @@ class App:
             raise ConfigError(
                 f"{name}.max_attempts must be 1..32767, got {controller.max_attempts!r}"
             )
+        if controller.tombstones not in (True, False, "listed"):
+            raise ConfigError(
+                f'{name}.tombstones must be False, True or "listed", got {controller.tombstones!r}'
+            )
         self.namespace(validate_name(controller.namespace, f"namespace of {name}"))
         self.controllers[kind] = ControllerRegistration(
             kind=kind,
@@ -110,6 +116,8 @@ class App:
             namespace=controller.namespace,
             has_compare=has_compare(object_type),
             decoder=msgspec.json.Decoder(object_type),
+            finalizes=has_finalize(controller),
+            finalize_is_async=inspect.iscoroutinefunction(controller.finalize),
         )
 
     def _register_job(self, job_type: type[Job], handler: JobHandler) -> None:

@@ -53,7 +53,7 @@ from delta_actors.resources.store import InformParams, inform, prepare
 T = TypeVar("T", bound=Object)
 
 
-def _inform_params(
+def inform_params(
     namespace: str | None,
     tags: Iterable[str],
     metadata: dict[str, Any] | None,
@@ -82,6 +82,37 @@ def _invalidate(
     yield resource_sql.INVALIDATE_RESOURCE, (kind, object_id)
     rows = yield resource_sql.GET_RESOURCE, (kind, object_id)
     return _resource(object_type, rows[0] if rows else None)
+
+
+def _delete(
+    object_type: type[T], object_ids: list[str], finalize: bool
+) -> Generator[Statement, Rows, list[Resource[T] | None]]:
+    kind = kind_of(object_type)
+    params = {"kind": kind, "object_ids": object_ids, "finalize": finalize, "reason": None}
+    yield resource_sql.DELETE_RESOURCES, params
+    rows = yield resource_sql.GET_RESOURCES, (kind, object_ids)
+    found = {row.object_id: row for row in (StoredRow(*values) for values in rows)}
+    return [_resource_of(object_type, found.get(object_id)) for object_id in object_ids]
+
+
+def _deletion(
+    object_type: type[Object], object_ids: Iterable[str], app: App | None
+) -> tuple[list[str], bool]:
+    """The ids to delete, checked, and whether their deletion runs a `finalize`.
+
+    A client with an app knows; one without marks them `deleting` and leaves it to the
+    worker, which deletes at once when its controller has no `finalize`.
+    """
+    if isinstance(object_ids, str):
+        raise ConfigError(f"object_ids must be a list of ids, got the string {object_ids!r}")
+    ids = list(object_ids)
+    for object_id in ids:
+        if not isinstance(object_id, str):
+            raise ConfigError(f"object ids are strings, got {object_id!r}")
+    kind = kind_of(object_type)
+    if app is None:
+        return ids, True
+    return ids, app.controller(kind).finalizes
 
 
 def _get_job(job_id: int) -> Generator[Statement, Rows, JobRow | None]:
@@ -123,9 +154,12 @@ def _informer_kind(object_type: type[Object] | str, app: App | None) -> str:
 
 
 def _resource(object_type: type[T], values: tuple[Any, ...] | None) -> Resource[T] | None:
-    if values is None:
+    return _resource_of(object_type, None if values is None else StoredRow(*values))
+
+
+def _resource_of(object_type: type[T], row: StoredRow | None) -> Resource[T] | None:
+    if row is None:
         return None
-    row = StoredRow(*values)
     try:
         obj = msgspec.json.decode(row.object, type=object_type)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -153,7 +187,7 @@ def _require_dsn(dsn: str | None) -> str:
     return resolved
 
 
-def _options(
+def insert_options(
     namespace: str | None,
     priority: int,
     scheduled_at: datetime | None,
@@ -229,7 +263,7 @@ class Client:
             unique_key: while a live job of this kind holds the key, return that job instead.
             max_attempts: failed attempts before the job is discarded.
         """
-        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"), self._pool.connection() as conn:
             return insert_jobs(conn, batch)[0]
@@ -246,7 +280,7 @@ class Client:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
-        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
             return insert_jobs(conn, batch)[0]
@@ -261,7 +295,7 @@ class Client:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs atomically, in input order; a JobSpec overrides options per job."""
-        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"), self._pool.connection() as conn:
             return insert_jobs(conn, batch)
@@ -277,7 +311,7 @@ class Client:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
-        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
             return insert_jobs(conn, batch)
@@ -346,7 +380,7 @@ class Client:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects atomically; results come in input order."""
-        params = _inform_params(namespace, tags, metadata, max_attempts)
+        params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
             return []
@@ -364,7 +398,7 @@ class Client:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
-        params = _inform_params(namespace, tags, metadata, max_attempts)
+        params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
             return []
@@ -383,6 +417,41 @@ class Client:
         """
         with translate_errors("invalidate"), self._pool.connection() as conn:
             return drive(conn, _invalidate(object_type, object_id))
+
+    def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Start deleting a resource; return it (None if unknown: nothing is written).
+
+        Without a `finalize` on its controller it is `deleted` at once; with one it is
+        `deleting` until its `finalize` returns. Deleting a deleted (or deleting)
+        resource changes nothing; a newer inform revives it.
+        """
+        return self.delete_many(object_type, [object_id])[0]
+
+    def delete_tx(
+        self, conn: psycopg.Connection, object_type: type[T], object_id: str
+    ) -> Resource[T] | None:
+        """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
+        return self.delete_many_tx(conn, object_type, [object_id])[0]
+
+    def delete_many(
+        self, object_type: type[T], object_ids: Iterable[str]
+    ) -> list[Resource[T] | None]:
+        """Delete many resources of one kind atomically; results come in input order."""
+        ids, finalize = _deletion(object_type, object_ids, self.app)
+        if not ids:
+            return []
+        with translate_errors("delete"), self._pool.connection() as conn, conn.transaction():
+            return drive(conn, _delete(object_type, ids, finalize))
+
+    def delete_many_tx(
+        self, conn: psycopg.Connection, object_type: type[T], object_ids: Iterable[str]
+    ) -> list[Resource[T] | None]:
+        """Delete many resources of one kind in `conn`'s transaction."""
+        ids, finalize = _deletion(object_type, object_ids, self.app)
+        if not ids:
+            return []
+        with translate_errors("delete"):
+            return drive(conn, _delete(object_type, ids, finalize))
 
     def run_informer(self, object_type: type[Object] | str, *, full: bool = False) -> None:
         """Ask the leader to run this kind's informer now (within about a second).
@@ -419,7 +488,8 @@ class Client:
 
         Args:
             kinds: kinds (names or Object types) to receive; None: all.
-            events: any of "synced", "failed", "degraded", "deleted"; None: all.
+            events: any of "synced", "failed", "degraded", "deleting",
+                "deleted"; None: all.
             buffer_size: events held for a slow consumer before they are dropped and counted.
             poll_interval: seconds between reads of new events (the added latency).
         """
@@ -474,7 +544,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in its own transaction (see Client.enqueue)."""
-        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
             async with self._pool.connection() as conn:
@@ -492,7 +562,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
-        options = _options(namespace, priority, scheduled_at, unique_key, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
             return (await insert_jobs_async(conn, batch))[0]
@@ -507,7 +577,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs atomically, in input order; a JobSpec overrides options per job."""
-        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
             async with self._pool.connection() as conn:
@@ -524,7 +594,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
-        options = _options(namespace, priority, scheduled_at, None, max_attempts)
+        options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
             return await insert_jobs_async(conn, batch)
@@ -588,7 +658,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects atomically; results come in input order."""
-        params = _inform_params(namespace, tags, metadata, max_attempts)
+        params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
             return []
@@ -607,7 +677,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
-        params = _inform_params(namespace, tags, metadata, max_attempts)
+        params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
             return []
@@ -625,6 +695,37 @@ class AsyncClient:
         with translate_errors("invalidate"):
             async with self._pool.connection() as conn:
                 return await drive_async(conn, _invalidate(object_type, object_id))
+
+    async def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None:
+        """Start deleting a resource; return it, None if unknown (see Client.delete)."""
+        return (await self.delete_many(object_type, [object_id]))[0]
+
+    async def delete_tx(
+        self, conn: psycopg.AsyncConnection, object_type: type[T], object_id: str
+    ) -> Resource[T] | None:
+        """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
+        return (await self.delete_many_tx(conn, object_type, [object_id]))[0]
+
+    async def delete_many(
+        self, object_type: type[T], object_ids: Iterable[str]
+    ) -> list[Resource[T] | None]:
+        """Delete many resources of one kind atomically; results come in input order."""
+        ids, finalize = _deletion(object_type, object_ids, self.app)
+        if not ids:
+            return []
+        with translate_errors("delete"):
+            async with self._pool.connection() as conn, conn.transaction():
+                return await drive_async(conn, _delete(object_type, ids, finalize))
+
+    async def delete_many_tx(
+        self, conn: psycopg.AsyncConnection, object_type: type[T], object_ids: Iterable[str]
+    ) -> list[Resource[T] | None]:
+        """Delete many resources of one kind in `conn`'s transaction."""
+        ids, finalize = _deletion(object_type, object_ids, self.app)
+        if not ids:
+            return []
+        with translate_errors("delete"):
+            return await drive_async(conn, _delete(object_type, ids, finalize))
 
     async def run_informer(self, object_type: type[Object] | str, *, full: bool = False) -> None:
         """Ask the leader to run this kind's informer now (see Client.run_informer)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -21,9 +21,9 @@ class InformOptions(msgspec.Struct, frozen=True):
     """What an informer is asked to list.
 
     `after` is the cursor: list changes after it (None: everything). `full` is True when
-    everything is asked for (the first run, then every `full_interval`); after a
-    successful full listing, resources that were not listed are marked deleted when the
-    controller sets `tombstones = True`, so a full listing must list everything.
+    everything is asked for (the first run, a `run_informer(full=True)`, then every
+    `full_interval`); after a successful full listing, resources that were not listed are
+    deleted when the controller sets `tombstones`, so a full listing must list everything.
     """
 
     after: datetime | None = None
@@ -34,7 +34,9 @@ class Controller(Generic[T]):
     """Reconciles the resources of one kind; subclass as `Controller[MyObject]`.
 
     Override `work` (async, or a plain def for blocking or CPU-heavy code, which runs off
-    the event loop) and optionally `inform`. Class attributes tune it:
+    the event loop), and optionally `finalize` (the same) and `inform`. Inside `work` and
+    `finalize`, `delta.work_context()` gives the actor's client and effects that commit
+    with the result. Class attributes tune it:
 
     - `namespace`: where its resources live unless an inform says otherwise;
     - `timeout`: seconds one `work` may run before it counts as a failed attempt (60);
@@ -43,7 +45,10 @@ class Controller(Generic[T]):
     - `inform_timeout`: seconds one informer run may take before it fails (600; the
       cursor stays, as for any failed run);
     - `full_interval`: seconds between full listings (None: only the first run is full);
-    - `tombstones`: mark unlisted resources deleted after a full listing (False).
+    - `tombstones`: after a full listing, delete the resources of the kind it did not
+      list (False). True treats the informer as the source of truth for the whole kind,
+      resources that application code informed included; "listed" limits it to the
+      resources an informer stored or listed.
     """
 
     object_type: ClassVar[type[Object]]
@@ -53,7 +58,7 @@ class Controller(Generic[T]):
     inform_interval: ClassVar[float | None] = 3600.0
     inform_timeout: ClassVar[float] = 600.0
     full_interval: ClassVar[float | None] = None
-    tombstones: ClassVar[bool] = False
+    tombstones: ClassVar[bool | Literal["listed"]] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -66,6 +71,15 @@ class Controller(Generic[T]):
     def work(self, resource: Resource[T]) -> Any:
         """Reconcile one resource; return normally when it is in sync."""
         raise NotImplementedError(f"{type(self).__qualname__} does not implement work()")
+
+    def finalize(self, resource: Resource[T]) -> Any:
+        """Undo the external side of a deleted resource; return normally when done.
+
+        Optional. Without it a deletion is final at once; with it the resource is
+        `deleting` until this returns (then `deleted`), retried like `work` when it
+        raises. Never runs at the same time as a `work` of the same resource.
+        """
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement finalize()")
 
     def inform(self, options: InformOptions) -> AsyncIterator[T]:
         """List objects from the external system (changes after `options.after`)."""
@@ -92,3 +106,8 @@ def runs_informer(controller: Controller[Any]) -> bool:
 def has_informer(controller: Controller[Any]) -> bool:
     """Return whether the controller overrides inform()."""
     return type(controller).inform is not Controller.inform
+
+
+def has_finalize(controller: Controller[Any]) -> bool:
+    """Return whether the controller overrides finalize()."""
+    return type(controller).finalize is not Controller.finalize

@@ -2,14 +2,16 @@
 
 What a subscriber gets
     An `Event` for every work result that set a resource's state to synced, failed,
-    degraded or deleted, from every actor on every host, including failures that rescue
-    writes for a dead actor. Each result is delivered once, in commit order per resource.
+    degraded, deleting or deleted, from every actor on every host, including failures
+    that rescue writes for a dead actor, and for every deletion (`delete*`, a tombstone):
+    `deleting` when its controller has a `finalize` to run, else `deleted`. Each result
+    is delivered once, in commit order per resource.
     Coverage starts when `subscribe()` returns (async: when the subscription is entered
     or first iterated): every result written by a statement that starts after that is
     delivered or counted in a `Gap`; results from just before may also appear.
     A resource whose generation changed while its work ran takes no state from that work,
-    and so has no event for it; neither do requeues. A resource an informer tombstoned is
-    a `deleted` event (its error says so), written by the tombstoning statement.
+    and so has no event for it; neither do requeues. A tombstone's event says so in its
+    error; each deletion's event is written by the statement that marks it.
 
 How events travel
     The statement that writes a work's result (resource_sql.COMPLETE_WORKS) also inserts one
@@ -93,16 +95,16 @@ SUBSCRIBER_TTL = 30.0  # seconds a subscription's lease lasts without renewal
 RENEW_INTERVAL = SUBSCRIBER_TTL / 6
 READ_BATCH = 1000  # events per read
 RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: first and longest wait before reconnecting
-EVENT_STATES = (State.SYNCED, State.FAILED, State.DEGRADED, State.DELETED)
+EVENT_STATES = (State.SYNCED, State.FAILED, State.DEGRADED, State.DELETING, State.DELETED)
 
 
 class Event(msgspec.Struct, frozen=True, tag="event"):
     """A work result that set a resource's state.
 
-    `id` is the object's id, `event` the state it set (synced, failed, degraded or
-    deleted), `generation` the resource generation the work reconciled, `error` the
-    failure's message (or a Delete's reason), `at` the database time the result was
-    written.
+    `id` is the object's id, `event` the state it set (synced, failed, degraded,
+    deleting or deleted), `generation` the resource generation the work reconciled (or
+    the deletion made), `error` the failure's message (or a deletion's reason), `at` the
+    database time the result was written.
     """
 
     kind: str

@@ -17,6 +17,7 @@ class ClaimOfActor(msgspec.Struct, frozen=True):
     max_attempts: int
     resource_id: int | None  # None: a plain job
     generation: int | None  # the resource's generation, for a resource work
+    deleting: bool  # the resource is marked for deletion: its work runs finalize
 
 
 REGISTER_ACTOR: LiteralString = """
@@ -47,7 +48,8 @@ DELETE_ACTORS: LiteralString = "DELETE FROM delta_actor WHERE id = ANY(%s)"
 
 # In the order of ClaimOfActor's fields.
 SELECT_CLAIMS_OF_ACTOR: LiteralString = """
-SELECT j.id AS job_id, j.attempt, j.max_attempts, j.resource_id, r.generation
+SELECT j.id AS job_id, j.attempt, j.max_attempts, j.resource_id, r.generation,
+       r.deletion_requested_at IS NOT NULL AS deleting
 FROM delta_job AS j
 LEFT JOIN delta_resource AS r ON r.id = j.resource_id
 WHERE j.state = 'running' AND j.claimed_by = %s

@@ -37,6 +37,7 @@ class ResourceRow(msgspec.Struct, frozen=True):
     updated_at: datetime
     attempted_at: datetime | None
     synced_at: datetime | None
+    deletion_requested_at: datetime | None
 
     def resource(self, obj: T) -> Resource[T]:
         """The Resource this row describes, holding `obj` (decoded by the caller)."""
@@ -48,6 +49,7 @@ class ResourceRow(msgspec.Struct, frozen=True):
             _errors_decoder.decode(errors) if errors and errors != "[]" else [],
             list(self.tags), _metadata_decoder.decode(metadata) if metadata != "{}" else {},
             self.created_at, self.updated_at, self.attempted_at, self.synced_at,
+            self.deletion_requested_at,
         )  # fmt: skip
 
 
@@ -84,7 +86,8 @@ r.id, r.kind, r.object_id, r.namespace, """
         + state
         + """ AS state,
 r.generation, r.attempt, r.max_attempts, array_to_json(r.errors)::text AS errors, r.tags,
-r.metadata::text AS metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at
+r.metadata::text AS metadata, r.created_at, r.updated_at, r.attempted_at, r.synced_at,
+r.deletion_requested_at
 """
     )
 
@@ -134,6 +137,9 @@ resources AS (
                        THEN r.attempt + 1 ELSE r.attempt END,
         synced_at = CASE WHEN u.resource_state = 'synced' AND r.generation = u.generation
                          THEN now() ELSE r.synced_at END,
+        deletion_requested_at = CASE
+            WHEN u.resource_state IN ('deleting', 'deleted') AND r.generation = u.generation
+            THEN coalesce(r.deletion_requested_at, now()) ELSE r.deletion_requested_at END,
         attempted_at = f.attempted_at,
         errors = CASE WHEN u.error IS NULL THEN r.errors
                       ELSE (r.errors || u.error)[greatest(1, cardinality(r.errors) - 8):] END,
@@ -155,17 +161,17 @@ events AS (
     FROM resources AS x
     -- Uncorrelated first: with nobody subscribed, one check per statement, not per row.
     WHERE EXISTS (SELECT 1 FROM delta_subscriber WHERE expires_at > now())
-      AND x.applied AND x.state IN ('synced', 'failed', 'degraded', 'deleted')
+      AND x.applied AND x.state IN ('synced', 'failed', 'degraded', 'deleting', 'deleted')
       AND EXISTS (SELECT 1 FROM delta_subscriber AS s
                   WHERE s.expires_at > now()
                     AND (s.kinds IS NULL OR x.kind = ANY(s.kinds))
                     AND (s.events IS NULL OR x.state = ANY(s.events)))
 ),
 -- A work whose generation was overtaken leaves the state to the newer generation, whose
--- inform queued a work. But a claim racing that inform can take the queued work with the
--- older object (the claim locks the job row's newest version, yet reads the resource as
--- of its snapshot): then nothing is queued for the newer generation. So queue one,
--- unless one is queued (ON CONFLICT) or running already.
+-- inform (or deletion) queued a work. But a claim racing that write can take the queued
+-- work with the older row (the claim locks the job row's newest version, yet reads the
+-- resource as of its snapshot): then nothing is queued for the newer generation. So
+-- queue one, unless one is queued (ON CONFLICT) or running already.
 followups AS (
     INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts, state, scheduled_at)
     SELECT x.kind, x.namespace, '\\x', x.id, x.max_attempts,
@@ -173,7 +179,7 @@ followups AS (
            now() + make_interval(secs => greatest(x.delay, 0))
     FROM resources AS x
     WHERE x.delay IS NOT NULL AND x.state <> 'degraded'
-      AND (NOT x.moved_on OR (x.state = 'scheduled' AND NOT EXISTS (
+      AND (NOT x.moved_on OR (x.state IN ('scheduled', 'deleting') AND NOT EXISTS (
             SELECT 1 FROM delta_job AS w
             WHERE w.resource_id = x.id AND w.state = 'running' AND w.id <> x.job_id)))
     ON CONFLICT (resource_id)
@@ -227,16 +233,17 @@ WITH input AS (
         %(max_attempts)b::smallint[])
     AS i(kind, object_id, namespace, object, hash, id, expected, max_attempts)
 ),
--- Tags and metadata are options of the whole call: one value, not one per row.
+-- Tags, metadata and `listed` (an informer writes) are options of the whole call: one
+-- value, not one per row.
 options AS (
     SELECT ARRAY(SELECT jsonb_array_elements_text(%(tags)s::jsonb)) AS tags,
-           %(metadata)s::jsonb AS metadata
+           %(metadata)s::jsonb AS metadata, %(listed)s::boolean AS listed
 ),
 inserted AS (
     INSERT INTO delta_resource AS r
-        (kind, object_id, namespace, object, hash, max_attempts, tags, metadata)
+        (kind, object_id, namespace, object, hash, max_attempts, tags, metadata, listed)
     SELECT i.kind, i.object_id, i.namespace, i.object, i.hash, i.max_attempts,
-           o.tags, o.metadata
+           o.tags, o.metadata, o.listed
     FROM input AS i, options AS o WHERE i.expected IS NULL
     ON CONFLICT (kind, object_id) DO NOTHING
     RETURNING """
@@ -254,7 +261,8 @@ updated AS (
     UPDATE delta_resource AS r
     SET object = i.object, hash = i.hash, generation = r.generation + 1, state = 'scheduled',
         attempt = 0, namespace = i.namespace, max_attempts = i.max_attempts,
-        tags = o.tags, metadata = o.metadata, updated_at = now()
+        tags = o.tags, metadata = o.metadata, updated_at = now(),
+        deletion_requested_at = NULL, listed = r.listed OR o.listed
     FROM input AS i, options AS o
     WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND r.id = i.id
       AND r.kind = i.kind AND r.object_id = i.object_id AND r.generation = i.expected
@@ -296,8 +304,16 @@ GET_RESOURCE: LiteralString = (
     + ", r.object FROM delta_resource AS r WHERE r.kind = %s AND r.object_id = %s"
 )
 
+GET_RESOURCES: LiteralString = (
+    "SELECT "
+    + RESOURCE_COLUMNS
+    + """, r.object FROM delta_resource AS r
+WHERE r.kind = %s AND r.object_id = ANY(%s::text[])"""
+)
+
 # Re-work a resource with its stored object: attempts reset, generation kept. A deleted
-# resource stays deleted (only a newer change revives it).
+# resource stays deleted (only a newer change revives it); one marked for deletion runs
+# its `finalize` again.
 INVALIDATE_RESOURCE: LiteralString = """
 WITH target AS (
     SELECT r.id FROM delta_resource AS r
@@ -305,7 +321,10 @@ WITH target AS (
     FOR UPDATE
 ),
 marked AS (
-    UPDATE delta_resource AS r SET state = 'scheduled', attempt = 0, updated_at = now()
+    UPDATE delta_resource AS r
+    SET state = CASE WHEN r.deletion_requested_at IS NULL THEN 'scheduled'
+                     ELSE 'deleting' END::delta_resource_state,
+        attempt = 0, updated_at = now()
     FROM target WHERE r.id = target.id
     RETURNING r.id, r.kind, r.namespace, r.max_attempts
 ),
@@ -320,30 +339,91 @@ works AS (
 SELECT count(pg_notify('delta_jobs', w.namespace)) FROM works AS w
 """
 
-# After a full listing: every resource of the kind that the listing did not name, and
-# that no inform touched since the listing began, is marked deleted. Fenced. Each is a
-# `deleted` event for the subscribers that want it, as in COMPLETE_WORKS.
-TOMBSTONE_UNLISTED: LiteralString = """
-WITH tombstoned AS (
-    UPDATE delta_resource AS r SET state = 'deleted', updated_at = now()
-    WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.updated_at < %(started)s
-      AND NOT (r.object_id = ANY(%(listed)s::text[]))
-      AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
-                  AND actor_id = %(actor)s AND expires_at > now())
-    RETURNING r.id, r.kind, r.object_id, r.namespace, r.generation
+
+# Deletion, one way out for `client.delete*` and tombstones (a work's `Delete` takes the
+# same states through COMPLETE_WORKS). `target` selects the resources of one kind to
+# delete, locked in id order; resources already deleted or marked are left as they are.
+# Each gets a new generation (so a work running meanwhile cannot overwrite the deletion
+# with its result) and the deletion mark. With `finalize` it becomes `deleting` and its
+# queued work (folded, as an inform does) runs `finalize`; without, `deleted` at once and
+# its queued work is cancelled. Either is an event for the subscribers that want it.
+def _deletion(target: LiteralString) -> LiteralString:
+    return (
+        """
+WITH target AS ("""
+        + target
+        + """
+    ORDER BY r.id
+    FOR UPDATE OF r
+),
+marked AS (
+    UPDATE delta_resource AS r
+    SET state = CASE WHEN %(finalize)s::boolean THEN 'deleting'
+                     ELSE 'deleted' END::delta_resource_state,
+        generation = r.generation + 1, attempt = 0, deletion_requested_at = now(),
+        updated_at = now()
+    FROM target WHERE r.id = target.id
+    RETURNING r.id, r.kind, r.object_id, r.namespace, r.max_attempts, r.generation, r.state
+),
+works AS (
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
+    SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
+    WHERE m.state = 'deleting'
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now()
+    RETURNING namespace
+),
+cancelled AS (
+    UPDATE delta_job AS j SET state = 'cancelled', finalized_at = now()
+    WHERE j.resource_id = ANY(ARRAY(SELECT id FROM marked WHERE state = 'deleted'))
+      AND j.state IN ('available', 'scheduled', 'retryable')
 ),
 events AS (
     INSERT INTO delta_event (resource_id, kind, object_id, namespace, event, generation, error)
-    SELECT t.id, t.kind, t.object_id, t.namespace, 'deleted', t.generation,
-           'tombstoned: not in a full listing of its informer'
-    FROM tombstoned AS t
+    SELECT m.id, m.kind, m.object_id, m.namespace, m.state, m.generation, %(reason)s
+    FROM marked AS m
     WHERE EXISTS (SELECT 1 FROM delta_subscriber WHERE expires_at > now())
       AND EXISTS (SELECT 1 FROM delta_subscriber AS s
                   WHERE s.expires_at > now()
-                    AND (s.kinds IS NULL OR t.kind = ANY(s.kinds))
-                    AND (s.events IS NULL OR 'deleted' = ANY(s.events)))
+                    AND (s.kinds IS NULL OR m.kind = ANY(s.kinds))
+                    AND (s.events IS NULL OR m.state = ANY(s.events)))
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM works) AS q
 )
-SELECT id FROM tombstoned
+SELECT m.id, (SELECT n FROM notified) FROM marked AS m
+"""
+    )
+
+
+DELETE_RESOURCES: LiteralString = _deletion(
+    """
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.kind = %(kind)s AND r.object_id = ANY(%(object_ids)s::text[])
+      AND r.state <> 'deleted' AND r.deletion_requested_at IS NULL"""
+)
+
+# After a full listing: every resource of the kind that the listing did not name, and
+# that no inform touched since the listing began, is deleted; with `only_listed`
+# (`tombstones = "listed"`), only those an informer stored or listed. Fenced on the term.
+TOMBSTONE_UNLISTED: LiteralString = _deletion(
+    """
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.kind = %(kind)s AND r.state <> 'deleted' AND r.deletion_requested_at IS NULL
+      AND r.updated_at < %(started)s
+      AND NOT (r.object_id = ANY(%(listed)s::text[]))
+      AND (r.listed OR NOT %(only_listed)s::boolean)
+      AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+                  AND actor_id = %(actor)s AND expires_at > now())"""
+)
+
+# A full listing names what its informer owns: the resources it lists are `listed` from
+# then on, for `tombstones = "listed"` (an informer's own writes set it as well).
+MARK_LISTED: LiteralString = """
+UPDATE delta_resource SET listed = true
+WHERE kind = %(kind)s AND object_id = ANY(%(listed)s::text[]) AND NOT listed
 """
 
 # Synced resources older than the namespace's expiry get one new work each (no chain).

@@ -43,7 +43,14 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
                 if c.resource_id is None
             ]
             works = [
-                results.work_failed(c.job_id, c.attempt, c.generation or 0, 0.0, _error(c, message))
+                results.work_failed(
+                    c.job_id,
+                    c.attempt,
+                    c.generation or 0,
+                    0.0,
+                    _error(c, message),
+                    deleting=bool(c.deleting),
+                )
                 for c in claims
                 if c.resource_id is not None
             ]

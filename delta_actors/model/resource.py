@@ -22,6 +22,7 @@ class State(enum.StrEnum):
     FAILED = "failed"
     DEGRADED = "degraded"
     EXPIRED = "expired"
+    DELETING = "deleting"
     DELETED = "deleted"
 
 
@@ -38,7 +39,9 @@ class Resource(msgspec.Struct, Generic[T], frozen=True):
     """A stored resource: the decoded object and its row's fields.
 
     `state` is `running` while a work of the resource runs. `errors` holds the newest ten
-    failed attempts, newest last. Times are the database's.
+    failed attempts, newest last. `deletion_requested_at` is set from the moment its
+    deletion was asked for (it stays set once deleted, and a newer inform clears it): while
+    set, its controller's `finalize` runs instead of `work`. Times are the database's.
     """
 
     id: int
@@ -57,6 +60,7 @@ class Resource(msgspec.Struct, Generic[T], frozen=True):
     updated_at: datetime
     attempted_at: datetime | None
     synced_at: datetime | None
+    deletion_requested_at: datetime | None
 
 
 class InformResult(msgspec.Struct, Generic[T], frozen=True):

@@ -153,6 +153,7 @@ class ResourceDetail(msgspec.Struct, frozen=True):
     updated_at: datetime
     attempted_at: datetime | None
     synced_at: datetime | None
+    deletion_requested_at: datetime | None
     works: list[WorkStatus]
 
 
@@ -223,7 +224,8 @@ def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> Res
         stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,
         stored.generation, stored.attempt, stored.max_attempts, stored.object, stored.errors,
         stored.tags, stored.metadata, stored.created_at, stored.updated_at,
-        stored.attempted_at, stored.synced_at, [WorkStatus(*work) for work in works],
+        stored.attempted_at, stored.synced_at, stored.deletion_requested_at,
+        [WorkStatus(*work) for work in works],
     )  # fmt: skip
 
 

@@ -188,6 +188,8 @@ def render_resource(detail: ResourceDetail) -> str:
         ("tags", ", ".join(detail.tags) or "-"),
         ("metadata", msgspec.json.encode(detail.metadata).decode()),
     ]
+    if detail.deletion_requested_at is not None:
+        fields.insert(9, ("deletion asked", format_time(detail.deletion_requested_at)))
     width = max(len(name) for name, _ in fields) + 1
     lines = [f"{name + ':':<{width}} {value}" for name, value in fields]
     lines += ["", "object:", _indent(msgspec.json.format(bytes(detail.object), indent=2).decode())]

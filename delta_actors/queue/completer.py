@@ -8,6 +8,13 @@ reported as stale rather than overwriting a newer result.
 
 A failed write keeps its batch and is retried with backoff; a result is only dropped when
 the owner gives up at its stop deadline, and then rescue runs the job again (at least once).
+
+A batch in which some work result carries effects (`delta.work_context()`) is written in
+one transaction: the fenced statements first, then the effects of the results they
+wrote, in batch order. A stale result's effects are not written; a batch that fails is
+rolled back whole and retried, so a written result's effects are written exactly once.
+Effects lock the resources they inform after the results' resources: two such batches
+can deadlock, which PostgreSQL breaks by failing one, retried like any failed write.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import psycopg
@@ -127,7 +135,8 @@ class Completer:
         jobs = [r for r in batch if isinstance(r, JobResult)]
         works = [r for r in batch if isinstance(r, WorkResult)]
         stale: set[int] = set()
-        async with self._pool.connection() as conn:
+        effects = any(r.effects for r in works)
+        async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
                 # Prepared, so the server parses it once, but planned on every execution
                 # (the pool's force_custom_plan): a generic plan of these unnest joins
@@ -141,7 +150,19 @@ class Completer:
                     resource_sql.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=True
                 )
                 stale |= await _not_written(cur, works)
+            if effects:
+                for result in works:
+                    if result.id not in stale:
+                        for effect in result.effects:
+                            await effect.write(conn)
         return stale
+
+
+def _transaction_if(
+    conn: psycopg.AsyncConnection[Any], wanted: bool
+) -> AbstractAsyncContextManager[Any]:
+    """A transaction of `conn` when `wanted`; else each statement commits by itself."""
+    return conn.transaction() if wanted else nullcontext()
 
 
 def job_params(batch: list[JobResult], actor_id: int) -> dict[str, object]:

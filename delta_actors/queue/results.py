@@ -27,6 +27,7 @@ a resource's `attempt` counts the failed attempts of its generation, and degrade
     synced           completed   synced        no              -
     requeued         completed   scheduled     no              after `Requeue.after`
     deleted          completed   deleted       no              -
+    deleting         completed   deleting      no              at once (runs finalize)
     degraded         discarded   degraded      yes             -
     failed           discarded   failed        yes             after the backoff
     unknown kind     cancelled   (as it is)    no              UNKNOWN_KIND_DELAY
@@ -34,13 +35,23 @@ a resource's `attempt` counts the failed attempts of its generation, and degrade
     handed back      cancelled   (as it is)    no              at once
     rescued          as failed, due at once
 
+A resource marked for deletion runs `finalize` instead of `work` (`deleting=True`): its
+return is `deleted`; a requeue or failure keeps it `deleting` (the failure counted, so it
+degrades at `max_attempts` with the mark kept); `deleting` above is a `Delete` raised
+from `work` of a controller that has a `finalize`.
+
 "Hand back" is the one verb for a claim returned without a counted attempt: at a stop
 deadline, or when a claim's reply was lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
 
 from delta_actors.model.job_row import JobState
 from delta_actors.model.resource import State
@@ -61,6 +72,13 @@ class JobResult:
     error: str | None = None  # an encoded JobError
 
 
+class Effect(Protocol):
+    """A write made by a running work (`delta.work_context()`) that commits with its result:
+    the completer calls `write` in the transaction that writes the result."""
+
+    async def write(self, conn: psycopg.AsyncConnection[Any]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WorkResult:
     """The outcome of one resource work, to be written (resource_sql.COMPLETE_WORKS)."""
@@ -74,9 +92,21 @@ class WorkResult:
     ending: str  # the metrics `result` label
     delay: float | None = None  # queue a follow-up work after this many seconds
     error: str | None = None  # an encoded JobError
+    effects: tuple[Effect, ...] = ()  # written with this result, iff it is written
 
 
 Result = JobResult | WorkResult
+
+# The endings whose effects are written: the work did what it meant to. A failure of any
+# kind (an error, a timeout, a permanent error), a hand-back and a rescue drop them.
+_KEEPS_EFFECTS = frozenset({"success", "requeue", "deleting", "deleted"})
+
+
+def with_effects(result: WorkResult, effects: Sequence[Effect]) -> WorkResult:
+    """`result` carrying `effects` if its ending keeps them, else `result` as it is."""
+    if not effects or result.ending not in _KEEPS_EFFECTS:
+        return result
+    return dataclasses.replace(result, effects=tuple(effects))
 
 
 # ---------------------------------------------------------------- plain jobs
@@ -130,19 +160,32 @@ def work_synced(job_id: int, attempt: int, generation: int) -> WorkResult:
     )
 
 
-def work_requeued(job_id: int, attempt: int, generation: int, after: float) -> WorkResult:
-    """`work` raised Requeue(after): a new work then, no failure counted."""
+def work_requeued(
+    job_id: int, attempt: int, generation: int, after: float, *, deleting: bool = False
+) -> WorkResult:
+    """`work` (or `finalize`) raised Requeue(after): a new one then, no failure counted."""
+    state = State.DELETING if deleting else State.SCHEDULED
     return WorkResult(
-        job_id, attempt, generation, JobState.COMPLETED, State.SCHEDULED, False, "requeue",
-        delay=after,
-    )  # fmt: skip
+        job_id, attempt, generation, JobState.COMPLETED, state, False, "requeue", delay=after
+    )
 
 
-def work_deleted(job_id: int, attempt: int, generation: int, error: str | None) -> WorkResult:
-    """`work` raised Delete: the resource is gone."""
+def work_deleted(
+    job_id: int, attempt: int, generation: int, error: str | None = None
+) -> WorkResult:
+    """`finalize` returned, or nothing needs finalizing (`Delete` from a controller without
+    one, a marked resource whose controller has none): the resource is gone."""
     return WorkResult(
         job_id, attempt, generation, JobState.COMPLETED, State.DELETED, False, "deleted",
         error=error,
+    )  # fmt: skip
+
+
+def work_deleting(job_id: int, attempt: int, generation: int, error: str | None) -> WorkResult:
+    """`work` raised Delete and the controller has a `finalize`: marked, and it runs next."""
+    return WorkResult(
+        job_id, attempt, generation, JobState.COMPLETED, State.DELETING, False, "deleting",
+        delay=0.0, error=error,
     )  # fmt: skip
 
 
@@ -154,11 +197,15 @@ def work_degraded(job_id: int, attempt: int, generation: int, error: str) -> Wor
     )  # fmt: skip
 
 
-def work_failed(job_id: int, attempt: int, generation: int, delay: float, error: str) -> WorkResult:
-    """`work` failed (raised, timed out, its object no longer decodes), or its actor died
-    running it (delay 0); COMPLETE_WORKS degrades it at its last attempt."""
+def work_failed(
+    job_id: int, attempt: int, generation: int, delay: float, error: str,
+    *, deleting: bool = False,
+) -> WorkResult:  # fmt: skip
+    """`work` (or `finalize`) failed (raised, timed out, its object no longer decodes), or
+    its actor died running it (delay 0); COMPLETE_WORKS degrades it at its last attempt."""
+    state = State.DELETING if deleting else State.FAILED
     return WorkResult(
-        job_id, attempt, generation, JobState.DISCARDED, State.FAILED, True, "error",
+        job_id, attempt, generation, JobState.DISCARDED, state, True, "error",
         delay=delay, error=error,
     )  # fmt: skip
 

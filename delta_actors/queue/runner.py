@@ -8,6 +8,7 @@ from anyone else (the stop deadline) passes through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import traceback
@@ -109,7 +110,9 @@ class Invoker:
             if is_async:
                 await fn(arg)
             else:
-                await loop.run_in_executor(self._executor, fn, arg)
+                # The task's context goes along, so a plain def sees its work_context().
+                context = contextvars.copy_context()
+                await loop.run_in_executor(self._executor, context.run, fn, arg)
         except asyncio.CancelledError as exc:
             if self._is_stopping() or not claim.timed_out:
                 raise

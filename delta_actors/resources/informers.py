@@ -16,8 +16,10 @@ A run of kind K:
 3. Without error: the cursor advances to the newest `created_at()` the run saw, or, for
    objects without one, to the database time at which the run started; the next run is
    due after `inform_interval` plus up to 10% jitter. After a full listing, a controller
-   with `tombstones = True` gets every resource of K that was not listed (and not informed
-   since the run began) marked deleted.
+   with `tombstones` gets every resource of K that was not listed (and not informed since
+   the run began) deleted, the one way out (resource_sql.DELETE_RESOURCES): its
+   `finalize` runs, if it has one. With `tombstones = "listed"` only resources an
+   informer stored or listed are taken: the listing marks what it listed first.
 4. With an error, or past the controller's `inform_timeout`: the cursor stays, what was
    written stays written (it is real data), and the next run is due after a backoff
    capped at the interval. Either way the run's record gets its end, objects and error.
@@ -47,6 +49,7 @@ from delta_actors.resources.store import InformParams, inform, prepare
 logger = logging.getLogger(__name__)
 
 BATCH = 500
+TOMBSTONE_REASON = "tombstoned: not in a full listing of its informer"
 FAILURE_BACKOFF = 30.0  # seconds before a failed informer runs again (at most its interval)
 
 
@@ -167,12 +170,19 @@ class InformerScheduler:
             await self._failed(registration, run, exc)
             return {"kind": kind, "ran": True, "error": str(exc), "objects": run.written}
         tombstoned = 0
+        tombstones = registration.controller.tombstones
         async with self._pool.connection() as conn, conn.transaction():
-            if full and registration.controller.tombstones:
+            if full and tombstones:
+                if tombstones == "listed":
+                    await conn.execute(
+                        resource_sql.MARK_LISTED, {"kind": kind, "listed": run.listed}
+                    )
                 cur = await conn.execute(
                     resource_sql.TOMBSTONE_UNLISTED,
-                    {**fence, "started": started_at, "listed": run.listed},
-                )
+                    {**fence, "started": started_at, "listed": run.listed,
+                     "only_listed": tombstones == "listed",
+                     "finalize": registration.finalizes, "reason": TOMBSTONE_REASON},
+                )  # fmt: skip
                 tombstoned = len(await cur.fetchall())
             await conn.execute(
                 leader_sql.FINISH_INFORMER,
@@ -232,7 +242,7 @@ class InformerScheduler:
                         "informer.write_failed")  # fmt: skip
 
     async def _write(self, registration: ControllerRegistration, batch: list[Object]) -> int:
-        params = InformParams(namespace=registration.namespace)
+        params = InformParams(namespace=registration.namespace, listed=True)
         items = prepare(batch, params, self._app)
         async with self._pool.connection() as conn, conn.transaction():
             await drive_async(conn, inform(items, params))

@@ -8,7 +8,8 @@ One inform of a batch, in the caller's connection (and transaction, for `inform_
    stale, not stored.
 3. Write the created and updated ones in one statement (WRITE_RESOURCES), fenced on the
    generation read in 1 and folding each into the resource's one queued work, woken by
-   one NOTIFY per namespace at commit.
+   one NOTIFY per namespace at commit. An update of a deleting or deleted resource
+   revives it: its deletion mark is cleared, and `work` runs again.
 4. An object whose identity changed between 1 and 3 (a concurrent inform) is decided
    again from 1, this time reading with FOR UPDATE so that the second round cannot lose
    (a new identity can lose once more, to a concurrent first insert); after
@@ -59,6 +60,7 @@ class InformParams:
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = None
     max_attempts: int | None = None
+    listed: bool = False  # written by an informer (for `tombstones = "listed"`)
 
 
 @dataclass(slots=True)
@@ -192,7 +194,7 @@ def inform(
         if not writes:
             pending = []
             break
-        written_rows = yield _write(items, writes, tags, metadata)
+        written_rows = yield _write(items, writes, tags, metadata, options.listed)
         written = {(row.kind, row.object_id): row for row in map(_written, written_rows)}
         pending = []
         for index, stored_row in writes:
@@ -270,6 +272,7 @@ def _write(
     writes: list[tuple[int, InformedRow | None]],
     tags: str,
     metadata: str,
+    listed: bool,
 ) -> Statement:
     chosen = [items[index] for index, _ in writes]
     return resource_sql.WRITE_RESOURCES, {
@@ -283,4 +286,5 @@ def _write(
         "max_attempts": [i.max_attempts for i in chosen],
         "tags": tags,
         "metadata": metadata,
+        "listed": listed,
     }

@@ -12,6 +12,8 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
   another actor's, and two runs of one resource must never overlap;
 - deadline watch: cancels runs that exceed their kind's timeout (a failed attempt).
 Job runs are tasks outside the group: a job failing is an outcome, not a worker failure.
+Each resource work runs in a `work_context()` whose effects go to the completer with its
+result (context.py).
 
 Slots and wake-ups: `max_workers` slots. The producer sleeps on one event, set by a
 notification, by a freed slot when the last claim filled every slot it asked for (more
@@ -44,7 +46,9 @@ import psycopg
 
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.client import AsyncClient
 from delta_actors.config import DEFAULT_NAMESPACE
+from delta_actors.context import open_context
 from delta_actors.db import actor_sql, job_sql
 from delta_actors.db.actor_sql import ClaimOfActor
 from delta_actors.db.connection import connect_async, make_async_pool, translate_errors
@@ -112,6 +116,12 @@ class Worker:
         self.stats = WorkerStats()
         self.recorder = Recorder()
         self._pool = make_async_pool(dsn, min_size=2, max_size=4, name=f"delta-worker-{namespace}")
+        # `work_context().client`: a pool of its own, so that works reading through it can
+        # never starve the claims and results of connections; it opens none until used.
+        self._work_pool = make_async_pool(
+            dsn, min_size=0, max_size=min(self.max_workers, 8), name=f"delta-work-{namespace}"
+        )
+        self._work_client = AsyncClient(self._work_pool, app=app)
         self._promoter = Promoter(self._pool) if run_scheduler else None
         self.progress = {
             "claims": Progress(
@@ -158,6 +168,7 @@ class Worker:
                     self.actor_id = await register_actor(conn, self.namespace, "worker")
         with translate_errors(action, self._dsn):
             await self._pool.open(wait=True, timeout=30)
+            await self._work_pool.open()
         self._completer = Completer(
             self._pool,
             self.actor_id,
@@ -227,6 +238,7 @@ class Worker:
             )
         await self._unregister()
         await self._pool.close()
+        await self._work_pool.close()
         if self._invoker is not None:
             self._invoker.shutdown()
         self._stopped.set()
@@ -366,7 +378,13 @@ class Worker:
             if claim.resource_id is None:
                 result = await self._jobs.run(claim)
             else:
-                result = await self._works.run(claim)
+                # In this task, so the work (and a plain def's thread) sees it.
+                ctx = open_context(self._work_client, self._app)
+                try:
+                    work_result = await self._works.run(claim)
+                finally:
+                    effects = ctx.close()
+                result = results.with_effects(work_result, effects)
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise

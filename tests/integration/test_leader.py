@@ -259,7 +259,8 @@ async def test_stale_leader_cannot_run_informers_or_advance_cursors(dsn):
             cur = await conn.execute(
                 resource_sql.TOMBSTONE_UNLISTED,
                 {"kind": "listing", "term": old_term, "actor": 1,
-                 "started": datetime.now(UTC), "listed": []},
+                 "started": datetime.now(UTC), "listed": [], "only_listed": False,
+                 "finalize": False, "reason": "tombstoned"},
             )  # fmt: skip
             assert cur.rowcount == 0
         cursor, *_ = await _informer_row(dsn)

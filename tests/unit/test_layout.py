@@ -13,6 +13,7 @@ ROOMS = [
     ["ops"],
     ["runtime"],
     ["leader"],
+    ["context"],
     ["client"],
     ["events"],
     ["resources"],

@@ -1,0 +1,143 @@
+"""Effects: what a work informs and enqueues through `work_context()` commits with its
+result, exactly once, and a work that does not succeed leaves none of it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+
+import delta_actors as delta
+from tests.integration.workers import running_worker
+from tests.objects import Keyed
+from tests.waiting import wait_until_async
+
+
+class Order(Keyed, kind="fx-order"):
+    email: str = "a@example.com"
+
+
+class Invoice(Keyed, kind="fx-invoice"):
+    pass
+
+
+class SendEmail(delta.Job, kind="fx-send-email"):
+    to: str
+
+
+class Behaviour:
+    def __init__(self) -> None:
+        self.fail_first: set[str] = set()  # keys whose first attempt fails after its effects
+        self.attempts: dict[str, int] = {}
+        self.sent: list[str] = []
+        self.read: list[Any] = []
+        self.hang: set[str] = set()
+
+
+class OrderController(delta.Controller[Order]):
+    b: ClassVar[Behaviour] = Behaviour()
+    timeout = 0.5
+
+    async def work(self, resource: delta.Resource[Order]) -> None:
+        key = resource.object.key
+        ctx = delta.work_context()
+        self.b.attempts[key] = self.b.attempts.get(key, 0) + 1
+        ctx.inform(Invoice(key=f"inv-{key}"))
+        ctx.enqueue(SendEmail(to=resource.object.email))
+        self.b.read.append(await ctx.client.get(Order, key))
+        if key in self.b.hang:
+            await asyncio.sleep(3600)
+        if key in self.b.fail_first and self.b.attempts[key] == 1:
+            raise RuntimeError("the shop is down")
+        if key == "bad":
+            ctx.inform(Invoice(key=""))  # an id that cannot be stored: raises here
+
+
+class InvoiceController(delta.Controller[Invoice]):
+    def work(self, resource: delta.Resource[Invoice]) -> None:
+        # A plain def: the context is this thread's too.
+        delta.work_context().enqueue(SendEmail(to=f"books-{resource.object.key}"))
+
+
+async def send_email(job: SendEmail) -> None:
+    OrderController.b.sent.append(job.to)
+
+
+@pytest.fixture
+def behaviour() -> Behaviour:
+    OrderController.b = Behaviour()
+    return OrderController.b
+
+
+def make_app() -> delta.App:
+    return delta.App(
+        controllers=[OrderController(), InvoiceController()],
+        jobs={SendEmail: send_email},
+    )
+
+
+async def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return [tuple(row) for row in await (await conn.execute(query)).fetchall()]
+
+
+async def test_a_failed_work_leaves_nothing_and_the_retry_that_succeeds_leaves_one_of_each(
+    dsn, behaviour
+):
+    behaviour.fail_first = {"o1"}
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        await client.inform(Order(key="o1"))
+        # A slow retry, so that what the failed attempt left can be looked at first.
+        async with running_worker(app, dsn, retry_policy=lambda attempt: 1.0):
+            await wait_until_async(lambda: behaviour.attempts.get("o1") == 1, 5)
+            await wait_until_async(
+                lambda: _state(client, Order, "o1", delta.State.FAILED), 5, "o1 failed"
+            )
+            assert await client.get(Invoice, "inv-o1") is None
+            assert await rows(dsn, "SELECT id FROM delta_job WHERE kind = 'fx-send-email'") == []
+            await wait_until_async(lambda: _state(client, Order, "o1", delta.State.SYNCED), 5)
+            await wait_until_async(lambda: _state(client, Invoice, "inv-o1", delta.State.SYNCED), 5)
+            await wait_until_async(lambda: len(behaviour.sent) == 2, 5)
+    assert behaviour.attempts == {"o1": 2}
+    assert sorted(behaviour.sent) == ["a@example.com", "books-inv-o1"]
+    jobs = await rows(dsn, "SELECT args FROM delta_job WHERE kind = 'fx-send-email'")
+    assert len(jobs) == 2
+    invoices = await rows(dsn, "SELECT object_id FROM delta_resource WHERE kind = 'fx-invoice'")
+    assert invoices == [("inv-o1",)]
+    assert behaviour.read[0] is not None  # the context's client reads
+    assert behaviour.read[0].object_id == "o1"
+
+
+async def test_a_timed_out_work_and_a_bad_effect_leave_nothing(dsn, behaviour):
+    behaviour.hang = {"hung"}
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        await client.inform_many([Order(key="hung"), Order(key="bad")], max_attempts=1)
+        async with running_worker(app, dsn):
+            for key in ("hung", "bad"):
+                await wait_until_async(
+                    lambda key=key: _state(client, Order, key, delta.State.DEGRADED), 5, key
+                )
+        bad = await client.get(Order, "bad")
+        assert bad is not None
+        assert "Invoice.id() must return a string of 1..1024 bytes" in bad.errors[-1].error
+        hung = await client.get(Order, "hung")
+        assert hung is not None
+        assert "timed out after 0.5s" in hung.errors[-1].error
+    assert await rows(dsn, "SELECT id FROM delta_job WHERE kind = 'fx-send-email'") == []
+    assert await rows(dsn, "SELECT id FROM delta_resource WHERE kind = 'fx-invoice'") == []
+
+
+def test_work_context_outside_a_work_names_where_it_is_available():
+    with pytest.raises(delta.ConfigError, match=r"only available inside a controller's work\(\)"):
+        delta.work_context()
+
+
+async def _state(
+    client: delta.AsyncClient, object_type: Any, key: str, wanted: delta.State
+) -> bool:
+    resource = await client.get(object_type, key)
+    return resource is not None and resource.state is wanted
