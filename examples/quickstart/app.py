@@ -1,23 +1,32 @@
 """Quick start: mirror a local customer file into PostgreSQL and keep a report per customer.
 
 The "external system" is `customers.jsonl` beside this file: one customer per line. The
-informer lists it every 10 seconds (only lines changed since the last run, by their
-`updated_at`; everything once a minute), the controller renders a report for each new
-or changed customer into `reports/`, and a customer whose line disappears is marked
-deleted at the next full listing (tombstones).
+controller renders a report for each new or changed customer into `reports/`, and when a
+customer's line disappears its `finalize` removes the report.
 
 Run it from the repository root:
 
     delta-actors supervise --app examples.quickstart.app:app
 
-then edit customers.jsonl (change a name, bump its updated_at, add or remove a line)
-and watch reports/ follow within seconds.
+then edit customers.jsonl and watch reports/ follow. How soon a change shows:
 
-$DELTA_EXAMPLE_OUT, if set, names another folder for the reports (the tests use it).
+- The informer runs every 10 seconds and lists the lines whose `updated_at` is newer
+  than its cursor: the newest `updated_at` it has seen. So to change a customer, edit
+  the line and set its `updated_at` later than every other line's (a new line too).
+  A change with an older `updated_at` is not seen by those runs; and since `compare`
+  keeps the newer copy, an edit that keeps the same `updated_at` is never stored.
+- Once a minute the informer lists every line (a full listing): a changed line with an
+  older `updated_at` shows then, and a customer whose line is gone is deleted
+  (tombstones), which runs `finalize`.
+- Not willing to wait: `delta-actors inform customer --full` runs a full listing now.
+
+$DELTA_EXAMPLE_OUT, if set, names another folder for the reports, and
+$DELTA_EXAMPLE_SOURCE another customer file (the tests use them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -28,7 +37,7 @@ from pathlib import Path
 import delta_actors as delta
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "customers.jsonl"
+SOURCE = Path(os.environ.get("DELTA_EXAMPLE_SOURCE", HERE / "customers.jsonl"))
 REPORTS = Path(os.environ.get("DELTA_EXAMPLE_OUT", HERE / "reports"))
 
 
@@ -53,14 +62,16 @@ class Customer(delta.Object, kind="customer"):
 
 
 class CustomerController(delta.Controller[Customer]):
-    """Lists customers from the file and renders one report per customer."""
+    """Lists customers from the file, renders one report per customer, removes it when
+    the customer is deleted."""
 
     inform_interval = 10.0
     full_interval = 60.0  # a full listing a minute lets tombstones see removed lines
     tombstones = True
 
     async def inform(self, options: delta.InformOptions) -> AsyncIterator[Customer]:
-        for line in SOURCE.read_text().splitlines():
+        text = await asyncio.to_thread(SOURCE.read_text)  # file I/O off the event loop
+        for line in text.splitlines():
             if not line.strip():
                 continue
             raw = json.loads(line)
@@ -91,11 +102,20 @@ class CustomerController(delta.Controller[Customer]):
             "rendered_at": datetime.now(UTC).isoformat(),
         }
         REPORTS.mkdir(exist_ok=True)
-        name = hashlib.sha256(customer.email.encode()).hexdigest()[:16]
-        target = REPORTS / f"{name}.json"
+        target = report_path(customer)
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(target)
+
+    def finalize(self, resource: delta.Resource[Customer]) -> None:
+        # The customer is gone (its line was removed, or `client.delete` was called):
+        # undo what work() did. Once this returns, the resource is `deleted`.
+        report_path(resource.object).unlink(missing_ok=True)
+
+
+def report_path(customer: Customer) -> Path:
+    """Where the report of `customer` lives: a name that does not leak the email."""
+    return REPORTS / f"{hashlib.sha256(customer.email.encode()).hexdigest()[:16]}.json"
 
 
 app = delta.App(

@@ -16,6 +16,7 @@ import pytest
 import delta_actors as delta
 from examples.cpu_heavy.app import CHUNK_SIZE, CHUNKS, Chunk, count_primes
 from examples.http_sync.app import Article
+from examples.quickstart.app import Customer
 from tests.e2e.conftest import ROOT, terminate
 from tests.waiting import wait_until
 
@@ -79,6 +80,36 @@ def test_quickstart_renders_a_report_per_customer(run_example):
     emails = {json.loads(line)["email"] for line in lines if line.strip()}
     wait_until(lambda: len(example.outputs()) == len(emails), 20, "a report per customer")
     assert {report["customer"] for report in example.outputs().values()} == emails
+    assert example.stop() == 0, example.log
+
+
+def test_quickstart_removes_the_report_of_a_removed_customer(
+    run_example, dsn, tmp_path, monkeypatch
+):
+    """Removing a customer's line deletes it at the next full listing (asked for at once
+    with `delta-actors inform customer --full`), and its finalize removes the report."""
+    source = tmp_path / "customers.jsonl"
+    lines = [ln for ln in (ROOT / "examples/quickstart/customers.jsonl").read_text().splitlines()
+             if ln.strip()]  # fmt: skip
+    source.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("DELTA_EXAMPLE_SOURCE", str(source))
+    example = run_example("-m", "delta_actors", "supervise", "--app", "examples.quickstart.app:app")
+    wait_until(lambda: len(example.outputs()) == len(lines), 20, "a report per customer")
+    gone = json.loads(lines[0])["email"]
+    source.write_text("\n".join(lines[1:]) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "delta_actors", "inform", "customer", "--full"],
+        env={**os.environ, "DELTA_DATABASE_URL": dsn}, check=True, timeout=30,
+    )  # fmt: skip
+    wait_until(
+        lambda: gone not in {r["customer"] for r in example.outputs().values()}, 20,
+        "the removed customer's report removed",
+    )  # fmt: skip
+    assert len(example.outputs()) == len(lines) - 1
+    with delta.Client.connect(dsn) as client:
+        removed = client.get(Customer, gone)
+        assert removed is not None
+        assert removed.state is delta.State.DELETED
     assert example.stop() == 0, example.log
 
 
