@@ -15,6 +15,10 @@ wrote, in batch order. A stale result's effects are not written; a batch that fa
 rolled back whole and retried, so a written result's effects are written exactly once.
 Effects lock the resources they inform after the results' resources: two such batches
 can deadlock, which PostgreSQL breaks by failing one, retried like any failed write.
+An effect the database refuses (an error that is not a lost connection, a deadlock or
+a serialization failure: a trigger, a constraint) would fail its batch forever: the
+batch is then written result by result, and a result whose effects are refused again
+is written as a failure of its work instead (`results.effects_refused`), without them.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.db import job_sql, resource_sql
-from delta_actors.health import Progress, log_failure
+from delta_actors.health import Progress, describe, log_failure
+from delta_actors.queue import results
 from delta_actors.queue.results import JobResult, Result, WorkResult
+from delta_actors.queue.runner import error_entry
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +138,43 @@ class Completer:
         self._idle.set()
 
     async def _write(self, batch: list[Result]) -> set[int]:
+        try:
+            return await self._write_batch(batch)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or not _has_effects(batch):
+                raise
+            log_failure(
+                logger, f"writing {len(batch)} job results with effects failed; writing "
+                "them one by one", exc, "completer.effects_refused",
+            )  # fmt: skip
+        stale = set()
+        with_effects = [r for r in batch if _has_effects([r])]
+        others = [r for r in batch if not _has_effects([r])]
+        if others:
+            stale |= await self._write_batch(others)
+        for result in with_effects:
+            assert isinstance(result, WorkResult)
+            try:
+                stale |= await self._write_batch([result])
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError):
+                    raise
+                logger.error(
+                    "the effects of work %d were refused, so the work fails: %s",
+                    result.id, describe(exc),
+                    extra={"event": "completer.effects_refused", "job_id": result.id},
+                )  # fmt: skip
+                message = f"its effects were refused by the database: {describe(exc)}"
+                error = error_entry(result.attempt, exc, message)
+                refused = results.effects_refused(result, error)
+                stale |= await self._write_batch([refused])
+        return stale
+
+    async def _write_batch(self, batch: list[Result]) -> set[int]:
         jobs = [r for r in batch if isinstance(r, JobResult)]
         works = [r for r in batch if isinstance(r, WorkResult)]
         stale: set[int] = set()
-        effects = any(r.effects for r in works)
+        effects = _has_effects(works)
         async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
                 # Prepared, so the server parses it once, but planned on every execution
@@ -156,6 +195,10 @@ class Completer:
                         for effect in result.effects:
                             await effect.write(conn)
         return stale
+
+
+def _has_effects(batch: Sequence[Result]) -> bool:
+    return any(isinstance(r, WorkResult) and r.effects for r in batch)
 
 
 def _transaction_if(

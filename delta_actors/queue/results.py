@@ -34,6 +34,7 @@ a resource's `attempt` counts the failed attempts of its generation, and degrade
     resource gone    cancelled   -             no              -
     handed back      cancelled   (as it is)    no              at once
     rescued          as failed, due at once
+    effects refused  as failed, due at once (the database refused the work's effects)
 
 A resource marked for deletion runs `finalize` instead of `work` (`deleting=True`): its
 return is `deleted`; a requeue or failure keeps it `deleting` (the failure counted, so it
@@ -93,6 +94,7 @@ class WorkResult:
     delay: float | None = None  # queue a follow-up work after this many seconds
     error: str | None = None  # an encoded JobError
     effects: tuple[Effect, ...] = ()  # written with this result, iff it is written
+    finalized: bool = False  # with effects: the run was a finalize (see effects_refused)
 
 
 Result = JobResult | WorkResult
@@ -102,11 +104,14 @@ Result = JobResult | WorkResult
 _KEEPS_EFFECTS = frozenset({"success", "requeue", "deleting", "deleted"})
 
 
-def with_effects(result: WorkResult, effects: Sequence[Effect]) -> WorkResult:
-    """`result` carrying `effects` if its ending keeps them, else `result` as it is."""
+def with_effects(
+    result: WorkResult, effects: Sequence[Effect], *, finalized: bool = False
+) -> WorkResult:
+    """`result` carrying `effects` (of a `finalize` run, if `finalized`) if its ending keeps
+    them, else `result` as it is."""
     if not effects or result.ending not in _KEEPS_EFFECTS:
         return result
-    return dataclasses.replace(result, effects=tuple(effects))
+    return dataclasses.replace(result, effects=tuple(effects), finalized=finalized)
 
 
 # ---------------------------------------------------------------- plain jobs
@@ -208,6 +213,15 @@ def work_failed(
         job_id, attempt, generation, JobState.DISCARDED, state, True, "error",
         delay=delay, error=error,
     )  # fmt: skip
+
+
+def effects_refused(result: WorkResult, error: str) -> WorkResult:
+    """The database refused the effects of a work that succeeded: written as a failure of
+    that work (due again at once, so it degrades at `max_attempts` if they stay refused),
+    without its effects."""
+    return work_failed(
+        result.id, result.attempt, result.generation, 0.0, error, deleting=result.finalized
+    )
 
 
 def work_of_unknown_kind(job_id: int, attempt: int, generation: int, error: str) -> WorkResult:

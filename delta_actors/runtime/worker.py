@@ -384,7 +384,10 @@ class Worker:
                     work_result = await self._works.run(claim)
                 finally:
                     effects = ctx.close()
-                result = results.with_effects(work_result, effects)
+                finalized = claim.resource is not None and (
+                    claim.resource.deletion_requested_at is not None
+                )
+                result = results.with_effects(work_result, effects, finalized=finalized)
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise

@@ -53,6 +53,12 @@ class OrderController(delta.Controller[Order]):
             raise RuntimeError("the shop is down")
         if key == "bad":
             ctx.inform(Invoice(key=""))  # an id that cannot be stored: raises here
+        if key.startswith("poison"):
+            ctx.enqueue(Poison())  # valid, but the test's trigger refuses it
+
+
+class Poison(delta.Job, kind="fx-poison"):
+    pass
 
 
 class InvoiceController(delta.Controller[Invoice]):
@@ -74,7 +80,7 @@ def behaviour() -> Behaviour:
 def make_app() -> delta.App:
     return delta.App(
         controllers=[OrderController(), InvoiceController()],
-        jobs={SendEmail: send_email},
+        jobs={SendEmail: send_email, Poison: send_email},
     )
 
 
@@ -129,6 +135,41 @@ async def test_a_timed_out_work_and_a_bad_effect_leave_nothing(dsn, behaviour):
         assert "timed out after 0.5s" in hung.errors[-1].error
     assert await rows(dsn, "SELECT id FROM delta_job WHERE kind = 'fx-send-email'") == []
     assert await rows(dsn, "SELECT id FROM delta_resource WHERE kind = 'fx-invoice'") == []
+
+
+async def test_effects_the_database_refuses_fail_their_work_and_spare_the_rest(dsn, behaviour):
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no poison here'; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON delta_job FOR EACH ROW "
+            "WHEN (NEW.kind = 'fx-poison') EXECUTE FUNCTION refuse_poison()"
+        )
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        await client.inform_many(
+            [Order(key=f"poison-{i}") for i in range(3)] + [Order(key=f"ok-{i}") for i in range(5)],
+            max_attempts=2,
+        )
+        async with running_worker(app, dsn):
+            for i in range(3):
+                await wait_until_async(
+                    lambda i=i: _state(client, Order, f"poison-{i}", delta.State.DEGRADED), 10
+                )
+            for i in range(5):
+                await wait_until_async(
+                    lambda i=i: _state(client, Order, f"ok-{i}", delta.State.SYNCED), 10
+                )
+        poisoned = await client.get(Order, "poison-0")
+        assert poisoned is not None
+        assert poisoned.errors[-1].error.startswith(
+            "its effects were refused by the database: RaiseException: no poison here"
+        )
+    assert behaviour.attempts["poison-0"] == 2
+    invoices = await rows(dsn, "SELECT object_id FROM delta_resource WHERE kind = 'fx-invoice'")
+    assert sorted(invoices) == [(f"inv-ok-{i}",) for i in range(5)]
 
 
 def test_work_context_outside_a_work_names_where_it_is_available():
