@@ -10,7 +10,7 @@ it, never one above; tests/unit/test_layout.py holds the package to that:
   metrics.
 - leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).
 - context: `work_context()`, a running work's client and effects.
-- client, events: what application code calls.
+- client, bulk, events: what application code calls (bulk: by filter, for operators).
 - resources/: the controller pattern: store informed objects, reconcile, run informers.
 - queue/: the job table's lifecycle: insert, claim, run, complete, promote, listen.
 - app, controller, config: what a deployment runs.
@@ -45,6 +45,7 @@ from delta_actors.events import AsyncSubscription, Event, Gap, Subscription
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobError, JobRow, JobState
 from delta_actors.model.object import Object
+from delta_actors.model.page import Page
 from delta_actors.model.resource import InformOutcome, InformResult, Resource, State
 from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
 from delta_actors.queue.insert import JobSpec
@@ -80,6 +81,7 @@ __all__ = [
     "Namespace",
     "Object",
     "Outcome",
+    "Page",
     "PermanentError",
     "ProtocolError",
     "Requeue",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from delta_actors import bulk
 from delta_actors.app import App
 from delta_actors.controller import runs_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
@@ -36,10 +37,11 @@ from delta_actors.db.resource_sql import StoredRow
 from delta_actors.errors import ConfigError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
 from delta_actors.model.job import Job
-from delta_actors.model.job_row import EnqueuedJob, JobRow, job_row
+from delta_actors.model.job_row import EnqueuedJob, JobRow, JobState, job_row
 from delta_actors.model.kinds import Kinded, kind_of
 from delta_actors.model.names import validate_name
 from delta_actors.model.object import Object
+from delta_actors.model.page import Page
 from delta_actors.model.resource import InformResult, Resource, State
 from delta_actors.queue.insert import (
     InsertOptions,
@@ -79,7 +81,7 @@ def _invalidate(
     object_type: type[T], object_id: str
 ) -> Generator[Statement, Rows, Resource[T] | None]:
     kind = kind_of(object_type)
-    yield resource_sql.INVALIDATE_RESOURCE, (kind, object_id)
+    yield from bulk.retry_resources(bulk.resource_filter(kind, ids=[object_id]))
     rows = yield resource_sql.GET_RESOURCE, (kind, object_id)
     return _resource(object_type, rows[0] if rows else None)
 
@@ -185,6 +187,64 @@ def _require_dsn(dsn: str | None) -> str:
     if resolved is None:
         raise ConfigError("no database given: pass a DSN or set DELTA_DATABASE_URL")
     return resolved
+
+
+def _where(
+    object_type: type[Object],
+    app: App | None,
+    *,
+    state: State | str | None,
+    tags: Iterable[str] | None,
+    error: str | None,
+    namespace: str | None,
+    ids: Iterable[str] | None,
+) -> bulk.ResourceFilter:
+    kind = kind_of(object_type)
+    if app is not None:
+        app.controller(kind)  # an unknown kind raises, naming the registered ones
+    return bulk.resource_filter(
+        kind, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+    )
+
+
+def _decoded_page(object_type: type[T], page: tuple[Rows, str | None]) -> Page[Resource[T]]:
+    rows, after = page
+    items = [_resource(object_type, row) for row in rows]
+    return Page([item for item in items if item is not None], after)
+
+
+def _bulk_delete(
+    object_type: type[Object],
+    app: App | None,
+    where: bulk.ResourceFilter,
+) -> Generator[Statement, Rows, int]:
+    if where == bulk.ResourceFilter(kind=where.kind):
+        raise ConfigError(
+            f"delete({object_type.__qualname__}) with neither an id nor a filter would delete "
+            "every resource of the kind: pass an id, or a filter (state=, tags=, error=, "
+            "namespace=, ids=)"
+        )
+    finalize = True if app is None else app.controller(kind_of(object_type)).finalizes
+    return (yield from bulk.delete_resources(where, finalize))
+
+
+def _job_where(
+    kind: str | type[Job] | None,
+    state: JobState | str | None,
+    error: str | None,
+    namespace: str | None,
+    ids: Iterable[int] | None,
+) -> bulk.JobFilter:
+    name = kind if kind is None or isinstance(kind, str) else kind_of(kind)
+    return bulk.job_filter(name, state=state, error=error, namespace=namespace, ids=ids)
+
+
+def _single(object_id: str | None, filters: tuple[Any, ...]) -> bool:
+    if object_id is None:
+        return False
+    if any(f is not None for f in filters):
+        raise ConfigError("delete takes an object id or filters, not both")
+    return True
 
 
 def insert_options(
@@ -418,14 +478,49 @@ class Client:
         with translate_errors("invalidate"), self._pool.connection() as conn:
             return drive(conn, _invalidate(object_type, object_id))
 
-    def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None:
-        """Start deleting a resource; return it (None if unknown: nothing is written).
+    @overload
+    def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None: ...
 
-        Without a `finalize` on its controller it is `deleted` at once; with one it is
-        `deleting` until its `finalize` returns. Deleting a deleted (or deleting)
-        resource changes nothing; a newer inform revives it.
+    @overload
+    def delete(
+        self,
+        object_type: type[T],
+        object_id: None = None,
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> int: ...
+
+    def delete(
+        self,
+        object_type: type[T],
+        object_id: str | None = None,
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> Resource[T] | int | None:
+        """Start deleting one resource, or every one that matches the filters of `list`.
+
+        With an id, return the resource (None if unknown: nothing is written); with
+        filters, how many began deleting (in batches, as `retry`). Without a `finalize`
+        on its controller a resource is `deleted` at once; with one it is `deleting`
+        until its `finalize` returns. Deleting a deleted (or deleting) resource changes
+        nothing; a newer inform revives it.
         """
-        return self.delete_many(object_type, [object_id])[0]
+        if _single(object_id, (state, tags, error, namespace, ids)):
+            assert object_id is not None
+            return self.delete_many(object_type, [object_id])[0]
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("delete"), self._pool.connection() as conn:
+            return drive(conn, _bulk_delete(object_type, self.app, where))
 
     def delete_tx(
         self, conn: psycopg.Connection, object_type: type[T], object_id: str
@@ -468,6 +563,116 @@ class Client:
         kind = _informer_kind(object_type, self.app)
         with translate_errors("run informer"), self._pool.connection() as conn:
             drive(conn, _request_informer(kind, full))
+
+    # ------------------------------------------------------------------ operators
+
+    def list(
+        self,
+        object_type: type[T],
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page[Resource[T]]:
+        """One page of the resources of `object_type` that match, in object id order.
+
+        Args:
+            state: the stored state (RUNNING: those whose work runs).
+            tags: resources that carry all of them.
+            error: a part of the newest error (case-insensitive).
+            namespace, ids: where they live; which object ids.
+            after: the `next` of the previous page; limit: items per page (1..10000).
+        """
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("list resources"), self._pool.connection() as conn:
+            return _decoded_page(object_type, drive(conn, bulk.list_resources(where, after, limit)))
+
+    def retry(
+        self,
+        object_type: type[T],
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> int:
+        """Work the matching resources again with their stored objects: attempts reset,
+        errors kept, one work each (folded into a queued one). Deleted ones are skipped;
+        one being deleted runs its `finalize` again. Returns how many were queued.
+
+        In batches of a few thousand, each its own transaction: informs go on meanwhile.
+        """
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("retry resources"), self._pool.connection() as conn:
+            return drive(conn, bulk.retry_resources(where))
+
+    def list_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page[JobRow]:
+        """One page of plain jobs that match, in id order (filters as in `list`)."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("list jobs"), self._pool.connection() as conn:
+            return drive(conn, bulk.list_jobs(where, after, limit))
+
+    def retry_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> int:
+        """Put matching jobs that are neither running nor available back to available now
+        (one more attempt allowed if they used theirs up); return how many."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("retry jobs"), self._pool.connection() as conn:
+            return drive(conn, bulk.retry_jobs(where))
+
+    def cancel_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> int:
+        """Cancel the matching jobs that still wait; return how many. A running job
+        finishes its run."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("cancel jobs"), self._pool.connection() as conn:
+            return drive(conn, bulk.cancel_jobs(where))
+
+    def pause(self, namespace: str) -> None:
+        """Stop claims of `namespace` on every host until `resume`; running works finish,
+        informs and enqueues are still accepted. Stored, so it outlives restarts."""
+        statements = bulk.pause(namespace)
+        with translate_errors("pause"), self._pool.connection() as conn:
+            drive(conn, statements)
+
+    def resume(self, namespace: str) -> None:
+        """Let claims of a paused namespace go on (a no-op if it is not paused)."""
+        statements = bulk.resume(namespace)
+        with translate_errors("resume"), self._pool.connection() as conn:
+            drive(conn, statements)
 
     # ------------------------------------------------------------------ events
 
@@ -696,9 +901,44 @@ class AsyncClient:
             async with self._pool.connection() as conn:
                 return await drive_async(conn, _invalidate(object_type, object_id))
 
-    async def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None:
-        """Start deleting a resource; return it, None if unknown (see Client.delete)."""
-        return (await self.delete_many(object_type, [object_id]))[0]
+    @overload
+    async def delete(self, object_type: type[T], object_id: str) -> Resource[T] | None: ...
+
+    @overload
+    async def delete(
+        self,
+        object_type: type[T],
+        object_id: None = None,
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> int: ...
+
+    async def delete(
+        self,
+        object_type: type[T],
+        object_id: str | None = None,
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> Resource[T] | int | None:
+        """Start deleting one resource (return it, None if unknown) or every match of the
+        filters (return how many): see Client.delete."""
+        if _single(object_id, (state, tags, error, namespace, ids)):
+            assert object_id is not None
+            return (await self.delete_many(object_type, [object_id]))[0]
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("delete"):
+            async with self._pool.connection() as conn:
+                return await drive_async(conn, _bulk_delete(object_type, self.app, where))
 
     async def delete_tx(
         self, conn: psycopg.AsyncConnection, object_type: type[T], object_id: str
@@ -733,6 +973,108 @@ class AsyncClient:
         with translate_errors("run informer"):
             async with self._pool.connection() as conn:
                 await drive_async(conn, _request_informer(kind, full))
+
+    # ------------------------------------------------------------------ operators
+
+    async def list(
+        self,
+        object_type: type[T],
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page[Resource[T]]:
+        """One page of matches (see Client.list)."""
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("list resources"):
+            async with self._pool.connection() as conn:
+                page = await drive_async(conn, bulk.list_resources(where, after, limit))
+        return _decoded_page(object_type, page)
+
+    async def retry(
+        self,
+        object_type: type[T],
+        *,
+        state: State | str | None = None,
+        tags: Iterable[str] | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> int:
+        """Work the matching resources again; return how many (see Client.retry)."""
+        where = _where(
+            object_type, self.app, state=state, tags=tags, error=error, namespace=namespace, ids=ids
+        )
+        with translate_errors("retry resources"):
+            async with self._pool.connection() as conn:
+                return await drive_async(conn, bulk.retry_resources(where))
+
+    async def list_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page[JobRow]:
+        """One page of matching plain jobs (see Client.list_jobs)."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("list jobs"):
+            async with self._pool.connection() as conn:
+                return await drive_async(conn, bulk.list_jobs(where, after, limit))
+
+    async def retry_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> int:
+        """Retry matching jobs; return how many (see Client.retry_jobs)."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("retry jobs"):
+            async with self._pool.connection() as conn:
+                return await drive_async(conn, bulk.retry_jobs(where))
+
+    async def cancel_jobs(
+        self,
+        kind: str | type[Job] | None = None,
+        *,
+        state: JobState | str | None = None,
+        error: str | None = None,
+        namespace: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> int:
+        """Cancel matching waiting jobs; return how many (see Client.cancel_jobs)."""
+        where = _job_where(kind, state, error, namespace, ids)
+        with translate_errors("cancel jobs"):
+            async with self._pool.connection() as conn:
+                return await drive_async(conn, bulk.cancel_jobs(where))
+
+    async def pause(self, namespace: str) -> None:
+        """Pause a namespace's claims cluster-wide (see Client.pause)."""
+        statements = bulk.pause(namespace)
+        with translate_errors("pause"):
+            async with self._pool.connection() as conn:
+                await drive_async(conn, statements)
+
+    async def resume(self, namespace: str) -> None:
+        """Resume a paused namespace (see Client.resume)."""
+        statements = bulk.resume(namespace)
+        with translate_errors("resume"):
+            async with self._pool.connection() as conn:
+                await drive_async(conn, statements)
 
     # ------------------------------------------------------------------ events
 

@@ -108,7 +108,8 @@ _AVAILABLE_IN_QUEUE: LiteralString = (
 
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
-# resource never overlap). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
+# resource never overlap). Nothing while the namespace is paused (one probe of a tiny
+# table, evaluated once per claim). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
 # join let the planner hash the whole table. A resource work comes back with its
 # resource as stored now, read without a lock (claims never wait on informs).
 CLAIM_JOBS: LiteralString = (
@@ -118,6 +119,8 @@ WITH locked AS (
     WHERE """
     + _AVAILABLE_IN_QUEUE
     + """
+      AND NOT EXISTS (SELECT 1 FROM delta_namespace AS n
+                      WHERE n.name = %(namespace)s AND n.paused_at IS NOT NULL)
       AND (j.resource_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM delta_job AS busy
             WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
@@ -261,4 +264,100 @@ WITH old AS (
     LIMIT %(limit)s
 )
 DELETE FROM delta_job AS j USING old WHERE j.id = old.id
+"""
+
+# The filters of `client.list_jobs`, `retry_jobs` and `cancel_jobs` (and their CLI), on
+# plain jobs `j` (resource works are the resources' business): each parameter NULL
+# matches everything; unprepared, as in resource_sql's filters. Retryable, discarded and
+# cancelled jobs of a kind read delta_job_troubled_idx, in the id order pages go in.
+_JOB_FILTER: LiteralString = """
+j.resource_id IS NULL
+AND (%(kind)s::text IS NULL OR j.kind = %(kind)s::text)
+AND (%(namespace)s::text IS NULL OR j.namespace = %(namespace)s::text)
+AND (%(state)s::delta_job_state IS NULL OR j.state = %(state)s::delta_job_state)
+AND (%(error)s::text IS NULL OR strpos(
+        lower(j.errors[cardinality(j.errors)]->>'error'), lower(%(error)s::text)) > 0)
+AND (%(ids)s::bigint[] IS NULL OR j.id = ANY(%(ids)s::bigint[]))
+AND (%(after)s::bigint IS NULL OR j.id > %(after)s::bigint)
+"""
+
+LIST_JOBS: LiteralString = (
+    "SELECT " + JOB_COLUMNS + " FROM delta_job AS j WHERE " + _JOB_FILTER
+    + "ORDER BY j.id LIMIT %(limit)s"
+)  # fmt: skip
+
+COUNT_JOBS: LiteralString = "SELECT count(*) FROM delta_job AS j WHERE " + _JOB_FILTER
+
+# One batch of `retry_jobs`: the next %(limit)s matches after the cursor that are neither
+# running nor available go back to available now, with one more attempt allowed when
+# they used theirs up; errors kept. A job whose unique key a live job holds meanwhile is
+# left as it is (retrying it would make two). Returns how many were retried, how many
+# matched, the last match's id (the next cursor), and the wake-ups sent.
+RETRY_JOBS: LiteralString = (
+    """
+WITH picked AS MATERIALIZED (
+    SELECT j.id FROM delta_job AS j WHERE """
+    + _JOB_FILTER
+    + """
+    ORDER BY j.id LIMIT %(limit)s
+),
+retried AS (
+    UPDATE delta_job AS j
+    SET state = 'available', scheduled_at = now(), finalized_at = NULL, claimed_by = NULL,
+        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+      AND j.state NOT IN ('running', 'available')
+      AND NOT (j.unique_key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM delta_job AS o
+            WHERE o.kind = j.kind AND o.unique_key = j.unique_key AND o.id <> j.id
+              AND o.state IN ('available', 'scheduled', 'running', 'retryable')))
+    RETURNING j.namespace
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM retried) AS q
+)
+SELECT (SELECT count(*) FROM retried), (SELECT count(*) FROM picked),
+       (SELECT max(id) FROM picked), (SELECT n FROM notified)
+"""
+)
+
+# One batch of `cancel_jobs`: the next %(limit)s matches after the cursor that still wait
+# (available, scheduled, retryable) are cancelled; running ones finish their run.
+CANCEL_JOBS: LiteralString = (
+    """
+WITH picked AS MATERIALIZED (
+    SELECT j.id FROM delta_job AS j WHERE """
+    + _JOB_FILTER
+    + """
+    ORDER BY j.id LIMIT %(limit)s
+),
+cancelled AS (
+    UPDATE delta_job AS j SET state = 'cancelled', finalized_at = now()
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+      AND j.state IN ('available', 'scheduled', 'retryable')
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM cancelled), (SELECT count(*) FROM picked),
+       (SELECT max(id) FROM picked), 0
+"""
+)
+
+# Pausing: stored, so every host's claims see it (_AVAILABLE_IN_QUEUE's caller checks).
+PAUSE_NAMESPACE: LiteralString = """
+INSERT INTO delta_namespace (name, paused_at) VALUES (%s, now())
+ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(delta_namespace.paused_at, now())
+RETURNING paused_at
+"""
+
+RESUME_NAMESPACE: LiteralString = """
+WITH resumed AS (
+    UPDATE delta_namespace SET paused_at = NULL WHERE name = %s AND paused_at IS NOT NULL
+    RETURNING name
+)
+SELECT count(pg_notify('delta_jobs', name)) FROM resumed
+"""
+
+SELECT_PAUSED_NAMESPACES: LiteralString = """
+SELECT name, paused_at FROM delta_namespace WHERE paused_at IS NOT NULL ORDER BY name
 """

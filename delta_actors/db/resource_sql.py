@@ -311,34 +311,6 @@ GET_RESOURCES: LiteralString = (
 WHERE r.kind = %s AND r.object_id = ANY(%s::text[])"""
 )
 
-# Re-work a resource with its stored object: attempts reset, generation kept. A deleted
-# resource stays deleted (only a newer change revives it); one marked for deletion runs
-# its `finalize` again.
-INVALIDATE_RESOURCE: LiteralString = """
-WITH target AS (
-    SELECT r.id FROM delta_resource AS r
-    WHERE r.kind = %s AND r.object_id = %s AND r.state <> 'deleted'
-    FOR UPDATE
-),
-marked AS (
-    UPDATE delta_resource AS r
-    SET state = CASE WHEN r.deletion_requested_at IS NULL THEN 'scheduled'
-                     ELSE 'deleting' END::delta_resource_state,
-        attempt = 0, updated_at = now()
-    FROM target WHERE r.id = target.id
-    RETURNING r.id, r.kind, r.namespace, r.max_attempts
-),
-works AS (
-    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
-    SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
-    ON CONFLICT (resource_id)
-        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
-        DO UPDATE SET state = 'available', scheduled_at = now()
-    RETURNING namespace
-)
-SELECT count(pg_notify('delta_jobs', w.namespace)) FROM works AS w
-"""
-
 
 # Deletion, one way out for `client.delete*` and tombstones (a work's `Delete` takes the
 # same states through COMPLETE_WORKS). `target` selects the resources of one kind to
@@ -467,3 +439,101 @@ WITH old AS (
 )
 DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
 """
+
+# The filters of `client.list`, `retry` and `delete` (and their CLI), on resources `r`:
+# each parameter NULL matches everything. Statements that use them run unprepared, so
+# every plan is made for its values and the NULL tests fold away; a state of failed or
+# degraded then reads delta_resource_troubled_idx, anything else the identity index, both
+# in the (kind, object id) order that pages go in. A state filter matches the stored
+# state; `running` (a resource whose work runs) is a flag of its own, so that each folds.
+# `error` is a case-insensitive part of the newest error.
+_RESOURCE_FILTER: LiteralString = """
+(%(kind)s::text IS NULL OR r.kind = %(kind)s::text)
+AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s::text)
+AND (%(state)s::delta_resource_state IS NULL OR r.state = %(state)s::delta_resource_state)
+AND (NOT %(running)s::boolean OR EXISTS (
+        SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running'))
+AND (%(tags)s::text[] IS NULL OR r.tags @> %(tags)s::text[])
+AND (%(error)s::text IS NULL OR strpos(
+        lower(r.errors[cardinality(r.errors)]->>'error'), lower(%(error)s::text)) > 0)
+AND (%(ids)s::text[] IS NULL OR r.object_id = ANY(%(ids)s::text[]))
+AND (%(after_kind)s::text IS NULL
+     OR (r.kind, r.object_id) > (%(after_kind)s::text, %(after_id)s::text))
+"""
+
+LIST_RESOURCES: LiteralString = (
+    "SELECT "
+    + RESOURCE_COLUMNS
+    + ", r.object FROM delta_resource AS r WHERE "
+    + _RESOURCE_FILTER
+    + "ORDER BY r.kind, r.object_id LIMIT %(limit)s"
+)
+
+COUNT_RESOURCES: LiteralString = (
+    "SELECT count(*) FROM delta_resource AS r WHERE " + _RESOURCE_FILTER
+)
+
+# One batch of `retry` (and of a filtered invalidate): the next %(limit)s matches after
+# the cursor, locked in id order, worked again with their stored object: attempts reset,
+# errors kept, one work queued or folded (coalescing). Deleted resources are skipped;
+# one marked for deletion runs its `finalize` again. Returns how many were queued, how
+# many matched, and the last match's key: the cursor of the next batch.
+RETRY_RESOURCES: LiteralString = (
+    """
+WITH picked AS MATERIALIZED (
+    SELECT r.id, r.kind, r.object_id FROM delta_resource AS r
+    WHERE """
+    + _RESOURCE_FILTER
+    + """
+    ORDER BY r.kind, r.object_id
+    LIMIT %(limit)s
+),
+target AS (
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.state <> 'deleted'
+    ORDER BY r.id
+    FOR UPDATE
+),
+marked AS (
+    UPDATE delta_resource AS r
+    SET state = CASE WHEN r.deletion_requested_at IS NULL THEN 'scheduled'
+                     ELSE 'deleting' END::delta_resource_state,
+        attempt = 0, updated_at = now()
+    FROM target WHERE r.id = target.id
+    RETURNING r.id, r.kind, r.namespace, r.max_attempts
+),
+works AS (
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
+    SELECT m.kind, m.namespace, '\\x', m.id, m.max_attempts FROM marked AS m
+    ON CONFLICT (resource_id)
+        WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
+        DO UPDATE SET state = 'available', scheduled_at = now()
+    RETURNING namespace
+),
+notified AS (
+    SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
+    FROM (SELECT DISTINCT namespace FROM works) AS q
+),
+last AS (
+    SELECT kind, object_id FROM picked ORDER BY kind DESC, object_id DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM picked),
+       (SELECT kind FROM last), (SELECT object_id FROM last), (SELECT n FROM notified)
+"""
+)
+
+# One batch of a filtered delete: the next %(limit)s matches not yet deleted or marked,
+# through the one way out above. Marked rows no longer match, so batches need no cursor.
+DELETE_MATCHING_RESOURCES: LiteralString = _deletion(
+    """
+    SELECT r.id FROM delta_resource AS r
+    WHERE r.id = ANY(ARRAY(
+        SELECT r.id FROM delta_resource AS r
+        WHERE """
+    + _RESOURCE_FILTER
+    + """
+          AND r.state <> 'deleted' AND r.deletion_requested_at IS NULL
+        ORDER BY r.kind, r.object_id
+        LIMIT %(limit)s))
+      AND r.state <> 'deleted' AND r.deletion_requested_at IS NULL"""
+)

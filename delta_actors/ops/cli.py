@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -306,3 +307,253 @@ def inspect(
         _echo_json(detail)
     else:
         click.echo(render_resource(detail))
+
+
+# ---------------------------------------------------------------- the operator's hands
+
+
+def _database_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(
+        command
+    )
+    command = click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)(
+        command
+    )
+    return click.option(
+        "--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database)."
+    )(command)
+
+
+def _common_filters(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option("--kind", help="Only this kind."),
+            click.option("--state", help="Only this state (running: whose work runs)."),
+            click.option("--error", help="Only those whose newest error contains this text."),
+            click.option("--namespace", help="Only this namespace."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _page_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--limit", type=int, default=100, show_default=True,
+                           help="Rows per page.")(command)  # fmt: skip
+    return click.option("--after", help="The cursor a previous page printed.")(command)
+
+
+def _change_options(command: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--dry-run", is_flag=True, help="Print the count and the first matches; change nothing."
+    )(command)
+
+
+@main.group()
+def resources() -> None:
+    """List resources by filter, and retry, invalidate or delete them in bulk."""
+
+
+def _resource_filter(
+    *,
+    kind: str | None, state: str | None, tags: tuple[str, ...], error: str | None,
+    namespace: str | None, ids: tuple[str, ...], changes: bool,
+) -> Any:  # fmt: skip
+    from delta_actors.bulk import resource_filter
+
+    if ids and kind is None:
+        raise click.UsageError("--id needs --kind: an object id is unique within its kind")
+    if changes and not (kind or state or tags or error or namespace or ids):
+        raise click.UsageError(
+            "no filter given: pass at least one of --kind --state --tag --error "
+            "--namespace --id (to act on every resource, --kind for each kind)"
+        )
+    with _exit_codes():
+        return resource_filter(
+            kind, state=state, tags=tags, error=error, namespace=namespace, ids=ids or None
+        )
+
+
+@resources.command("list")
+@_common_filters
+@click.option("--tag", "tags", multiple=True, help="Only those with this tag (repeatable: all).")
+@click.option("--id", "ids", multiple=True, help="Only this object id (repeatable; with --kind).")
+@_page_options
+@_database_options
+def resources_list(
+    *,
+    kind: str | None, state: str | None, error: str | None, namespace: str | None,
+    tags: tuple[str, ...], ids: tuple[str, ...], after: str | None, limit: int,
+    dsn: str | None, data_dir: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """One page of resources that match, in kind and object id order."""
+    from delta_actors.ops.operate import list_resources
+    from delta_actors.ops.tables import render_listing
+
+    where = _resource_filter(
+        kind=kind,
+        state=state,
+        tags=tags,
+        error=error,
+        namespace=namespace,
+        ids=ids,
+        changes=False,
+    )
+    resolved = _dsn_to_read(dsn, data_dir)
+    with _exit_codes(), connect(resolved, autocommit=True, action="list resources") as conn:
+        listing = list_resources(conn, where, after, limit)
+    click.echo(_encoded(listing) if as_json else render_listing(listing))
+
+
+def _resource_command(action: str, doc: str) -> None:
+    @resources.command(action, help=doc)
+    @_common_filters
+    @click.option("--tag", "tags", multiple=True, help="Only those with this tag (repeatable).")
+    @click.option("--id", "ids", multiple=True, help="Only this object id (repeatable).")
+    @_change_options
+    @_database_options
+    def command(
+        *,
+        kind: str | None, state: str | None, error: str | None, namespace: str | None,
+        tags: tuple[str, ...], ids: tuple[str, ...], dry_run: bool,
+        dsn: str | None, data_dir: Path | None, as_json: bool,
+    ) -> None:  # fmt: skip
+        from delta_actors.ops.operate import on_resources
+        from delta_actors.ops.tables import render_done
+
+        where = _resource_filter(
+            kind=kind,
+            state=state,
+            tags=tags,
+            error=error,
+            namespace=namespace,
+            ids=ids,
+            changes=True,
+        )
+        resolved = _dsn_to_read(dsn, data_dir)
+        with _exit_codes(), connect(resolved, autocommit=True, action=action) as conn:
+            done = on_resources(conn, action, where, dry_run=dry_run)
+        click.echo(_encoded(done) if as_json else render_done(done, "resources"))
+
+
+_resource_command(
+    "retry",
+    "Work the matching resources again: attempts reset, errors kept (deleted ones skipped;\n"
+    "one being deleted runs its finalize again).",
+)
+_resource_command(
+    "invalidate",
+    "Work the matching resources again with their stored objects (as retry).",
+)
+_resource_command(
+    "delete",
+    "Delete the matching resources: deleting until their controller's finalize returns\n"
+    "(at once without one). A newer inform revives one.",
+)
+
+
+@main.group()
+def jobs() -> None:
+    """List plain jobs by filter, and retry or cancel them in bulk."""
+
+
+def _job_filter(
+    *,
+    kind: str | None, state: str | None, error: str | None, namespace: str | None,
+    ids: tuple[int, ...], changes: bool,
+) -> Any:  # fmt: skip
+    from delta_actors.bulk import job_filter
+
+    if changes and not (kind or state or error or namespace or ids):
+        raise click.UsageError(
+            "no filter given: pass at least one of --kind --state --error --namespace --id"
+        )
+    with _exit_codes():
+        return job_filter(kind, state=state, error=error, namespace=namespace, ids=ids or None)
+
+
+@jobs.command("list")
+@_common_filters
+@click.option("--id", "ids", type=int, multiple=True, help="Only this job id (repeatable).")
+@_page_options
+@_database_options
+def jobs_list(
+    *,
+    kind: str | None, state: str | None, error: str | None, namespace: str | None,
+    ids: tuple[int, ...], after: str | None, limit: int,
+    dsn: str | None, data_dir: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """One page of plain jobs that match, in id order."""
+    from delta_actors.ops.operate import list_jobs
+    from delta_actors.ops.tables import render_listing
+
+    where = _job_filter(
+        kind=kind, state=state, error=error, namespace=namespace, ids=ids, changes=False
+    )
+    resolved = _dsn_to_read(dsn, data_dir)
+    with _exit_codes(), connect(resolved, autocommit=True, action="list jobs") as conn:
+        listing = list_jobs(conn, where, after, limit)
+    click.echo(_encoded(listing) if as_json else render_listing(listing))
+
+
+def _job_command(action: str, doc: str) -> None:
+    @jobs.command(action, help=doc)
+    @_common_filters
+    @click.option("--id", "ids", type=int, multiple=True, help="Only this job id (repeatable).")
+    @_change_options
+    @_database_options
+    def command(
+        *,
+        kind: str | None, state: str | None, error: str | None, namespace: str | None,
+        ids: tuple[int, ...], dry_run: bool,
+        dsn: str | None, data_dir: Path | None, as_json: bool,
+    ) -> None:  # fmt: skip
+        from delta_actors.ops.operate import on_jobs
+        from delta_actors.ops.tables import render_done
+
+        where = _job_filter(
+            kind=kind, state=state, error=error, namespace=namespace, ids=ids, changes=True
+        )
+        resolved = _dsn_to_read(dsn, data_dir)
+        with _exit_codes(), connect(resolved, autocommit=True, action=action) as conn:
+            done = on_jobs(conn, action, where, dry_run=dry_run)
+        click.echo(_encoded(done) if as_json else render_done(done, "jobs"))
+
+
+_job_command(
+    "retry",
+    "Put the matching jobs that neither run nor wait back to available now (one more\n"
+    "attempt allowed if they used theirs up).",
+)
+_job_command("cancel", "Cancel the matching jobs that still wait (running ones finish).")
+
+
+def _pause_command(name: str, doc: str, *, resume: bool) -> None:
+    @main.command(name, help=doc)
+    @click.argument("namespace")
+    @click.option(
+        "--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database)."
+    )
+    @click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+    def command(namespace: str, dsn: str | None, data_dir: Path | None) -> None:
+        from delta_actors.ops.operate import pause
+
+        resolved = _dsn_to_read(dsn, data_dir)
+        with _exit_codes(), connect(resolved, autocommit=True, action=name) as conn:
+            pause(conn, namespace, resume=resume)
+        click.echo(f"{name}d namespace {namespace}" if resume else f"paused namespace {namespace}")
+
+
+_pause_command(
+    "pause",
+    "Stop claims of NAMESPACE on every host until `resume` (running works finish; informs\n"
+    "and enqueues are still accepted).",
+    resume=False,
+)
+_pause_command("resume", "Let claims of a paused NAMESPACE go on.", resume=True)
+
+
+def _encoded(value: object) -> str:
+    import msgspec
+
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()

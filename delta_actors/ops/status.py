@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from delta_actors.db import migration_sql, resource_sql, status_sql
+from delta_actors.db import job_sql, migration_sql, resource_sql, status_sql
 from delta_actors.db.connection import translate_errors
 from delta_actors.db.migrations import check_schema
 from delta_actors.db.resource_sql import StoredRow
@@ -75,6 +75,7 @@ class QueueStatus(msgspec.Struct, frozen=True):
     waiting: int  # scheduled or retryable: due later
     lag: float  # seconds the oldest available work has been due; 0 when none is
     finished_per_second: float  # works and jobs finished over the last RATE_WINDOW
+    paused_at: datetime | None = None  # paused (`delta-actors pause`) since then
 
 
 class Failure(msgspec.Struct, frozen=True):
@@ -173,6 +174,9 @@ def read_status(conn: psycopg.Connection) -> Status:
         actors = conn.execute(status_sql.SELECT_ACTORS).fetchall()
         resources = conn.execute(status_sql.COUNT_RESOURCES_BY_STATE).fetchall()
         queues = conn.execute(status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}).fetchall()
+        paused: dict[str, datetime] = dict(
+            conn.execute(job_sql.SELECT_PAUSED_NAMESPACES).fetchall()
+        )
         failures = conn.execute(
             status_sql.SELECT_RECENT_FAILURES, {"limit": RECENT_FAILURES}
         ).fetchall()
@@ -195,9 +199,18 @@ def read_status(conn: psycopg.Connection) -> Status:
         ],
         resources=[ResourceCount(*row) for row in resources],
         queues=[
-            QueueStatus(ns, available, running, waiting, lag or 0.0, finished / RATE_WINDOW)
+            QueueStatus(
+                ns,
+                available,
+                running,
+                waiting,
+                lag or 0.0,
+                finished / RATE_WINDOW,
+                paused.pop(ns, None),
+            )
             for ns, available, running, waiting, lag, finished in queues
-        ],
+        ]
+        + [QueueStatus(ns, 0, 0, 0, 0.0, 0.0, at) for ns, at in sorted(paused.items())],
         failures=[
             Failure(what, kind, str(id_), ns, state, attempt, at, _last_error(error))
             for what, kind, id_, ns, state, attempt, at, error in failures

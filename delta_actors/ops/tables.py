@@ -1,13 +1,16 @@
-"""The terminal form of `status` and `inspect`: aligned tables, ages a person reads at once."""
+"""The terminal form of `status`, `inspect` and the bulk commands: aligned tables, ages a
+person reads at once."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
 
 from delta_actors.model.resource import State
+from delta_actors.ops.operate import Done, JobLine, Listing, ResourceLine
 from delta_actors.ops.status import ActorStatus, ResourceDetail, Status
 
 ERROR_WIDTH = 100  # characters of an error shown in a table; JSON has it whole
@@ -115,10 +118,12 @@ def _queues(status: Status) -> str:
         return "no jobs"
     rows = [
         (q.namespace, q.available, q.running, q.waiting, format_age(q.lag),
-         round(q.finished_per_second, 1))
+         round(q.finished_per_second, 1),
+         "-" if q.paused_at is None else f"since {format_time(q.paused_at)}")
         for q in status.queues
     ]  # fmt: skip
-    return table(("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S"), rows)
+    headers = ("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S", "PAUSED")
+    return table(headers, rows)
 
 
 def _informers(status: Status) -> str:
@@ -215,3 +220,39 @@ def render_resource(detail: ResourceDetail) -> str:
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
+
+
+def render_listing(listing: Listing) -> str:
+    """A page of resources or jobs, and how to ask for the next one."""
+    if not listing.items:
+        return "no matches"
+    first = listing.items[0]
+    rows: list[tuple[object, ...]]
+    if isinstance(first, ResourceLine):
+        rows = [
+            (r.kind, r.id, r.namespace, r.state, r.attempt, format_time(r.updated_at),
+             _shorten(r.error or "-", 60))
+            for r in listing.items if isinstance(r, ResourceLine)
+        ]  # fmt: skip
+        text = table(("KIND", "ID", "NAMESPACE", "STATE", "ATTEMPT", "UPDATED", "ERROR"), rows)
+    else:
+        rows = [
+            (j.id, j.kind, j.namespace, j.state, j.attempt, format_time(j.scheduled_at),
+             _shorten(j.error or "-", 60))
+            for j in listing.items if isinstance(j, JobLine)
+        ]  # fmt: skip
+        text = table(("ID", "KIND", "NAMESPACE", "STATE", "ATTEMPT", "SCHEDULED", "ERROR"), rows)
+    if listing.next is not None:
+        text += f"\n\nmore: add --after {shlex.quote(listing.next)}"
+    return text
+
+
+def render_done(done: Done, what: str) -> str:
+    """What an operation did, or with --dry-run what it would do and to which rows."""
+    if not done.dry_run:
+        return f"{done.action}: {done.count} {what}"
+    text = f"would {done.action} {done.count} {what} (dry run: nothing changed)"
+    if done.first:
+        more = ", ..." if done.count > len(done.first) else ""
+        text += "\nfirst: " + ", ".join(done.first) + more
+    return text

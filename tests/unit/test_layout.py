@@ -15,6 +15,7 @@ ROOMS = [
     ["leader"],
     ["context"],
     ["client"],
+    ["bulk"],
     ["events"],
     ["resources"],
     ["queue"],
