@@ -95,6 +95,11 @@ class App:
                 f"{type(controller).__qualname__}"
             )
         name = type(controller).__qualname__
+        if type(controller).work is Controller.work and not has_finalize(controller):
+            raise ConfigError(
+                f"controller {name} overrides neither work() nor finalize(): define "
+                "`async def work(self, resource)` (or a plain def) to reconcile its resources"
+            )
         if not controller.timeout > 0:
             raise ConfigError(f"{name}.timeout must be > 0 seconds, got {controller.timeout!r}")
         if not (isinstance(controller.max_attempts, int) and 1 <= controller.max_attempts <= 32767):

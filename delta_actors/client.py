@@ -8,6 +8,7 @@ the work it creates commits or rolls back with the caller's own writes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Iterable
 from datetime import datetime
 from typing import Any, TypeVar, overload
@@ -36,6 +37,8 @@ from delta_actors.db.migrations import check_schema, check_schema_async
 from delta_actors.db.resource_sql import StoredRow
 from delta_actors.errors import ConfigError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
+from delta_actors.local.embedded import DATABASE as EMBEDDED_DATABASE
+from delta_actors.local.embedded import embedded_cluster
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobRow, JobState, job_row
 from delta_actors.model.kinds import Kinded, kind_of
@@ -53,6 +56,7 @@ from delta_actors.queue.insert import (
 from delta_actors.resources.store import InformParams, inform, prepare
 
 T = TypeVar("T", bound=Object)
+logger = logging.getLogger(__name__)
 
 
 def inform_params(
@@ -183,10 +187,22 @@ def _conninfo(pool: ConnectionPool | AsyncConnectionPool) -> str:
 
 
 def _require_dsn(dsn: str | None) -> str:
+    """The DSN given, else $DELTA_DATABASE_URL, else the embedded database of this folder
+    (or $DELTA_DATA_DIR) when it runs, as the CLI finds it; said in the log."""
     resolved = resolve_dsn(dsn)
-    if resolved is None:
-        raise ConfigError("no database given: pass a DSN or set DELTA_DATABASE_URL")
-    return resolved
+    if resolved is not None:
+        return resolved
+    cluster = embedded_cluster()
+    if cluster.is_initialized() and cluster.is_running():
+        logger.info(
+            "no DSN given: using the embedded database in %s", cluster.data_dir,
+            extra={"event": "client.embedded"},
+        )  # fmt: skip
+        return cluster.dsn(EMBEDDED_DATABASE)
+    raise ConfigError(
+        "no database given: pass a DSN, set DELTA_DATABASE_URL, or start the embedded "
+        f"database in {cluster.data_dir} (`delta-actors db start`)"
+    )
 
 
 def _where(

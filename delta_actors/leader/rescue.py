@@ -6,8 +6,9 @@ holding claims. Rescue deletes the actor's row, then finishes each of its claims
 the same fenced statements the actor itself would have used, as that actor: a plain job
 becomes retryable (or discarded after its last attempt); a resource work fails its
 attempt and queues a follow-up. A result the actor wrote meanwhile wins: the fence
-matches nothing and the claim is left as written. An actor that resumes after being
-rescued finds its row gone and stops.
+matches nothing and the claim is left as written. Actors the supervisor killed itself
+(a forced stop) have their claims handed back instead, no attempt counted. An actor
+that resumes after being rescued finds its row gone and stops.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from delta_actors.queue.runner import error_entry
 RESCUE_BATCH = 1000
 
 
-def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Rows, int]:
-    """Rescue every claim of `actor_ids`; return how many claims went back to work."""
+def rescue_actors(
+    actor_ids: list[int], reason: str, *, counted: bool = True
+) -> Generator[Statement, Rows, int]:
+    """Rescue every claim of `actor_ids`; return how many claims went back to work.
+
+    `counted=False` hands them back instead, no attempt counted: for actors we killed
+    ourselves (a forced stop), whose works did nothing wrong.
+    """
     if not actor_ids:
         return 0
     yield actor_sql.DELETE_ACTORS, (actor_ids,)
@@ -36,6 +43,11 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
             if not rows:
                 break
             claims = [ClaimOfActor(*row) for row in rows]
+            if not counted:
+                rescued += yield from _hand_back(actor_id, claims)
+                if len(claims) < RESCUE_BATCH:
+                    break
+                continue
             message = f"rescued: actor {actor_id} {reason}"
             jobs = [
                 results.job_failed(c.job_id, c.attempt, c.max_attempts, 0.0, _error(c, message))
@@ -61,6 +73,22 @@ def rescue_actors(actor_ids: list[int], reason: str) -> Generator[Statement, Row
             if len(claims) < RESCUE_BATCH:
                 break
     return rescued
+
+
+def _hand_back(actor_id: int, claims: list[ClaimOfActor]) -> Generator[Statement, Rows, int]:
+    jobs = [c for c in claims if c.resource_id is None]
+    works = [
+        results.work_handed_back(c.job_id, c.attempt, c.generation or 0)
+        for c in claims
+        if c.resource_id is not None
+    ]
+    returned = 0
+    if jobs:
+        params = ([c.job_id for c in jobs], [c.attempt for c in jobs], actor_id)
+        returned += len((yield job_sql.HAND_BACK_JOBS, params))
+    if works:
+        returned += len((yield resource_sql.COMPLETE_WORKS, work_params(works, actor_id)))
+    return returned
 
 
 def _error(claim: ClaimOfActor, message: str) -> str:

@@ -31,6 +31,13 @@ class JobError(msgspec.Struct, frozen=True):
     error: str
     trace: str = ""
 
+    def __repr__(self) -> str:
+        # A printed Resource or JobRow shows ten of these: keep tracebacks out of it.
+        trace = f"<{len(self.trace)} characters>" if self.trace else "''"
+        return (
+            f"JobError(at={self.at!r}, attempt={self.attempt}, error={self.error!r}, trace={trace})"
+        )
+
 
 class EnqueuedJob(msgspec.Struct, frozen=True):
     """The result of enqueueing one job; `duplicate` when a live job had its unique key."""

@@ -35,6 +35,9 @@ class KindMeta(msgspec.StructMeta):
         if kind is not None:
             validate_name(kind, f"kind of {name}")
             cls.kind = kind  # type: ignore[attr-defined]
+            check = getattr(cls, "check_kinded", None)
+            if check is not None:
+                check()  # what the base needs of a concrete type, e.g. Object's id()
         if namespace is not None:
             if not hasattr(cls, "default_namespace"):
                 raise ConfigError(
@@ -59,6 +62,11 @@ class Kinded(msgspec.Struct, metaclass=KindMeta):
 
 def kind_of(cls: type[Kinded]) -> str:
     """Return the kind of `cls`, or raise ConfigError naming the fix."""
+    if not isinstance(cls, type):
+        raise ConfigError(
+            f"expected a delta.Object or delta.Job type (e.g. Order, not an instance or "
+            f"the kind's name), got {cls!r:.100}"
+        )
     kind = cls.__dict__.get("kind") or getattr(cls, "kind", None)
     if not isinstance(kind, str):
         raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from delta_actors.errors import ConfigError
 from delta_actors.model.kinds import Kinded
 
 
@@ -28,6 +29,15 @@ class Object(Kinded):
     stale (it is then not stored). Without it, a content hash decides. `created_at()` is
     optional: the external system's creation time, used as an informer cursor.
     """
+
+    @classmethod
+    def check_kinded(cls) -> None:
+        """Refuse, when the class is made, a concrete object type without its own id()."""
+        if cls.id is Object.id:
+            raise ConfigError(
+                f"{cls.__qualname__} has a kind but no id(): define `def id(self) -> str` "
+                "returning its id, unique within the kind"
+            )
 
     def id(self) -> str:
         """Return the object's id, unique within its kind."""

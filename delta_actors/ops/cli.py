@@ -16,6 +16,13 @@ from delta_actors.errors import DeltaError
 DATA_DIR_HELP = "Embedded database folder (default: $DELTA_DATA_DIR or ./.delta/postgres)."
 
 
+def _with_data_dir(command: str, data_dir: Path | None) -> str:
+    """`command`, keeping the --data-dir the user gave, so that a hint can be pasted."""
+    import shlex
+
+    return f"{command} --data-dir {shlex.quote(str(data_dir))}" if data_dir else command
+
+
 def _dsn_or_exit(dsn: str | None) -> str:
     resolved = resolve_dsn(dsn)
     if resolved is None:
@@ -39,7 +46,7 @@ def _dsn_to_read(dsn: str | None, data_dir: Path | None) -> str:
         return cluster.dsn(DATABASE)
     raise click.UsageError(
         f"no database given: pass --dsn URL, set {DSN_ENV}, or start the embedded "
-        f"database in {cluster.data_dir} (`delta-actors db start`)"
+        f"database in {cluster.data_dir} (`{_with_data_dir('delta-actors db start', data_dir)}`)"
     )
 
 
@@ -172,7 +179,7 @@ def supervise(  # noqa: PLR0917 (click passes every option)
             cluster, resolved = ensure_running(data_dir)
             click.echo(
                 f"using the embedded database in {cluster.data_dir} ({resolved}); "
-                "`delta-actors db stop` stops it",
+                f"`{_with_data_dir('delta-actors db stop', data_dir)}` stops it",
                 err=True,
             )
         supervisor = Supervisor(
@@ -206,7 +213,8 @@ def db_status(data_dir: Path | None) -> None:
 
     cluster = embedded_cluster(data_dir)
     if not cluster.is_initialized():
-        click.echo(f"no embedded database in {cluster.data_dir} (`delta-actors db start`)")
+        start = _with_data_dir("delta-actors db start", data_dir)
+        click.echo(f"no embedded database in {cluster.data_dir} (`{start}`)")
         sys.exit(3)
     state = "running" if cluster.is_running() else "stopped"
     click.echo(f"{state}: {cluster.data_dir}\ndsn: {cluster.dsn(DATABASE)}")

@@ -250,6 +250,8 @@ def render_listing(listing: Listing) -> str:
 def render_done(done: Done, what: str) -> str:
     """What an operation did, or with --dry-run what it would do and to which rows."""
     if not done.dry_run:
+        if done.count == 0:
+            return f"no such {what}: nothing to {done.action}"
         return f"{done.action}: {done.count} {what}"
     text = f"would {done.action} {done.count} {what} (dry run: nothing changed)"
     if done.first:

@@ -42,6 +42,7 @@ from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.controller import InformOptions, runs_informer
 from delta_actors.db import leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
+from delta_actors.errors import ConfigError
 from delta_actors.health import Progress, describe, log_failure
 from delta_actors.model.object import Object
 from delta_actors.resources.store import InformParams, inform, prepare
@@ -213,7 +214,7 @@ class InformerScheduler:
                     batch.append(obj)
                     if options.full:
                         run.listed.append(obj.id())
-                    created = obj.created_at()
+                    created = _created_at(obj)
                     if created is not None and (run.newest is None or created > run.newest):
                         run.newest = created
                     if len(batch) >= BATCH:
@@ -285,6 +286,17 @@ class _Run:
     written: int = 0
     listed: list[str] = field(default_factory=list)  # ids, for tombstones after a full run
     newest: datetime | None = None  # the newest created_at() seen: the next cursor
+
+
+def _created_at(obj: Object) -> datetime | None:
+    """The object's cursor time; a naive one cannot be compared, so it is refused."""
+    created = obj.created_at()
+    if created is not None and created.tzinfo is None:
+        raise ConfigError(
+            f"{type(obj).__qualname__}.created_at() returned a naive datetime ({created}): "
+            "return an aware one, e.g. with tzinfo=UTC"
+        )
+    return created
 
 
 def _full_due(interval: float | None, last_full: datetime | None, now: datetime) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from delta_actors.app import ControllerRegistration
+from delta_actors.health import describe
 from delta_actors.model.resource import Resource
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
 from delta_actors.queue import results
@@ -157,11 +158,23 @@ class Reconciler(ClaimRunner):
     ) -> WorkResult:
         self._stats.failed += 1
         delay = self._retry_policy(attempt + 1)
-        logger.info(
-            "%s %s of resource %s failed (attempt %d): %s",
-            claim.kind, "finalize" if deleting else "work", claim.resource_id, attempt + 1,
-            message or exc, extra={"event": "work.failed", "resource_id": claim.resource_id},
-        )  # fmt: skip
+        row = claim.resource
+        object_id = row.object_id if row is not None else "?"
+        what = "finalize" if deleting else "work"
+        extra = {"resource_id": claim.resource_id, "kind": claim.kind, "object_id": object_id}
+        if row is not None and attempt + 1 >= row.max_attempts:
+            # COMPLETE_WORKS degrades it: worth a line of its own, louder than a retry.
+            logger.warning(
+                "%s %s degraded: its %s failed %d times (max_attempts), last: %s",
+                claim.kind, object_id, what, attempt + 1, message or describe(exc),
+                extra={"event": "work.degraded", **extra},
+            )  # fmt: skip
+        else:
+            logger.info(
+                "%s %s: %s failed (attempt %d), retrying in %.1fs: %s",
+                claim.kind, object_id, what, attempt + 1, delay, message or describe(exc),
+                extra={"event": "work.failed", **extra},
+            )  # fmt: skip
         return results.work_failed(
             claim.id, claim.attempt, generation, delay, error_entry(attempt + 1, exc, message),
             deleting=deleting,

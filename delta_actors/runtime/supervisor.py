@@ -24,8 +24,9 @@ Invariants:
   no progress for that duty's stall time (its heartbeat says so, see health.py) is
   stopped (it resigns) and restarted, killed if it does not stop in time.
 - SIGTERM/SIGINT: Stop(shutdown_timeout) to every actor, wait for them (plus a grace
-  period, then SIGKILL), exit 0. A second signal: SIGKILL every actor, rescue their
-  claims, exit 1.
+  period, then SIGKILL), exit 0. A second signal: SIGKILL every actor, hand their claims
+  back (no attempt counted: they were stopped, not failing), exit 1. Two signals within
+  SAME_SIGNAL seconds are one (a process group signalled twice).
 
 Metrics (metrics.py): with a metrics port, the supervisor feeds every spawn, heartbeat,
 exit and rescue to a SupervisorMetrics and serves it over HTTP from one thread. That
@@ -64,6 +65,7 @@ MAX_RESTART_DELAY = 30.0  # seconds
 CRASH_LOOP_RESTARTS = 5
 STABLE_AFTER = 60.0  # seconds an actor must live for its slot's failures to be forgiven
 STOP_GRACE = 10.0  # seconds past the shutdown timeout before stopping actors are killed
+SAME_SIGNAL = 0.1  # seconds within which a second stop signal is the same stop
 TICK = 1.0  # seconds between liveness checks at most
 STALLED_STOP_TIMEOUT = 5.0  # seconds a stalled leader's running works get to stop
 
@@ -158,6 +160,7 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._stop_deadline: float | None = None
         self._signals = 0
+        self._first_signal_at = 0.0
         self._unrescued: dict[int, str] = {}  # actor id -> slot name, claims not yet rescued
         self._next_rescue_at = 0.0
         self._rescue_failing = False
@@ -444,7 +447,11 @@ class Supervisor:
                 psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn,
                 conn.transaction(),
             ):
-                rescued = drive(conn, rescue_actors(list(self._unrescued), "died"))
+                # After a forced stop the actors died by our hand: nothing they ran failed.
+                forced = self._signals >= 2
+                rescued = drive(
+                    conn, rescue_actors(list(self._unrescued), "died", counted=not forced)
+                )
         except (psycopg.Error, OSError) as exc:
             self._next_rescue_at = now + TICK / 2
             if not self._rescue_failing:
@@ -496,15 +503,24 @@ class Supervisor:
                 self._on_stop_signal(signal.Signals(number))
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
+        now = time.monotonic()
+        if self._signals and now - self._first_signal_at < SAME_SIGNAL:
+            # `timeout` and some process managers signal the whole process group: the
+            # same stop, delivered twice.
+            return
         self._signals += 1
         if self._signals > 1:
             logger.warning(
-                "%s again: stopping at once", sig.name, extra={"event": "supervisor.forced"}
-            )
+                "%s again: stopping at once; running works are handed back uncounted",
+                sig.name, extra={"event": "supervisor.forced"},
+            )  # fmt: skip
             return
+        self._first_signal_at = now
         logger.info(
-            "%s: stopping %d actors, running works get %.1fs", sig.name, len(self.children),
-            self.shutdown_timeout, extra={"event": "supervisor.stopping"},
+            "%s: stopping %d actors, running works get %.1fs (a second %s stops at once)",
+            sig.name, len(self.children), self.shutdown_timeout,
+            "Ctrl-C" if sig is signal.SIGINT else sig.name,
+            extra={"event": "supervisor.stopping"},
         )  # fmt: skip
         self._stop_deadline = time.monotonic() + self.shutdown_timeout
         for slot in self.slots:

@@ -48,6 +48,19 @@ def test_db_start_status_stop(data_dir):
     cluster_status = cli("status", "--data-dir", str(data_dir))
     assert cluster_status.returncode == 0, cluster_status.stderr
     assert "leader: none elected yet" in cluster_status.stdout
+    # And so does Client.connect(), as the CLI does, saying which it used.
+    program = (
+        "import logging, delta_actors as delta; logging.basicConfig(level=logging.INFO)\n"
+        "with delta.Client.connect() as client: print(client.get_job(1))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DELTA_DATABASE_URL"}
+    connected = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+        env={**env, "DELTA_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}, check=False,
+    )  # fmt: skip
+    assert connected.returncode == 0, connected.stderr
+    assert connected.stdout.strip() == "None"
+    assert f"using the embedded database in {data_dir}" in connected.stderr
     stopped = cli("db", "stop", "--data-dir", str(data_dir))
     assert stopped.returncode == 0
     status = cli("db", "status", "--data-dir", str(data_dir))
@@ -56,7 +69,8 @@ def test_db_start_status_stop(data_dir):
     # Stopped: status does not start it, and names the ways to give it a database.
     cluster_status = cli("status", "--data-dir", str(data_dir))
     assert cluster_status.returncode == 2
-    assert "delta-actors db start" in cluster_status.stderr
+    # The hint keeps the option given, so that it can be pasted as it is.
+    assert f"delta-actors db start --data-dir {data_dir}" in cluster_status.stderr
 
 
 def test_migrate_and_status_on_a_missing_folder(tmp_path):

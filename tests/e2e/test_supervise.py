@@ -119,9 +119,29 @@ def test_second_signal_stops_at_once(supervise, e2e_dsn):
         time.sleep(0.3)  # let the first signal be handled before the second
         process.signal(signal.SIGTERM)
         assert process.wait(15) != 0
+        assert "(a second SIGTERM stops at once)" in process.log
+        stuck = client.get(Task, "stuck")
+        assert stuck is not None
+        assert stuck.attempt == 0, "a work we killed ourselves did not fail"
+        assert stuck.errors == []
     with psycopg.connect(e2e_dsn, autocommit=True) as conn:
         running = conn.execute("SELECT count(*) FROM delta_job WHERE state = 'running'")
         assert running.fetchone() == (0,)
+
+
+def test_two_signals_at_once_are_one_graceful_stop(supervise, e2e_dsn):
+    """A process group signalled twice in a row (as `timeout` does) stops gracefully."""
+    process = supervise("--shutdown-timeout", "60")
+    process.wait_started(ACTORS)
+    with delta.Client.connect(e2e_dsn) as client:
+        client.inform(Task(key="short", seconds=1.5))
+        wait_until(lambda: len(runs(e2e_dsn)) == 1, 10, "the work to start")
+        process.signal(signal.SIGTERM)
+        process.signal(signal.SIGTERM)
+        assert process.wait(20) == 0, process.log
+        short = client.get(Task, "short")
+        assert short is not None
+        assert short.state is delta.State.SYNCED
 
 
 def test_hung_actor_is_killed_and_replaced(supervise, e2e_dsn):

@@ -247,6 +247,8 @@ async def test_cli_lists_counts_and_acts_on_a_filter_with_a_dry_run_first(dsn, m
     assert done == {"action": "retry", "count": 12, "dry_run": False, "first": []}
     assert await _degraded(dsn) == []
     assert "delete: 1 resources" in run("resources", "delete", "--kind", "account", "--id", "ok")
+    unknown = run("resources", "invalidate", "--kind", "account", "--id", "nobody")
+    assert unknown.strip() == "no such resources: nothing to invalidate"
     nothing = cli.invoke(main, ["resources", "delete", "--dsn", dsn])
     assert nothing.exit_code == 2
     assert "no filter given" in nothing.output
