@@ -15,6 +15,10 @@ What it does:
    it returns. One kind fails the first attempt of about one resource in eight. A fourth
    kind, `beacon`, has an informer (every INFORM_INTERVAL) that lists nothing and records
    when it runs; a plain job, `chaos-probe`, records when it was due and when it ran.
+   The works of one resource in EFFECTS_ONE_IN (makes_effects) also make two effects with
+   `delta.work_context()`, named by the run's id, before the run is recorded and before a
+   failure by design: they inform a `receipt` (a fifth kind, in `alpha`, whose work does
+   nothing) and enqueue a plain job, `chaos-echo` (a no-op).
 2. Informs `--resources` objects in bursts, then keeps re-informing random subsets with
    changes (and some unchanged or stale copies) while the faults run. Every inform that
    returned is an accepted change: (kind, id) -> the generation it produced.
@@ -33,7 +37,10 @@ What it does:
    - no successful run of an older generation came after one of a newer generation;
    - after every kill or pause, the victim's claims left `running` within the rescue TTL
      plus one rescue interval (max and p99 reported);
-   - duplicate runs (same resource and generation, both successful) are counted.
+   - duplicate runs (same resource and generation, both successful) are counted;
+   - effects with results: per resource that makes effects, as many receipts and echo
+     jobs as completed job rows (its committed successes); per run both or neither, once;
+     none from a failed run or from a run that was not recorded (_check_effects).
    Throughout the run (class Liveness), a sampler checks that while one leader holds the
    lease, the informer runs and due jobs are promoted within LIVENESS_BOUND.
 
@@ -45,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +66,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -110,11 +119,31 @@ SELECT l.actor_id, l.term, l.expires_at > now(),
         WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now())
 FROM (SELECT 1) AS one LEFT JOIN delta_leader AS l ON l.name = 'default'
 """
+# The effects check: per parent resource its completed works (each a committed success),
+# every receipt resource and every echo job (the effects of one work run each).
+COMPLETED_WORKS_BY_PARENT = """
+SELECT r.kind, r.object_id, count(j.id) FILTER (WHERE j.state = 'completed')
+FROM delta_resource AS r LEFT JOIN delta_job AS j ON j.resource_id = r.id
+WHERE r.kind <> 'receipt' GROUP BY r.id, r.kind, r.object_id
+"""
+RECEIPTS = """
+SELECT o ->> 'parent', o ->> 'run', state::text
+FROM (SELECT convert_from(object, 'UTF8')::jsonb AS o, state FROM delta_resource
+      WHERE kind = 'receipt') AS receipt
+"""
+ECHO_JOBS = """
+SELECT a ->> 'parent', a ->> 'run'
+FROM (SELECT convert_from(args, 'UTF8')::jsonb AS a FROM delta_job
+      WHERE kind = 'chaos-echo' AND resource_id IS NULL) AS echo
+"""
 KILL_BACKENDS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
     " WHERE datname = current_database() AND application_name = %s"
     " AND pid <> pg_backend_pid()"
 )
+
+# The share of parent resources whose works make effects (see makes_effects).
+EFFECTS_ONE_IN = 4
 
 # Timing of the runtime under test: production's ratios, scaled down so a run is short.
 HEARTBEAT = 0.5
@@ -235,10 +264,38 @@ def _record_sync(row: tuple[Any, ...]) -> None:
             return
 
 
+def makes_effects(parent: str) -> bool:
+    """Whether the works of `parent` ("kind/object_id") make effects: one in EFFECTS_ONE_IN.
+
+    Not all: a work with effects costs about three (its receipt's work, its echo job, the
+    writes), and on a loaded machine effects from every work cut the runs the other checks
+    see by half or more; one in four keeps about the load of a run without effects.
+    """
+    # Not crc32, which gadget failures go by: for ids of one length, crc32("kind/" + id) is
+    # crc32(id) xor a constant, so both choices would take the same gadgets, or none.
+    return hashlib.blake2b(parent.encode()).digest()[0] % EFFECTS_ONE_IN == 0
+
+
+def _make_effects(resource: delta.Resource[Any], run: uuid.UUID) -> None:
+    """The effects of one work run: a receipt and an echo job, both named by its run id.
+
+    Made before the run is recorded and before a failure by design is raised, so a failed
+    run has effects to drop; Harness.check finds them with the run's result, or not at all.
+    """
+    parent = f"{resource.kind}/{resource.object_id}"
+    if not makes_effects(parent):
+        return
+    ctx = delta.work_context()
+    ctx.inform(Receipt(f"{resource.object_id}:{run.hex}", parent, run.hex, resource.generation))
+    ctx.enqueue(Echo(parent, run.hex))
+
+
 async def _run_async(resource: delta.Resource[Any], fail: bool) -> None:
     started = time.time()
     await asyncio.sleep(_work_seconds(resource))
-    row = (uuid.uuid4(), resource.kind, resource.object_id, resource.generation, os.getpid())
+    run = uuid.uuid4()
+    _make_effects(resource, run)
+    row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
     await _recorder.record((*row, started, time.time(), not fail))
     if fail:
         raise RuntimeError(f"first attempts of {resource.object_id} fail, by design")
@@ -268,7 +325,9 @@ class TicketController(delta.Controller[Ticket]):
     def work(self, resource: delta.Resource[Ticket]) -> None:
         started = time.time()
         time.sleep(_work_seconds(resource))
-        row = (uuid.uuid4(), resource.kind, resource.object_id, resource.generation, os.getpid())
+        run = uuid.uuid4()
+        _make_effects(resource, run)  # in the work's thread: it has the task's context
+        row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
         _record_sync((*row, started, time.time(), True))
 
 
@@ -294,6 +353,38 @@ class BeaconController(delta.Controller[Beacon]):
             yield beacon
 
 
+class Receipt(delta.Object, kind="receipt"):
+    """An effect of one work run of `parent` ("kind/object_id"): informed by its context."""
+
+    key: str  # the parent's object id and the run id
+    parent: str
+    run: str  # the run's id (hex), as recorded in chaos_run
+    generation: int  # the parent's generation that run saw
+
+    def id(self) -> str:
+        return self.key
+
+
+class ReceiptController(delta.Controller[Receipt]):
+    """Works receipts, with no effects of its own: receipts are not parents."""
+
+    namespace = "alpha"
+
+    async def work(self, resource: delta.Resource[Receipt]) -> None:
+        pass
+
+
+class Echo(delta.Job, kind="chaos-echo", namespace="alpha"):
+    """The other effect of one work run: enqueued by its context."""
+
+    parent: str
+    run: str
+
+
+async def run_echo(job: Echo) -> None:
+    pass
+
+
 class Probe(delta.Job, kind="chaos-probe"):
     due: float  # time.time() at which it is scheduled
 
@@ -303,8 +394,14 @@ async def run_probe(job: Probe) -> None:
 
 
 app = delta.App(
-    controllers=[WidgetController(), GadgetController(), TicketController(), BeaconController()],
-    jobs={Probe: run_probe},
+    controllers=[
+        WidgetController(),
+        GadgetController(),
+        TicketController(),
+        BeaconController(),
+        ReceiptController(),
+    ],
+    jobs={Probe: run_probe, Echo: run_echo},
     namespaces={
         "alpha": delta.Namespace(max_workers=20),
         "beta": delta.Namespace(max_workers=8, processes=2),
@@ -693,7 +790,10 @@ class Harness:
             violations.append(f"did not settle within {self.args.settle_timeout:g}s")
         resources = {
             (r[0], r[1]): (r[2], r[3])
-            for r in self.query("SELECT kind, object_id, generation, state FROM delta_resource")
+            for r in self.query(
+                "SELECT kind, object_id, generation, state FROM delta_resource"
+                " WHERE kind <> 'receipt'"
+            )
         }
         runs: dict[tuple[str, str], list[Run]] = {}
         for kind, object_id, generation, pid, started, ended, ok in self.query(
@@ -704,6 +804,8 @@ class Harness:
         order = _check_order(runs, self.frozen_windows())
         violations += order.pop("violations")
         violations += self._check_rescues()
+        effects = self._check_effects()
+        violations += effects.pop("violations")
         live, live_violations = liveness.check(self.faults, self.query)
         violations += live_violations
         latencies = sorted(f.rescued_after for f in self.faults if f.rescued_after is not None)
@@ -741,6 +843,7 @@ class Harness:
             },
             "backends_killed": killed,
             "settled_in_s": round(settled_in, 1),
+            "effects": effects,
             "liveness": live,
             "violations": violations,
         }
@@ -786,6 +889,22 @@ class Harness:
             if not worked(key, generation):
                 found.append(f"newest generation {generation} of {key} never worked")
         return found
+
+    def _check_effects(self) -> dict[str, Any]:
+        """The effects section of the report (see _check_effects), read from the tables."""
+        completed = {
+            f"{kind}/{object_id}": count
+            for kind, object_id, count in self.query(COMPLETED_WORKS_BY_PARENT)
+        }
+        receipts = [(p, r, s) for p, r, s in self.query(RECEIPTS)]
+        echoes = [(p, r) for p, r in self.query(ECHO_JOBS)]
+        runs = {
+            run.hex: (f"{kind}/{object_id}", ok)
+            for run, kind, object_id, ok in self.query(
+                "SELECT run, kind, object_id, ok FROM chaos_run"
+            )
+        }
+        return _check_effects(completed, receipts, echoes, runs)
 
     def rescue_bound(self, fault: Fault) -> float:
         """The TTL plus one rescue interval, plus what other faults in the window cost.
@@ -872,6 +991,81 @@ def _check_order(
         "overlaps": overlaps,
         "overlaps_of_frozen_actors": explained,
         "backwards": backwards,
+        "violations": violations,
+    }
+
+
+def _check_effects(
+    completed: dict[str, int],
+    receipts: list[tuple[str, str, str]],
+    echoes: list[tuple[str, str]],
+    runs: dict[str, tuple[str, bool]],
+) -> dict[str, Any]:
+    """No effect without its committed result, no committed result without its effects.
+
+    Every work run of a parent that makes effects (a widget, gadget or ticket, "kind/id",
+    for which makes_effects() holds) makes two, named by its run id: a receipt resource
+    and an echo job. A committed success is exactly one `completed` job row of its parent
+    (failures end `discarded`, hand-backs `cancelled`; a rescued or stale run writes
+    nothing), so per parent its completed rows, receipts and echo jobs must be as many
+    (none for the other parents); per run, both effects or neither, once; and every run
+    with effects must be recorded as a successful run of that parent.
+
+    `completed`: parent -> completed job rows (every parent, 0 included); `receipts`:
+    (parent, run, state); `echoes`: (parent, run); `runs`: run -> (parent, ok).
+    """
+    violations: list[str] = []
+    receipts_of = Counter(parent for parent, _, _ in receipts)
+    echoes_of = Counter(parent for parent, _ in echoes)
+    for parent in sorted(set(completed) | set(receipts_of) | set(echoes_of)):
+        made = (receipts_of[parent], echoes_of[parent])
+        if parent not in completed:
+            violations.append(
+                f"effects: {made[0]} receipts and {made[1]} echo jobs name {parent}, "
+                "which is no resource"
+            )
+            continue
+        works = completed[parent] if makes_effects(parent) else 0
+        if made != (works, works):
+            violations.append(
+                f"effects: {parent} has {works} completed works that make effects, but "
+                f"{made[0]} receipts and {made[1]} echo jobs"
+            )
+    receipt_runs = Counter(run for _, run, _ in receipts)
+    echo_runs = Counter(run for _, run in echoes)
+    parent_of = {run: parent for parent, run in echoes} | {r[1]: r[0] for r in receipts}
+    for run, parent in sorted(parent_of.items()):
+        have = (receipt_runs[run], echo_runs[run])
+        if have != (1, 1):
+            violations.append(
+                f"effects: run {run} of {parent} left {have[0]} receipts and {have[1]} echo "
+                "jobs (both once, or neither)"
+            )
+        recorded = runs.get(run)
+        if recorded is None:
+            violations.append(f"effects: run {run} of {parent} left effects but no run record")
+        elif recorded != (parent, True):
+            what = "failed run" if recorded[0] == parent else f"run of {recorded[0]}"
+            violations.append(f"effects of a {what}: run {run} of {parent}")
+    violations += [
+        f"effects: the receipt of run {run} of {parent} ends {state}"
+        for parent, run, state in receipts
+        if state != "synced"
+    ]
+    making = [(run, ok) for run, (parent, ok) in runs.items() if makes_effects(parent)]
+    return {
+        "parents_making_effects": sum(1 for parent in completed if makes_effects(parent)),
+        "completed_works": sum(n for parent, n in completed.items() if makes_effects(parent)),
+        "receipts": len(receipts),
+        "receipts_by_kind": dict(sorted(Counter(p.split("/")[0] for p, _, _ in receipts).items())),
+        "echo_jobs": len(echoes),
+        # Runs that made effects and then failed by design: each must have left none.
+        "failed_runs": sum(1 for _, ok in making if not ok),
+        # Runs recorded as successful whose result was not written (the actor killed
+        # before its completer wrote it, or the result stale): their effects went with it.
+        "successful_runs_without_effects": sum(
+            1 for run, ok in making if ok and run not in parent_of
+        ),
         "violations": violations,
     }
 
@@ -1139,10 +1333,10 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def _print_figures(figures: dict[str, Any], indent: str) -> None:
-    """One figure a line; a section (a dict of dicts, or the liveness dict) indented."""
+    """One figure a line; a section (a dict of dicts, the liveness or effects dict) indented."""
     for key, value in figures.items():
         nested = isinstance(value, dict) and any(isinstance(v, dict) for v in value.values())
-        if nested or key == "liveness":
+        if nested or key in ("liveness", "effects"):
             print(f"{indent}{key}")
             _print_figures(value, indent + "  ")
         else:

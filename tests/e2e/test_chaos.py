@@ -3,9 +3,10 @@
 `scripts/chaos.py` runs a workload under a seeded schedule of faults (process kills and
 pauses, PostgreSQL restarts, bursts of connection kills aimed at one component) and checks
 the invariants afterwards (nothing lost, no overlapping runs, no going back a generation,
-rescues within the TTL) and, throughout the run, that the leader's informers and job
-promotion keep going. Here it runs for about a minute; docs/reliability.md has the long
-run. With `$DELTA_TEST_DSN` it runs against that server, without restarting it.
+rescues within the TTL, every committed result with its effects and no effect without
+one) and, throughout the run, that the leader's informers and job promotion keep going.
+Here it runs for about a minute; docs/reliability.md has the long run. With
+`$DELTA_TEST_DSN` it runs against that server, without restarting it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def test_a_short_seeded_fault_run_breaks_no_invariant(pg_server, dsn, tmp_path):
     assert report["runs"] >= report["accepted_changes"]
     assert report["rescues_measured"] > 0
     assert all(killed > 0 for killed in report["backends_killed"].values()), report
+    effects = report["effects"]
+    assert effects["receipts"] == effects["echo_jobs"] == effects["completed_works"] > 0, effects
+    assert effects["failed_runs"] > 0, effects  # failures by design, whose effects were dropped
+    assert set(effects["receipts_by_kind"]) == {"widget", "gadget", "ticket"}, effects
     liveness = report["liveness"]
     assert liveness["samples"] > liveness["samples_checked"] > 0, liveness
     assert liveness["violations"] == 0, liveness
