@@ -46,6 +46,7 @@ from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobError, JobRow, JobState
 from delta_actors.model.object import Object
 from delta_actors.model.page import Page
+from delta_actors.model.periodic import Periodic
 from delta_actors.model.resource import InformOutcome, InformResult, Resource, State
 from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Requeue
 from delta_actors.queue.insert import JobSpec
@@ -82,6 +83,7 @@ __all__ = [
     "Object",
     "Outcome",
     "Page",
+    "Periodic",
     "PermanentError",
     "ProtocolError",
     "Requeue",

@@ -19,6 +19,7 @@ from delta_actors.model.job import Job
 from delta_actors.model.kinds import kind_of
 from delta_actors.model.names import validate_name
 from delta_actors.model.object import Object, has_compare
+from delta_actors.model.periodic import Periodic
 
 JobHandler = Callable[[Any], Awaitable[None]] | Callable[[Any], None]
 
@@ -59,6 +60,8 @@ class App:
         controllers: one delta.Controller per kind.
         jobs: job type -> handler (`async def` or a plain `def`, which runs off the event loop).
         namespaces: name -> Namespace; defaults to one namespace, "default".
+        periodic: delta.Periodic jobs the leader enqueues on their schedules; their job
+            types must be among `jobs`.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class App:
         controllers: Sequence[Controller[Any]] = (),
         jobs: Mapping[type[Job], JobHandler] | None = None,
         namespaces: Mapping[str, Namespace] | None = None,
+        periodic: Sequence[Periodic] = (),
     ) -> None:
         self.namespaces: dict[str, Namespace] = {}
         for name, namespace in (namespaces or {DEFAULT_NAMESPACE: Namespace()}).items():
@@ -82,6 +86,27 @@ class App:
         self.jobs: dict[str, JobRegistration] = {}
         for job_type, handler in (jobs or {}).items():
             self._register_job(job_type, handler)
+        self.periodic: list[Periodic] = []
+        for entry in periodic:
+            self._register_periodic(entry)
+
+    def _register_periodic(self, periodic: Periodic) -> None:
+        if not isinstance(periodic, Periodic):
+            raise ConfigError(f"periodic takes delta.Periodic entries, got {periodic!r:.100}")
+        registration = self.jobs.get(periodic.kind)
+        if registration is None or not isinstance(periodic.job, registration.type):
+            raise ConfigError(
+                f"{periodic!r}: its job kind {periodic.kind!r} has no handler in this app: "
+                f"add {type(periodic.job).__qualname__} to App(jobs=...)"
+            )
+        periodic.namespace = periodic.namespace or DEFAULT_NAMESPACE
+        self.namespace(periodic.namespace)
+        if any(p.name == periodic.name for p in self.periodic):
+            raise ConfigError(
+                f"two periodics are named {periodic.name!r} (the same job, arguments and "
+                "schedule): remove one, or give each its own name="
+            )
+        self.periodic.append(periodic)
 
     def _register_controller(self, controller: Controller[Any]) -> None:
         if not isinstance(controller, Controller):

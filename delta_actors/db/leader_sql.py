@@ -129,3 +129,40 @@ DELETE FROM delta_informer_run WHERE id = ANY(ARRAY(
     LIMIT %(limit)s
 ))
 """
+
+# Periodic jobs (leader/periodic.py). The database's clock, and the stored schedules of
+# the periodics an app declares.
+SELECT_PERIODIC: LiteralString = """
+SELECT now(), p.name, p.next_run_at FROM (SELECT now()) AS clock
+LEFT JOIN delta_periodic AS p ON p.name = ANY(%(names)s::text[])
+"""
+
+# A periodic seen for the first time. A concurrent leader's insert wins (DO NOTHING).
+REGISTER_PERIODIC: LiteralString = """
+INSERT INTO delta_periodic (name, kind, namespace, schedule, next_run_at)
+SELECT %(name)s, %(kind)s, %(namespace)s, %(schedule)s, %(next_run_at)s
+WHERE EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+ON CONFLICT (name) DO NOTHING
+"""
+
+# Take one due run: fenced on the term and on the due time read (a run taken meanwhile
+# matches nothing). The same transaction then enqueues the job and records its id.
+TAKE_PERIODIC_RUN: LiteralString = """
+UPDATE delta_periodic
+SET next_run_at = %(next_run_at)s, last_run_at = next_run_at, runs = runs + 1,
+    kind = %(kind)s, namespace = %(namespace)s, schedule = %(schedule)s
+WHERE name = %(name)s AND next_run_at = %(due)s
+  AND EXISTS (SELECT 1 FROM delta_leader WHERE name = 'default' AND term = %(term)s
+              AND actor_id = %(actor)s AND expires_at > now())
+"""
+
+RECORD_PERIODIC_JOB: LiteralString = """
+UPDATE delta_periodic SET last_job_id = %(job)s WHERE name = %(name)s
+"""
+
+# For status: every stored periodic, declared by the running app or not.
+SELECT_PERIODICS: LiteralString = """
+SELECT name, kind, namespace, schedule, last_run_at, next_run_at, runs, last_job_id
+FROM delta_periodic ORDER BY name
+"""

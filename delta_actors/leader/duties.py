@@ -8,7 +8,8 @@ duties, each a loop with its own interval (maintenance.py, resources/informers.p
 - promoter: promotes due scheduled and retryable jobs;
 - rescuer: returns the claims of dead actors to work, within the heartbeat TTL;
 - expirer: re-works synced resources past their namespace's `resource_expiry`;
-- cleaner: deletes finished jobs and deleted resources past their retention.
+- cleaner: deletes finished jobs and deleted resources past their retention;
+- periodic: enqueues the app's `delta.Periodic` jobs when due (leader/periodic.py).
 
 Supervision of duties (nothing dies silently):
 
@@ -43,6 +44,7 @@ from delta_actors.db.migrations import check_schema_async
 from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.leader.election import Elector
 from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer, run_periodically
+from delta_actors.leader.periodic import PeriodicScheduler
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
 from delta_actors.queue.promoter import Promoter
 from delta_actors.resources.informers import InformerScheduler
@@ -91,6 +93,7 @@ class Leader:
         self.expirer = Expirer(app, self._pool)
         self.cleaner = Cleaner(app, self._pool)
         self.informers = InformerScheduler(app, self._pool)
+        self.periodic = PeriodicScheduler(app, self._pool)
         self.elector: Elector | None = None
         self.actor_id: int | None = None
         self._main: asyncio.Task[None] | None = None
@@ -118,6 +121,16 @@ class Leader:
                 Duty("informers", informers,
                      lambda term, actor: self.informers.run(term, actor, informers))
             )  # fmt: skip
+        if self.periodic.periodic:
+            scheduled = Progress("periodic", self.periodic.interval)
+
+            async def schedule(term: int, actor_id: int) -> None:
+                await run_periodically(
+                    "leader.periodic", self.periodic.interval,
+                    lambda: self.periodic.run_once(term, actor_id), scheduled,
+                )  # fmt: skip
+
+            duties.append(Duty("periodic", scheduled, schedule))
         duties.extend(
             periodic(name, service)
             for name, service in (

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from delta_actors.db import job_sql, migration_sql, resource_sql, status_sql
+from delta_actors.db import job_sql, leader_sql, migration_sql, resource_sql, status_sql
 from delta_actors.db.connection import translate_errors
 from delta_actors.db.migrations import check_schema
 from delta_actors.db.resource_sql import StoredRow
@@ -106,6 +106,19 @@ class InformerStatus(msgspec.Struct, frozen=True):
     failures: int  # runs that failed
 
 
+class PeriodicStatus(msgspec.Struct, frozen=True):
+    """One stored periodic job: its schedule, last and next run, and the last job's id."""
+
+    name: str
+    kind: str
+    namespace: str
+    schedule: str
+    last_run_at: datetime | None  # when the last run enqueued was due
+    next_run_at: datetime
+    runs: int
+    last_job_id: int | None
+
+
 class Status(msgspec.Struct, frozen=True):
     """Everything `delta-actors status` shows."""
 
@@ -116,6 +129,7 @@ class Status(msgspec.Struct, frozen=True):
     queues: list[QueueStatus]
     failures: list[Failure]
     informers: list[InformerStatus] = []
+    periodic: list[PeriodicStatus] = []
 
 
 class WorkStatus(msgspec.Struct, frozen=True):
@@ -181,6 +195,7 @@ def read_status(conn: psycopg.Connection) -> Status:
             status_sql.SELECT_RECENT_FAILURES, {"limit": RECENT_FAILURES}
         ).fetchall()
         informers = conn.execute(status_sql.SELECT_INFORMERS_STATUS).fetchall()
+        periodic = conn.execute(leader_sql.SELECT_PERIODICS).fetchall()
     return Status(
         schema_version=int(version[0]) if version else 0,
         leader=LeaderStatus(*leader) if leader else None,
@@ -219,6 +234,7 @@ def read_status(conn: psycopg.Connection) -> Status:
             InformerStatus(kind, run, ok, err_at, _last_line(err or ""), cur, next_in, req, n, f)
             for kind, run, ok, err_at, err, cur, next_in, req, n, f in informers
         ],
+        periodic=[PeriodicStatus(*row) for row in periodic],
     )
 
 

@@ -78,6 +78,7 @@ def render_status(status: Status) -> str:
             "RESOURCES\n" + _resources(status),
             "QUEUES (finished/s: over the last minute)\n" + _queues(status),
             "INFORMERS\n" + _informers(status),
+            "PERIODIC JOBS\n" + _periodic(status),
             "RECENT FAILURES\n" + _failures(status),
         )
     )
@@ -124,6 +125,17 @@ def _queues(status: Status) -> str:
     ]  # fmt: skip
     headers = ("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S", "PAUSED")
     return table(headers, rows)
+
+
+def _periodic(status: Status) -> str:
+    if not status.periodic:
+        return "none"
+    rows = [
+        (p.name, p.kind, p.namespace, p.schedule, format_time(p.last_run_at),
+         format_time(p.next_run_at), p.runs)
+        for p in status.periodic
+    ]  # fmt: skip
+    return table(("NAME", "KIND", "NAMESPACE", "SCHEDULE", "LAST RUN", "NEXT RUN", "RUNS"), rows)
 
 
 def _informers(status: Status) -> str:

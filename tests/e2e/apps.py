@@ -184,3 +184,11 @@ liveness_app = delta.App(
     jobs={Ping: ping},
     namespaces={"default": delta.Namespace(max_workers=10)},
 )
+
+
+# A plain job the leader enqueues every second (delta.Periodic), for the periodic tests.
+periodic_app = delta.App(
+    jobs={Ping: ping},
+    namespaces={"default": delta.Namespace(max_workers=4)},
+    periodic=[delta.Periodic(Ping(), every=1.0, name="ping-every-second")],
+)
