@@ -182,3 +182,49 @@ async def _state(
 ) -> bool:
     resource = await client.get(object_type, key)
     return resource is not None and resource.state is wanted
+
+
+async def test_a_stale_result_writes_none_of_its_effects_and_a_current_one_all(dsn, behaviour):
+    """Two results in one batch: one whose claim was taken from us meanwhile (rescued),
+    one still ours. Only the current one's effects are written."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from delta_actors.context import WorkContext
+    from delta_actors.queue import results
+    from delta_actors.queue.completer import Completer
+
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        stale, current = await client.inform_many([Order(key="stale"), Order(key="current")])
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            # Claimed: `stale` by another actor (ours was rescued), `current` by actor 7.
+            for found, actor in ((stale, 8), (current, 7)):
+                await conn.execute(
+                    "UPDATE delta_job SET state = 'running', attempt = 1, claimed_by = %s "
+                    "WHERE resource_id = %s",
+                    (actor, found.resource.id),
+                )
+            cur = await conn.execute(
+                "SELECT resource_id, id FROM delta_job WHERE state = 'running'"
+            )
+            job_of = dict(await cur.fetchall())
+        batch = []
+        for found in (stale, current):
+            ctx = WorkContext(client, app)
+            ctx.enqueue(SendEmail(to=f"{found.resource.object_id}@example.com"))
+            ctx.inform(Invoice(key=f"inv-{found.resource.object_id}"))
+            synced = results.work_synced(job_of[found.resource.id], 1, found.resource.generation)
+            batch.append(results.with_effects(synced, ctx.close()))
+        written: list[set[int]] = []
+        async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+            completer = Completer(
+                pool, 7, max_pending=10, on_written=lambda _, stale_ids: written.append(stale_ids)
+            )
+            for result in batch:
+                await completer.add(result)
+            await completer._write_pending()
+        assert written == [{job_of[stale.resource.id]}]
+        emails = await rows(dsn, "SELECT args FROM delta_job WHERE kind = 'fx-send-email'")
+        assert [bytes(args) for (args,) in emails] == [b'{"to":"current@example.com"}']
+        assert await client.get(Invoice, "inv-stale") is None
+        assert await client.get(Invoice, "inv-current") is not None
