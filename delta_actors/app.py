@@ -17,6 +17,7 @@ from delta_actors.controller import Controller, has_finalize, object_type_of
 from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
 from delta_actors.model.job import Job
 from delta_actors.model.kinds import kind_of
+from delta_actors.model.limits import Limit, check_limit
 from delta_actors.model.names import validate_name
 from delta_actors.model.object import Object, has_compare
 from delta_actors.model.periodic import Periodic
@@ -86,6 +87,19 @@ class App:
         self.jobs: dict[str, JobRegistration] = {}
         for job_type, handler in (jobs or {}).items():
             self._register_job(job_type, handler)
+        # Kind -> its cluster-wide limits (queue/claimer.py), for controllers and jobs alike.
+        self.limits: dict[str, Limit] = {}
+        for kind, registration in self.controllers.items():
+            limit = check_limit(
+                registration.controller.concurrency, registration.controller.rate,
+                f"{type(registration.controller).__qualname__}:",
+            )  # fmt: skip
+            if limit is not None:
+                self.limits[kind] = limit
+        for kind, job in self.jobs.items():
+            limit = check_limit(job.type.concurrency, job.type.rate, f"{job.type.__qualname__}:")
+            if limit is not None:
+                self.limits[kind] = limit
         self.periodic: list[Periodic] = []
         for entry in periodic:
             self._register_periodic(entry)

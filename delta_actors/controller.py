@@ -48,7 +48,9 @@ class Controller(Generic[T]):
     - `tombstones`: after a full listing, delete the resources of the kind it did not
       list (False). True treats the informer as the source of truth for the whole kind,
       resources that application code informed included; "listed" limits it to the
-      resources an informer stored or listed.
+      resources an informer stored or listed;
+    - `concurrency`: at most this many works of the kind run at once, cluster-wide (None);
+    - `rate`: (count, seconds): at most count works started in any such window (None).
     """
 
     object_type: ClassVar[type[Object]]
@@ -59,6 +61,8 @@ class Controller(Generic[T]):
     inform_timeout: ClassVar[float] = 600.0
     full_interval: ClassVar[float | None] = None
     tombstones: ClassVar[bool | Literal["listed"]] = False
+    concurrency: ClassVar[int | None] = None
+    rate: ClassVar[tuple[int, float] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -106,43 +106,103 @@ _AVAILABLE_IN_QUEUE: LiteralString = (
     "AND j.namespace = %(namespace)s"
 )
 
+
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). Nothing while the namespace is paused (one probe of a tiny
-# table, evaluated once per claim). `= ANY(ARRAY(...))` pins the update to primary-key lookups; a
-# join let the planner hash the whole table. A resource work comes back with its
-# resource as stored now, read without a lock (claims never wait on informs).
-CLAIM_JOBS: LiteralString = (
-    """
+# table, evaluated once per claim). `= ANY(ARRAY(...))` pins the update to primary-key
+# lookups; a join let the planner hash the whole table. A resource work comes back with
+# its resource as stored now, read without a lock (claims never wait on informs).
+def _claim(
+    kinds: LiteralString, limit: LiteralString, then: LiteralString, clock: LiteralString = "now()"
+) -> LiteralString:
+    return (
+        """
 WITH locked AS (
     SELECT j.id FROM delta_job AS j
     WHERE """
-    + _AVAILABLE_IN_QUEUE
-    + """
+        + _AVAILABLE_IN_QUEUE
+        + kinds
+        + """
       AND NOT EXISTS (SELECT 1 FROM delta_namespace AS n
                       WHERE n.name = %(namespace)s AND n.paused_at IS NOT NULL)
       AND (j.resource_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM delta_job AS busy
             WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
     ORDER BY j.priority, j.scheduled_at, j.id
-    LIMIT %(limit)s
+    LIMIT """
+        + limit
+        + """
     FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
     UPDATE delta_job AS j
-    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), claimed_by = %(actor)s
+    SET state = 'running', attempt = j.attempt + 1, attempted_at = """
+        + clock
+        + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
-),
+),"""
+        + then
+        + """
 resources AS MATERIALIZED (
     SELECT """
-    + resource_columns("'running'")
-    + """, r.object FROM delta_resource AS r
+        + resource_columns("'running'")
+        + """, r.object FROM delta_resource AS r
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
 SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
+    )
+
+
+CLAIM_JOBS: LiteralString = _claim("", "%(limit)s", "")
+
+# Limits (`concurrency`, `rate` of a kind; queue/claimer.py has the protocol). A namespace
+# with limited kinds claims the rest with this, so that a kind at its limit never holds
+# up the others, and each limited kind with CLAIM_LIMITED_JOBS.
+CLAIM_UNLIMITED_JOBS: LiteralString = _claim(
+    "\n      AND j.kind <> ALL(%(limited)s::text[])", "%(limit)s", ""
+)
+
+# First, in the claim's transaction: lock the kind's limit row (made on first use, its
+# settings the claimer's), serializing claims of the kind across the cluster, so that
+# the counts below see every claim committed before this one.
+LOCK_LIMIT: LiteralString = """
+INSERT INTO delta_limit (kind, concurrency, rate_count, rate_window)
+VALUES (%(kind)s, %(concurrency)s, %(rate_count)s, %(rate_window)s)
+ON CONFLICT (kind) DO UPDATE
+SET concurrency = excluded.concurrency, rate_count = excluded.rate_count,
+    rate_window = excluded.rate_window
+"""
+
+# Then: at most the free slots, the concurrency left (running works of the kind, on any
+# host, in any namespace) and the starts left in the rate's sliding window; each start
+# recorded, and the starts that left the window deleted. Its clock is this statement's
+# start, after the lock was won (the transaction's may be from before the wait), and the
+# works' attempted_at are the same instant as their recorded starts.
+CLAIM_LIMITED_JOBS: LiteralString = _claim(
+    "\n      AND j.kind = %(kind)s",
+    """greatest(0, least(
+        %(limit)s::bigint,
+        %(concurrency)s::bigint - (SELECT count(*) FROM delta_job AS r
+                                   WHERE r.state = 'running' AND r.kind = %(kind)s),
+        %(rate_count)s::bigint - (SELECT count(*) FROM delta_limit_start AS s
+                                  WHERE s.kind = %(kind)s AND s.at > statement_timestamp()
+                                      - make_interval(secs => %(rate_window)s))))""",
+    """
+started AS (
+    INSERT INTO delta_limit_start (kind, at)
+    SELECT %(kind)s, statement_timestamp() FROM claimed
+    WHERE %(rate_count)s::bigint IS NOT NULL
+),
+forgotten AS (
+    DELETE FROM delta_limit_start AS s
+    WHERE s.kind = %(kind)s
+      AND s.at <= statement_timestamp() - make_interval(secs => %(rate_window)s)
+),""",
+    "statement_timestamp()",
 )
 
 # The claim connection's settings (queue/claimer.py): the claim runs a generic plan made

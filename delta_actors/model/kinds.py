@@ -12,12 +12,13 @@ from typing import Any, ClassVar
 import msgspec
 
 from delta_actors.errors import ConfigError
+from delta_actors.model.limits import check_limit
 from delta_actors.model.names import validate_name
 
 
 class KindMeta(msgspec.StructMeta):
     """Struct metaclass that accepts and validates `kind=` (and `timeout=`, and for jobs
-    `namespace=`) class keywords."""
+    `namespace=`, `concurrency=` and `rate=`) class keywords."""
 
     def __new__(
         mcls,
@@ -29,9 +30,20 @@ class KindMeta(msgspec.StructMeta):
         kind: str | None = None,
         timeout: float | None = None,
         namespace: str | None = None,
+        concurrency: int | None = None,
+        rate: tuple[int, float] | None = None,
         **struct_options: Any,
     ) -> KindMeta:
         cls = super().__new__(mcls, name, bases, attrs, **struct_options)
+        if concurrency is not None or rate is not None:
+            if not hasattr(cls, "default_namespace"):
+                raise ConfigError(
+                    f"{name} cannot declare concurrency= or rate=: an object's limits are "
+                    "its controller's (`concurrency = ...`, `rate = ...` on the Controller)"
+                )
+            check_limit(concurrency, rate, f"{name}:")
+            cls.concurrency = concurrency  # type: ignore[attr-defined]
+            cls.rate = rate  # type: ignore[attr-defined]
         if kind is not None:
             validate_name(kind, f"kind of {name}")
             cls.kind = kind  # type: ignore[attr-defined]

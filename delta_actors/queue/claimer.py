@@ -19,6 +19,23 @@ Invariants:
 - A claim that failed or was interrupted leaves the connection in an unknown state: it is
   closed, and the next claim opens a new one. Connecting raises psycopg's own errors, which
   the producer already treats as a failed claim (logged, counted, retried).
+
+Limits (`concurrency`, `rate` of a kind, model/limits.py), enforced inside the claim and
+cluster-wide. An app without limits claims as above, unchanged. One with limited kinds:
+
+1. claims the other kinds first (CLAIM_UNLIMITED_JOBS: the same claim without the
+   limited kinds), so that a kind at its limit never holds up the rest of its namespace;
+2. then, with the slots left, each limited kind in turn (a different one first each
+   claim), in a transaction of its own: LOCK_LIMIT locks the kind's `delta_limit` row,
+   which serializes every claim of that kind across the cluster; CLAIM_LIMITED_JOBS,
+   a statement after the lock and so with a snapshot that sees every claim committed
+   before it, takes at most min(free slots, concurrency - running works of the kind,
+   rate count - starts in the window) and records its starts.
+
+So the running works of a kind never exceed its concurrency and its starts in any window
+never exceed its rate, whichever hosts claim. A slot of a limit frees when the work's
+result is written; the worker then claims again at once (a run ended elsewhere is seen
+at the next poll).
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ import psycopg
 
 from delta_actors.db import job_sql
 from delta_actors.db.connection import component_conninfo
+from delta_actors.model.limits import Limit
 
 REPLAN_INTERVAL = 10.0
 
@@ -46,6 +64,7 @@ class Claimer:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._replan_at = 0.0
         self.replans = 0  # plans dropped to be remade (tests read it)
+        self._turn = 0
 
     async def claim(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Claim jobs; on any failure the connection is dropped and the error raised."""
@@ -61,6 +80,43 @@ class Claimer:
         except BaseException:
             await self.close()
             raise
+
+    async def claim_limited(
+        self, params: dict[str, Any], limits: dict[str, Limit]
+    ) -> list[tuple[Any, ...]]:
+        """Claim the unlimited kinds, then each limited kind within its limits
+        (see the module docstring), at most `params["limit"]` rows in all."""
+        try:
+            return await self._claim_limited(await self._connection(), params, limits)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _claim_limited(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], limits: dict[str, Limit]
+    ) -> list[tuple[Any, ...]]:
+        wanted = params["limit"]
+        cur = await conn.execute(
+            job_sql.CLAIM_UNLIMITED_JOBS, {**params, "limited": list(limits)}, prepare=True
+        )
+        rows = await cur.fetchall()
+        # A different first kind each claim, so that no limited kind starves another.
+        kinds = list(limits)
+        self._turn = (self._turn + 1) % len(kinds)
+        for kind in kinds[self._turn :] + kinds[: self._turn]:
+            if len(rows) >= wanted:
+                break
+            limit = limits[kind]
+            kind_params = {
+                **params, "limit": wanted - len(rows), "kind": kind,
+                "concurrency": limit.concurrency, "rate_count": limit.rate_count,
+                "rate_window": limit.rate_window or 0.0,
+            }  # fmt: skip
+            async with conn.transaction():
+                await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=True)
+                cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=True)
+                rows += await cur.fetchall()
+        return rows
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -122,6 +122,7 @@ class Worker:
             dsn, min_size=0, max_size=min(self.max_workers, 8), name=f"delta-work-{namespace}"
         )
         self._work_client = AsyncClient(self._work_pool, app=app)
+        self._limited_unwritten: set[int] = set()  # runs of limited kinds, result unwritten
         self._promoter = Promoter(self._pool) if run_scheduler else None
         self.progress = {
             "claims": Progress(
@@ -338,7 +339,10 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}
-        rows = await self._claimer.claim(params)
+        if self._app.limits:
+            rows = await self._claimer.claim_limited(params, self._app.limits)
+        else:
+            rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
         return [Claim.from_row(row) for row in rows]
@@ -407,10 +411,17 @@ class Worker:
             await self._completer.add(result)
         finally:
             self._running.pop(claim.id, None)
+            if claim.kind in self._app.limits:
+                # Its share of the kind's limit frees once its result is written: then
+                # the producer is woken (_results_written) to take a waiting one.
+                self._limited_unwritten.add(claim.id)
             if self._maybe_more:
                 self._wake.set()
 
     def _results_written(self, results: list[Result], stale: set[int]) -> None:
+        if self._limited_unwritten and any(r.id in self._limited_unwritten for r in results):
+            self._limited_unwritten.difference_update(r.id for r in results)
+            self._notified()
         if stale:
             self.stats.stale += len(stale)
             logger.warning(
