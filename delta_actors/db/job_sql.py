@@ -175,6 +175,10 @@ VALUES (%(kind)s, %(concurrency)s, %(rate_count)s, %(rate_window)s)
 ON CONFLICT (kind) DO UPDATE
 SET concurrency = excluded.concurrency, rate_count = excluded.rate_count,
     rate_window = excluded.rate_window
+-- The row is locked either way; rewritten only when the settings change, so that claims
+-- leave no dead row versions behind.
+WHERE (delta_limit.concurrency, delta_limit.rate_count, delta_limit.rate_window)
+      IS DISTINCT FROM (excluded.concurrency, excluded.rate_count, excluded.rate_window)
 """
 
 # Then: at most the free slots, the concurrency left (running works of the kind, on any

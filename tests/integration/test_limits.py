@@ -181,3 +181,28 @@ def test_limit_declarations_are_checked_naming_the_fix():
 
     with pytest.raises(delta.ConfigError, match="rate window must be > 0 seconds"):
         delta.App(controllers=[BadController()])
+
+
+def test_the_limit_lock_serializes_claims_even_when_nothing_changes(dsn):
+    """LOCK_LIMIT rewrites its row only when the settings change, yet always locks it:
+    a second claimer of the kind waits for the first one's transaction."""
+    from delta_actors.db import job_sql
+
+    params = {"kind": "call-api", "concurrency": 3, "rate_count": None, "rate_window": 0.0}
+    row_version = "SELECT xmin::text FROM delta_limit WHERE kind = 'call-api'"
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        first.execute(job_sql.LOCK_LIMIT, params)
+        first.commit()  # the row exists, with these settings
+        (before,) = first.execute(row_version).fetchone()  # type: ignore[misc]
+        first.execute(job_sql.LOCK_LIMIT, params)  # unchanged: no new row version...
+        second.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            second.execute(job_sql.LOCK_LIMIT, params)  # ...but locked all the same
+        second.rollback()
+        first.commit()
+        second.execute(job_sql.LOCK_LIMIT, params)
+        second.commit()
+        assert first.execute(row_version).fetchone() == (before,)
+        second.execute(job_sql.LOCK_LIMIT, {**params, "concurrency": 4})  # changed: written
+        second.commit()
+        assert first.execute(row_version).fetchone() != (before,)
