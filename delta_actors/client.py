@@ -671,8 +671,9 @@ class Client:
         namespace: str | None = None,
         ids: Iterable[int] | None = None,
     ) -> int:
-        """Cancel the matching jobs that still wait; return how many. A running job
-        finishes its run."""
+        """Cancel the matching jobs that still wait, and ask the running ones to stop
+        (their worker cancels the run within a second or two; it ends `cancelled`);
+        return how many."""
         where = _job_where(kind, state, error, namespace, ids)
         with translate_errors("cancel jobs"), self._pool.connection() as conn:
             return drive(conn, bulk.cancel_jobs(where))
@@ -1072,7 +1073,7 @@ class AsyncClient:
         namespace: str | None = None,
         ids: Iterable[int] | None = None,
     ) -> int:
-        """Cancel matching waiting jobs; return how many (see Client.cancel_jobs)."""
+        """Cancel matching jobs, running ones asked to stop (see Client.cancel_jobs)."""
         where = _job_where(kind, state, error, namespace, ids)
         with translate_errors("cancel jobs"):
             async with self._pool.connection() as conn:

@@ -387,7 +387,8 @@ SELECT (SELECT count(*) FROM retried), (SELECT count(*) FROM picked),
 )
 
 # One batch of `cancel_jobs`: the next %(limit)s matches after the cursor that still wait
-# (available, scheduled, retryable) are cancelled; running ones finish their run.
+# (available, scheduled, retryable) are cancelled; running ones are asked to stop (their
+# worker cancels the run and writes it cancelled, see SELECT_CANCEL_REQUESTS).
 CANCEL_JOBS: LiteralString = (
     """
 WITH picked AS MATERIALIZED (
@@ -397,15 +398,25 @@ WITH picked AS MATERIALIZED (
     ORDER BY j.id LIMIT %(limit)s
 ),
 cancelled AS (
-    UPDATE delta_job AS j SET state = 'cancelled', finalized_at = now()
+    UPDATE delta_job AS j
+    SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END,
+        finalized_at = CASE WHEN j.state = 'running' THEN NULL ELSE now() END,
+        cancel_requested_at = CASE WHEN j.state = 'running' THEN now() END
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-      AND j.state IN ('available', 'scheduled', 'retryable')
+      AND (j.state IN ('available', 'scheduled', 'retryable')
+           OR (j.state = 'running' AND j.cancel_requested_at IS NULL))
     RETURNING j.id
 )
 SELECT (SELECT count(*) FROM cancelled), (SELECT count(*) FROM picked),
        (SELECT max(id) FROM picked), 0
 """
 )
+
+# A worker's running claims that an operator asked to stop (the running index, by actor).
+SELECT_CANCEL_REQUESTS: LiteralString = """
+SELECT id FROM delta_job
+WHERE claimed_by = %(actor)s AND state = 'running' AND cancel_requested_at IS NOT NULL
+"""
 
 # Pausing: stored, so every host's claims see it (_AVAILABLE_IN_QUEUE's caller checks).
 PAUSE_NAMESPACE: LiteralString = """

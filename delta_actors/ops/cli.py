@@ -533,7 +533,11 @@ _job_command(
     "Put the matching jobs that neither run nor wait back to available now (one more\n"
     "attempt allowed if they used theirs up).",
 )
-_job_command("cancel", "Cancel the matching jobs that still wait (running ones finish).")
+_job_command(
+    "cancel",
+    "Cancel the matching jobs that still wait; running ones are asked to stop (their\n"
+    "worker cancels the run within a second or two, a plain def's thread left to finish).",
+)
 
 
 def _pause_command(name: str, doc: str, *, resume: bool) -> None:

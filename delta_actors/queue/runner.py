@@ -64,6 +64,7 @@ class Claim:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False
+    cancel_requested: bool = False  # an operator asked it to stop (cancel_jobs)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
@@ -114,14 +115,17 @@ class Invoker:
                 context = contextvars.copy_context()
                 await loop.run_in_executor(self._executor, context.run, fn, arg)
         except asyncio.CancelledError as exc:
-            if self._is_stopping() or not claim.timed_out:
+            if self._is_stopping() or not (claim.timed_out or claim.cancel_requested):
                 raise
-            # Cancelled by the deadline watch, not by anyone above us.
+            # Cancelled by the deadline watch or an operator's request, not by anyone
+            # above us.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
             if not is_async:
                 self._abandon_thread(claim)
+            if claim.cancel_requested and not claim.timed_out:
+                raise Cancel("asked to stop by an operator (cancel_jobs)") from exc
             raise HandlerTimeout(f"timed out after {timeout:g}s") from exc
 
     def _abandon_thread(self, claim: Claim) -> None:

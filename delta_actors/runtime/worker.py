@@ -271,6 +271,7 @@ class Worker:
                 if self._promoter is not None:
                     group.create_task(self._promoter.run(), name=f"{name}:promoter")
                 group.create_task(self._watch_deadlines(), name=f"{name}:deadlines")
+                group.create_task(self._watch_cancel_requests(), name=f"{name}:cancels")
         except ExceptionGroup as group:
             # One component failed (the others were cancelled): raise its error itself.
             if len(group.exceptions) == 1:
@@ -448,6 +449,33 @@ class Worker:
                 if claim.deadline <= now and not claim.timed_out and claim.task is not None:
                     claim.timed_out = True
                     claim.task.cancel()
+
+    async def _watch_cancel_requests(self) -> None:
+        # Running plain jobs an operator cancelled (cancel_jobs): stop the run, which
+        # then ends as cancelled. A failed look is logged and tried again next time.
+        while True:
+            await asyncio.sleep(max(self._poll_interval, 1.0))
+            if not any(c.resource_id is None for c in self._running.values()):
+                continue
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        job_sql.SELECT_CANCEL_REQUESTS, {"actor": self.actor_id}
+                    )
+                    asked = {row[0] for row in await cur.fetchall()}
+            except Exception as exc:  # noqa: BLE001 (the watch goes on; logged)
+                log_failure(logger, "looking for cancelled jobs failed", exc,
+                            "worker.cancel_watch_failed")  # fmt: skip
+                continue
+            for job_id in asked:
+                claim = self._running.get(job_id)
+                if claim is not None and claim.task is not None and not claim.cancel_requested:
+                    claim.cancel_requested = True
+                    claim.task.cancel()
+                    logger.info(
+                        "job %d (%s) asked to stop by an operator", job_id, claim.kind,
+                        extra={"event": "job.cancel_requested", "job_id": job_id},
+                    )  # fmt: skip
 
     # ------------------------------------------------------------------ bookkeeping
 

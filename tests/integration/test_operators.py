@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import ClassVar
 
 import psycopg
@@ -268,3 +269,46 @@ async def _degraded(dsn: str) -> list[tuple[str]]:
             "SELECT object_id FROM delta_resource WHERE state = 'degraded' ORDER BY 1"
         )
         return [tuple(row) for row in await cur.fetchall()]
+
+
+class Slow(delta.Job, kind="ops-slow"):
+    blocking: bool = False
+
+
+slow_started: list[int] = []
+
+
+async def slow(job: Slow) -> None:
+    slow_started.append(1)
+    await asyncio.sleep(60)
+
+
+def slow_sync(job: Slow) -> None:
+    slow_started.append(1)
+    time.sleep(5)  # cannot be interrupted: its thread is left to finish
+
+
+async def test_cancel_jobs_asks_running_jobs_to_stop_and_they_end_cancelled(dsn):
+    slow_started.clear()
+    for handler in (slow, slow_sync):
+        app = delta.App(jobs={Slow: handler})
+        async with (
+            await delta.AsyncClient.connect(dsn, app=app) as client,
+            running_worker(app, dsn, poll_interval=0.2),
+        ):
+            (job,) = await client.enqueue_many([Slow()])
+            await wait_until_async(lambda: slow_started, 5, "the job to start")
+            assert await client.cancel_jobs(Slow, state="running") == 1
+            assert await client.cancel_jobs(Slow, state="running") == 0  # asked already
+
+            async def cancelled(job_id: int = job.id) -> bool:
+                found = await client.get_job(job_id)
+                return found is not None and found.state is delta.JobState.CANCELLED
+
+            await wait_until_async(cancelled, 5, "the run to stop")
+            stopped = await client.get_job(job.id)
+            assert stopped is not None
+            assert stopped.errors[-1].error == (
+                "cancelled: asked to stop by an operator (cancel_jobs)"
+            )
+        slow_started.clear()
