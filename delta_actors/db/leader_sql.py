@@ -166,3 +166,22 @@ SELECT_PERIODICS: LiteralString = """
 SELECT name, kind, namespace, schedule, last_run_at, next_run_at, runs, last_job_id
 FROM delta_periodic ORDER BY name
 """
+
+# Gauges (leader/gauges.py): resources by kind and stored state, the whole table...
+COUNT_RESOURCES_BY_KIND: LiteralString = """
+SELECT kind, state::text, count(*) FROM delta_resource GROUP BY 1, 2
+"""
+
+# ...or only the failed and degraded ones, through delta_resource_troubled_idx.
+COUNT_TROUBLED_RESOURCES: LiteralString = """
+SELECT kind, state::text, count(*) FROM delta_resource
+WHERE state IN ('failed', 'degraded') GROUP BY 1, 2
+"""
+
+# Works and jobs available now of the given (limited) kinds, at most %(cap)s read.
+COUNT_WAITING_OF_KINDS: LiteralString = """
+SELECT kind, count(*) FROM (
+    SELECT kind FROM delta_job
+    WHERE state = 'available' AND kind = ANY(%(kinds)s::text[]) LIMIT %(cap)s
+) AS waiting GROUP BY kind
+"""

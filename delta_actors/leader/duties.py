@@ -9,7 +9,9 @@ duties, each a loop with its own interval (maintenance.py, resources/informers.p
 - rescuer: returns the claims of dead actors to work, within the heartbeat TTL;
 - expirer: re-works synced resources past their namespace's `resource_expiry`;
 - cleaner: deletes finished jobs and deleted resources past their retention;
-- periodic: enqueues the app's `delta.Periodic` jobs when due (leader/periodic.py).
+- periodic: enqueues the app's `delta.Periodic` jobs when due (leader/periodic.py);
+- gauges: reads resources by state, paused namespaces and limited kinds' waiting works
+  for metrics (leader/gauges.py).
 
 Supervision of duties (nothing dies silently):
 
@@ -43,6 +45,7 @@ from delta_actors.db.connection import connect_async, make_async_pool, translate
 from delta_actors.db.migrations import check_schema_async
 from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.leader.election import Elector
+from delta_actors.leader.gauges import GaugeReader
 from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer, run_periodically
 from delta_actors.leader.periodic import PeriodicScheduler
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
@@ -94,6 +97,7 @@ class Leader:
         self.cleaner = Cleaner(app, self._pool)
         self.informers = InformerScheduler(app, self._pool)
         self.periodic = PeriodicScheduler(app, self._pool)
+        self.gauges = GaugeReader(app, self._pool)
         self.elector: Elector | None = None
         self.actor_id: int | None = None
         self._main: asyncio.Task[None] | None = None
@@ -104,7 +108,7 @@ class Leader:
         self.duties: list[Duty] = []  # made at start, from the services' settings then
 
     def _make_duties(self) -> list[Duty]:
-        def periodic(name: str, service: Rescuer | Expirer | Cleaner) -> Duty:
+        def periodic(name: str, service: Rescuer | Expirer | Cleaner | GaugeReader) -> Duty:
             progress = Progress(name, service.interval)
 
             async def loop(term: int, actor_id: int) -> None:
@@ -134,7 +138,8 @@ class Leader:
         duties.extend(
             periodic(name, service)
             for name, service in (
-                ("rescuer", self.rescuer), ("expirer", self.expirer), ("cleaner", self.cleaner)
+                ("rescuer", self.rescuer), ("expirer", self.expirer), ("cleaner", self.cleaner),
+                ("gauges", self.gauges),
             )
         )  # fmt: skip
         return duties

@@ -199,6 +199,7 @@ class _Actor:
                 rescued=leader.rescuer.rescued_claims, is_leader=leader.is_leader,
                 elected=leader.terms_led, lost=leader.terms_lost, health=leader.health(),
                 informers=[protocol.InformerTally(*run) for run in leader.informer_runs()],
+                cluster=leader.gauges.gauges if leader.is_leader else None,
             )  # fmt: skip
         depth, lag = 0, 0.0
         with contextlib.suppress(Exception):

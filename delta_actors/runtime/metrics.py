@@ -190,6 +190,7 @@ class SupervisorMetrics(Collector):
         yield from _queue_families(live)
         yield from _actor_families(live, starts, now)
         yield from _leader_families(totals, live)
+        yield from _cluster_families(live)
 
 
 def _run_families(totals: _Totals) -> Iterator[Metric]:
@@ -324,6 +325,39 @@ def _leader_families(
     for kind, at in sorted(totals.informer_success.items()):
         last_success.add_metric([kind], at)
     yield from (rescued, transitions, is_leader, runs, last_success)
+
+
+def _cluster_families(live: dict[str, tuple[str, Heartbeat | None, float]]) -> Iterator[Metric]:
+    """The leader's reading of the cluster (leader/gauges.py), from this supervisor's
+    leader candidate while it leads; other supervisors report none."""
+    resources = GaugeMetricFamily(
+        "delta_resources",
+        "Resources by kind and stored state (failed and degraded counted every 15 s, the "
+        "rest every minute), as the leader read them.",
+        labels=["kind", "state"],
+    )
+    paused = GaugeMetricFamily(
+        "delta_namespace_paused", "1 for each paused namespace (delta-actors pause).",
+        labels=["namespace"],
+    )  # fmt: skip
+    waiting = GaugeMetricFamily(
+        "delta_limited_waiting",
+        "Works and jobs of a kind with a concurrency or rate limit waiting to run now "
+        "(capped at 100000).",
+        labels=["kind"],
+    )
+    for _, heartbeat, _ in live.values():
+        cluster = heartbeat.cluster if heartbeat is not None else None
+        if cluster is None:
+            continue
+        for kind, state, count in cluster.resources:
+            resources.add_metric([kind, state], count)
+        for namespace in cluster.paused:
+            paused.add_metric([namespace], 1)
+        for kind, count in cluster.limited_waiting:
+            waiting.add_metric([kind], count)
+        break  # one leader candidate per supervisor
+    yield from (resources, paused, waiting)
 
 
 def serve(metrics: SupervisorMetrics, host: str, port: int) -> WSGIServer:

@@ -29,6 +29,7 @@ import msgspec
 
 from delta_actors.errors import ProtocolError
 from delta_actors.health import ComponentHealth
+from delta_actors.model.gauges import ClusterGauges
 
 MAX_FRAME: Final = 1 << 20  # bytes; nothing we send comes near it
 _HEADER = struct.Struct(">I")
@@ -79,6 +80,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
     lost: int = 0  # terms it lost or gave up
     health: list[ComponentHealth] = []  # what each component last got done (health.py)
     informers: list[InformerTally] = []  # the leader's informer runs
+    cluster: ClusterGauges | None = None  # the leader's reading of the cluster, while it leads
 
 
 class Stop(msgspec.Struct, tag="stop", frozen=True):

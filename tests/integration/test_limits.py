@@ -206,3 +206,33 @@ def test_the_limit_lock_serializes_claims_even_when_nothing_changes(dsn):
         second.execute(job_sql.LOCK_LIMIT, {**params, "concurrency": 4})  # changed: written
         second.commit()
         assert first.execute(row_version).fetchone() != (before,)
+
+
+async def test_the_leader_reads_resources_paused_namespaces_and_limited_waiting(dsn):
+    from psycopg_pool import AsyncConnectionPool
+
+    from delta_actors.leader.gauges import GaugeReader
+
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        await client.inform_many([Account(key=f"g{i}") for i in range(5)])
+        await client.enqueue_many([CallApi(n=i) for i in range(4)] + [Quick(n=1)])
+        await client.pause("default")
+        async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+            reader = GaugeReader(app, pool)
+            await reader.run_once()  # a full count
+            first = reader.gauges
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE delta_resource SET state = 'degraded' WHERE object_id IN ('g0', 'g1')"
+                )
+            await reader.run_once()  # failed and degraded only: the rest as of the full count
+            second = reader.gauges
+    assert first is not None
+    assert second is not None
+    assert first.resources == [("limited-account", "scheduled", 5)]
+    assert second.resources == [
+        ("limited-account", "degraded", 2), ("limited-account", "scheduled", 5),
+    ]  # fmt: skip
+    assert second.paused == ["default"]
+    assert second.limited_waiting == [("call-api", 4), ("limited-account", 5), ("throttled", 0)]

@@ -204,7 +204,7 @@ WHERE datname = current_database() AND application_name = 'delta-leader'
 async def test_every_duty_recovers_after_its_pool_connections_are_killed(dsn):
     """Kill the leader's pool connections for seconds: the lease stays; every duty, the
     informers and the cleaner included, makes progress again within a few intervals."""
-    leader = await started_leader(dsn, rescuer=0.3, expirer=0.3, cleaner=0.3)
+    leader = await started_leader(dsn, rescuer=0.3, expirer=0.3, cleaner=0.3, gauges=0.3)
     term = leader.elector.term  # type: ignore[union-attr]
     client = await delta.AsyncClient.connect(dsn)
     try:
@@ -267,6 +267,7 @@ async def test_leader_health_reaches_status_and_a_stall_shows(dsn):
             "rescuer",
             "expirer",
             "cleaner",
+            "gauges",
         }
         assert actor.stalled == []
         assert " ok" in render_status(status).split("ACTORS")[1].splitlines()[2]

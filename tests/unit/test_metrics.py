@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from delta_actors.model.gauges import ClusterGauges
 from delta_actors.queue import results
 from delta_actors.queue.results import WorkResult
 from delta_actors.runtime import protocol
@@ -47,6 +48,7 @@ def test_result_labels_name_every_outcome():
     assert result_label(failed()) == "error"
     assert result_label(results.work_requeued(1, 1, 1, 5.0)) == "requeue"
     assert result_label(results.work_deleted(1, 1, 1, None)) == "deleted"
+    assert result_label(results.work_deleting(1, 1, 1, None)) == "deleting"
     assert result_label(results.work_degraded(1, 1, 1, "{}")) == "degraded"
     assert result_label(results.work_of_vanished_resource(1, 1)) == "cancelled"
     assert result_label(results.work_of_unknown_kind(1, 1, 1, "{}")) == "cancelled"
@@ -141,3 +143,24 @@ def test_leader_counters_and_status_come_from_its_heartbeat():
     got = samples(metrics)
     assert got[("delta_is_leader", frozenset())] == 0
     assert got[("delta_leader_transitions_total", frozenset({("transition", "elected")}))] == 2
+
+
+def test_cluster_gauges_come_from_the_leading_candidates_heartbeat():
+    """Resources by state, paused namespaces and limited kinds' waiting works, as the
+    leader read them, through the pipe encoding; nothing once it no longer leads."""
+    metrics = SupervisorMetrics()
+    metrics.actor_started("leader", "leader")
+    cluster = ClusterGauges(
+        [("order", "degraded", 40), ("order", "synced", 960)], ["billing"], [("call-api", 7)]
+    )
+    message = protocol.Heartbeat(0, 0, 0, 0, 0, is_leader=True, cluster=cluster)
+    (decoded,) = protocol.FrameReader().feed(protocol.encode(message))
+    assert isinstance(decoded, protocol.Heartbeat)
+    metrics.actor_heartbeat("leader", decoded)
+    got = samples(metrics)
+    assert got[("delta_resources", frozenset({("kind", "order"), ("state", "degraded")}))] == 40
+    assert got[("delta_resources", frozenset({("kind", "order"), ("state", "synced")}))] == 960
+    assert got[("delta_namespace_paused", frozenset({("namespace", "billing")}))] == 1
+    assert got[("delta_limited_waiting", frozenset({("kind", "call-api")}))] == 7
+    metrics.actor_heartbeat("leader", protocol.Heartbeat(0, 0, 0, 0, 0, is_leader=False))
+    assert not any(name == "delta_resources" for name, _ in samples(metrics))
