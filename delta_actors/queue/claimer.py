@@ -23,14 +23,19 @@ Invariants:
 Limits (`concurrency`, `rate` of a kind, model/limits.py), enforced inside the claim and
 cluster-wide. An app without limits claims as above, unchanged. One with limited kinds:
 
-1. claims the other kinds first (CLAIM_UNLIMITED_JOBS: the same claim without the
-   limited kinds), so that a kind at its limit never holds up the rest of its namespace;
-2. then, with the slots left, each limited kind in turn (a different one first each
-   claim), in a transaction of its own: LOCK_LIMIT locks the kind's `delta_limit` row,
-   which serializes every claim of that kind across the cluster; CLAIM_LIMITED_JOBS,
-   a statement after the lock and so with a snapshot that sees every claim committed
+1. claims each limited kind in turn (a different one first each claim), in a
+   transaction of its own: LOCK_LIMIT locks the kind's `delta_limit` row, which
+   serializes every claim of that kind across the cluster; CLAIM_LIMITED_JOBS, a
+   statement after the lock and so with a snapshot that sees every claim committed
    before it, takes at most min(free slots, concurrency - running works of the kind,
-   rate count - starts in the window) and records its starts.
+   rate count - starts in the window) and records its starts. Limited kinds go first
+   because their limits bound what they can take: the other kinds cannot starve them;
+2. then fills the slots left with the other kinds (CLAIM_UNLIMITED_JOBS: the same claim
+   without the limited kinds), so that a kind at its limit never holds up the rest.
+
+Known cost: the second claim skips queued jobs of limited kinds by a row filter, so a
+large backlog of a limited kind makes every claim of its namespace read through it
+(docs/performance.md measures it).
 
 So the running works of a kind never exceed its concurrency and its starts in any window
 never exceed its rate, whichever hosts claim. A slot of a limit frees when the work's
@@ -96,10 +101,7 @@ class Claimer:
         self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], limits: dict[str, Limit]
     ) -> list[tuple[Any, ...]]:
         wanted = params["limit"]
-        cur = await conn.execute(
-            job_sql.CLAIM_UNLIMITED_JOBS, {**params, "limited": list(limits)}, prepare=True
-        )
-        rows = await cur.fetchall()
+        rows: list[tuple[Any, ...]] = []
         # A different first kind each claim, so that no limited kind starves another.
         kinds = list(limits)
         self._turn = (self._turn + 1) % len(kinds)
@@ -116,6 +118,13 @@ class Claimer:
                 await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=True)
                 cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=True)
                 rows += await cur.fetchall()
+        if len(rows) < wanted:
+            cur = await conn.execute(
+                job_sql.CLAIM_UNLIMITED_JOBS,
+                {**params, "limit": wanted - len(rows), "limited": kinds},
+                prepare=True,
+            )
+            rows += await cur.fetchall()
         return rows
 
     async def close(self) -> None:

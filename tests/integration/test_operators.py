@@ -312,3 +312,37 @@ async def test_cancel_jobs_asks_running_jobs_to_stop_and_they_end_cancelled(dsn)
                 "cancelled: asked to stop by an operator (cancel_jobs)"
             )
         slow_started.clear()
+
+
+async def test_a_retry_of_100000_degraded_resources_leaves_informs_going(dsn):
+    """The retry runs in batches, each its own short transaction: informs of the same
+    resources, made meanwhile, go through (none fails, none waits for the whole retry),
+    and each ends with its newer generation."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO delta_resource (kind, object_id, namespace, object, hash, max_attempts,"
+            " state, attempt, errors) SELECT 'account', 'r' || lpad(g::text, 6, '0'), "
+            "'default', convert_to('{\"key\":\"r' || lpad(g::text, 6, '0') || '\"}', 'UTF8'),"
+            ' \'\\x00\', 1, \'degraded\', 1, ARRAY[\'{"at":0,"attempt":1,"error":"503"}\'::jsonb]'
+            " FROM generate_series(1, 100000) AS g"
+        )
+    app = make_app()
+    async with await delta.AsyncClient.connect(dsn, app=app) as client:
+        retry = asyncio.create_task(client.retry(Account, state=delta.State.DEGRADED))
+        informed: list[int] = []
+        while not retry.done():
+            # Resources the retry may be working on: newer objects of the same ids.
+            i = 99_999 - len(informed) * 37
+            result = await client.inform(Account(key=f"r{i:06d}", fails_with="newer"))
+            informed.append(result.resource.generation)
+        retried = await retry
+        assert len(informed) >= 3, "informs waited for the whole retry"
+        assert retried >= 100_000 - len(informed)  # those informed first were not degraded
+        assert all(generation == 2 for generation in informed)
+        left = await client.list(Account, state=delta.State.DEGRADED)
+        assert left.items == []
+        sample = await client.get(Account, "r050000")
+        assert sample is not None
+        assert sample.state is delta.State.SCHEDULED
+        assert sample.attempt == 0
+        assert [e.error for e in sample.errors] == ["503"]
