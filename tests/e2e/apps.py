@@ -192,3 +192,20 @@ periodic_app = delta.App(
     namespaces={"default": delta.Namespace(max_workers=4)},
     periodic=[delta.Periodic(Ping(), every=1.0, name="ping-every-second")],
 )
+
+
+class Metered(delta.Job, kind="metered", concurrency=3):
+    """A plain job limited to three at once across the cluster; it takes a while."""
+
+    n: int
+
+
+async def metered(job: Metered) -> None:
+    await asyncio.sleep(0.05)
+
+
+# Two supervisors of this app share one limit (the limits tests).
+limited_app = delta.App(
+    jobs={Metered: metered, Ping: ping},
+    namespaces={"default": delta.Namespace(max_workers=10, processes=2)},
+)
