@@ -17,13 +17,20 @@ class Namespace:
         max_workers: works run at once in each process of the namespace.
         processes: actor processes that serve the namespace.
         resource_expiry: seconds after which a synced resource is worked again; None: never.
-        retention: seconds finished jobs and deleted resources are kept before cleanup.
+        retention: seconds cancelled and discarded plain jobs, and deleted resources, are
+            kept before cleanup (7 days: what an operator may want to retry).
+        completed_retention: seconds completed plain jobs are kept (24 hours, as River).
+        work_retention: seconds the finished works of resources are kept (1 hour): the
+            resource row holds the state and the newest errors, so a work's own row only
+            matters while someone looks into what just happened.
     """
 
     max_workers: int = 10
     processes: int = 1
     resource_expiry: float | None = None
     retention: float = 7 * 24 * 3600.0
+    completed_retention: float = 24 * 3600.0
+    work_retention: float = 3600.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.max_workers, int) and 1 <= self.max_workers <= 10_000):
@@ -37,7 +44,7 @@ class Namespace:
                 f"Namespace(resource_expiry=...) must be > 0 seconds or None, "
                 f"got {self.resource_expiry!r}"
             )
-        if not self.retention >= 0:
-            raise ConfigError(
-                f"Namespace(retention=...) must be >= 0 seconds, got {self.retention!r}"
-            )
+        for name in ("retention", "completed_retention", "work_retention"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"Namespace({name}=...) must be >= 0 seconds, got {value!r}")

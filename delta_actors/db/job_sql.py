@@ -318,17 +318,41 @@ RETURNING """
     + JOB_COLUMNS
 )
 
-DELETE_FINALIZED_JOBS: LiteralString = """
+
+# Cleanup of finished rows, one batch per statement, by category, each with its own
+# retention (Namespace): finished works of resources, completed plain jobs, and cancelled
+# or discarded plain jobs. Each walks delta_job_finalized_idx from `after` (where the
+# previous batch of the run ended: the index entries of the rows it deleted stay until
+# vacuum, and a walk from the oldest would read them again, batch after batch) up to its
+# own cutoff; rows of another category on the way are skipped by the filter (the
+# shorter-lived ones are gone by then, so those are the few failures kept longer).
+def _delete_finalized(category: LiteralString) -> LiteralString:
+    return (
+        """
 WITH old AS (
     SELECT id FROM delta_job
     WHERE state IN ('completed', 'cancelled', 'discarded')
+      AND finalized_at >= %(after)s::timestamptz
       AND finalized_at < now() - make_interval(secs => %(retention)s)
-      AND namespace = %(namespace)s
+      AND namespace = %(namespace)s AND """
+        + category
+        + """
     ORDER BY finalized_at
     LIMIT %(limit)s
 )
 DELETE FROM delta_job AS j USING old WHERE j.id = old.id
+RETURNING j.finalized_at
 """
+    )
+
+
+DELETE_FINISHED_WORKS: LiteralString = _delete_finalized("resource_id IS NOT NULL")
+DELETE_COMPLETED_JOBS: LiteralString = _delete_finalized(
+    "resource_id IS NULL AND state = 'completed'"
+)
+DELETE_FAILED_JOBS: LiteralString = _delete_finalized(
+    "resource_id IS NULL AND state IN ('cancelled', 'discarded')"
+)
 
 # The filters of `client.list_jobs`, `retry_jobs` and `cancel_jobs` (and their CLI), on
 # plain jobs `j` (resource works are the resources' business): each parameter NULL

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -30,6 +31,7 @@ from delta_actors.leader.rescue import find_dead_actors, rescue_actors
 logger = logging.getLogger(__name__)
 
 BATCH = 1000
+CLEANUP_BATCH = 5000  # rows per cleanup statement: fewer round trips, locks still bounded
 EVENT_BATCHES_PER_RUN = 1000  # at 1,000 rows each: 1M events a run, ~16k/s at 60 s
 
 
@@ -112,26 +114,44 @@ class Expirer:
 
 class Cleaner:
     """Deletes finished jobs and deleted resources past their namespace's retention, and
-    events every live subscriber has read (events.py)."""
+    events every live subscriber has read (events.py).
+
+    Keeping up: each run deletes batch after batch (each its own statement, `limit` rows,
+    so locks stay bounded) until nothing is due, or until half its interval is spent, so
+    a backlog (a retention just shortened, a leader back after an outage) is worked off
+    at the speed of the deletes, not one batch per interval.
+    """
 
     def __init__(
-        self, app: App, pool: AsyncConnectionPool, *, interval: float = 60.0, limit: int = BATCH
+        self,
+        app: App,
+        pool: AsyncConnectionPool,
+        *,
+        interval: float = 60.0,
+        limit: int = CLEANUP_BATCH,
     ) -> None:
-        self._retention = {name: ns.retention for name, ns in app.namespaces.items()}
+        self._namespaces = dict(app.namespaces)
         self._pool = pool
         self.interval = interval
         self.limit = limit  # rows per statement
 
     async def run_once(self) -> dict[str, int]:
-        """Delete one batch per namespace and table; return how many rows went."""
+        """Delete what is due, batch after batch; return how many rows went."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.interval / 2
         jobs = resources = 0
         async with self._pool.connection() as conn:
-            for namespace, retention in self._retention.items():
-                params = {"namespace": namespace, "retention": retention, "limit": self.limit}
-                cur = await conn.execute(job_sql.DELETE_FINALIZED_JOBS, params)
-                jobs += cur.rowcount
-                cur = await conn.execute(resource_sql.DELETE_DELETED_RESOURCES, params)
-                resources += cur.rowcount
+            for name, namespace in self._namespaces.items():
+                for statement, retention in (
+                    (job_sql.DELETE_FINISHED_WORKS, namespace.work_retention),
+                    (job_sql.DELETE_COMPLETED_JOBS, namespace.completed_retention),
+                    (job_sql.DELETE_FAILED_JOBS, namespace.retention),
+                ):
+                    jobs += await self._until_done(conn, statement, name, retention, deadline)
+                resources += await self._until_done(
+                    conn, resource_sql.DELETE_DELETED_RESOURCES, name, namespace.retention,
+                    deadline,
+                )  # fmt: skip
             events = await self._delete_read_events(conn)
             cur = await conn.execute(leader_sql.DELETE_OLD_INFORMER_RUNS, {"limit": self.limit})
             informer_runs = cur.rowcount
@@ -141,6 +161,29 @@ class Cleaner:
             "jobs": jobs, "resources": resources, "events": events, "subscribers": subscribers,
             "informer_runs": informer_runs,
         }  # fmt: skip
+
+    async def _until_done(
+        self,
+        conn: psycopg.AsyncConnection,
+        statement: LiteralString,
+        namespace: str,
+        retention: float,
+        deadline: float,
+    ) -> int:
+        params: dict[str, object] = {
+            "namespace": namespace, "retention": retention, "limit": self.limit,
+            "after": "-infinity",
+        }  # fmt: skip
+        deleted = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            cur = await conn.execute(statement, params)
+            deleted += cur.rowcount
+            if cur.rowcount < self.limit or loop.time() >= deadline:
+                return deleted
+            if statement is not resource_sql.DELETE_DELETED_RESOURCES:
+                # The next batch starts where this one ended (see job_sql).
+                params["after"] = max(row[0] for row in await cur.fetchall())
 
     async def _delete_read_events(self, conn: psycopg.AsyncConnection) -> int:
         # Events pile up as fast as works finish: keep deleting, a batch per statement,

@@ -337,8 +337,10 @@ async def test_expiry_reworks_exactly_the_expired_resources(dsn):
 
 
 async def test_cleanup_respects_retention_and_batch_limits(dsn):
-    """Only finished jobs past retention go, at most `limit` per run; deleted resources too."""
-    app = delta.App(namespaces={"default": delta.Namespace(retention=3600)})
+    """Only finished jobs past retention go; a run deletes batch after batch until none is
+    due (a run out of time stops after a batch per category); deleted resources too."""
+    app = delta.App(namespaces={"default": delta.Namespace(retention=3600,
+                                                           completed_retention=3600)})  # fmt: skip
     async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
         client = delta.AsyncClient(pool)
         await client.enqueue_many([Plain(n=i) for i in range(2510)])
@@ -361,16 +363,52 @@ async def test_cleanup_respects_retention_and_batch_limits(dsn):
                 "UPDATE delta_resource SET state = 'deleted', "
                 "updated_at = now() - interval '2 hours' WHERE object_id = 'dead'"
             )
+        hurried = Cleaner(app, pool, limit=1000, interval=0.0)  # no time: a batch each
+        assert await hurried.run_once() == {"jobs": 1000, "resources": 1, **NO_EVENTS}
         cleaner = Cleaner(app, pool, limit=1000)
-        assert await cleaner.run_once() == {"jobs": 1000, "resources": 1, **NO_EVENTS}
-        assert await cleaner.run_once() == {"jobs": 1000, "resources": 0, **NO_EVENTS}
-        assert await cleaner.run_once() == {"jobs": 500, "resources": 0, **NO_EVENTS}
+        assert await cleaner.run_once() == {"jobs": 1500, "resources": 0, **NO_EVENTS}
         assert await cleaner.run_once() == {"jobs": 0, "resources": 0, **NO_EVENTS}
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM delta_job")
             assert await cur.fetchone() == (12,)
         assert await client.get(Cached, "alive") is not None
         assert await client.get(Cached, "dead") is None
+
+
+async def test_each_kind_of_finished_row_keeps_its_own_retention(dsn):
+    """Works an hour, completed jobs a day, cancelled and discarded ones a week (the
+    defaults), each past its own cutoff and not before."""
+    app = delta.App()
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        client = delta.AsyncClient(pool)
+        jobs = await client.enqueue_many([Plain(n=i) for i in range(6)])
+        await client.inform_many([Cached(key="w1"), Cached(key="w2")])
+        ages = [  # (state, age) for the six plain jobs
+            ("completed", "2 hours"), ("completed", "25 hours"), ("discarded", "2 days"),
+            ("cancelled", "8 days"), ("discarded", "8 days"), ("completed", "1 minute"),
+        ]  # fmt: skip
+        async with pool.connection() as conn:
+            for job, (state, age) in zip(jobs, ages, strict=True):
+                await conn.execute(
+                    "UPDATE delta_job SET state = %s::delta_job_state, "
+                    "finalized_at = now() - %s::interval WHERE id = %s",
+                    (state, age, job.id),
+                )
+            await conn.execute(
+                "UPDATE delta_job SET state = 'completed', finalized_at = now() - CASE "
+                "WHEN id = (SELECT min(id) FROM delta_job WHERE resource_id IS NOT NULL) "
+                "THEN interval '2 hours' ELSE interval '10 minutes' END "
+                "WHERE resource_id IS NOT NULL"
+            )
+        assert (await Cleaner(app, pool).run_once())["jobs"] == 4
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT state::text, resource_id IS NOT NULL FROM delta_job ORDER BY id"
+            )
+            kept = await cur.fetchall()
+    # Kept: the 2-hour and 1-minute completed jobs, the 2-day discarded one, the fresh work.
+    assert kept == [("completed", False), ("discarded", False), ("completed", False),
+                    ("completed", True)]  # fmt: skip
 
 
 async def test_a_leader_whose_election_connection_breaks_takes_its_lease_back_at_once(dsn):

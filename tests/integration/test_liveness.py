@@ -54,7 +54,7 @@ def make_app() -> delta.App:
     return delta.App(
         controllers=[ProbeController()],
         jobs={Tick: lambda job: None},
-        namespaces={"default": delta.Namespace(retention=0.0)},
+        namespaces={"default": delta.Namespace(retention=0.0, completed_retention=0.0)},
     )
 
 
