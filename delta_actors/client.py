@@ -263,6 +263,36 @@ def _single(object_id: str | None, filters: tuple[Any, ...]) -> bool:
     return True
 
 
+def _sync_conn(conn: Any, method: str) -> psycopg.Connection:
+    """`conn` if it is a sync psycopg connection; else a ConfigError naming what to pass."""
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    if isinstance(conn, psycopg.AsyncConnection):
+        raise ConfigError(
+            f"Client.{method} takes a psycopg.Connection; for a psycopg.AsyncConnection "
+            f"use delta.AsyncClient.{method}"
+        )
+    raise ConfigError(
+        f"Client.{method} takes the psycopg.Connection (psycopg 3) whose transaction it "
+        f"joins, got {type(conn).__module__}.{type(conn).__qualname__}"
+    )
+
+
+def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
+    """`conn` if it is an async psycopg connection; else a ConfigError naming what to pass."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    if isinstance(conn, psycopg.Connection):
+        raise ConfigError(
+            f"AsyncClient.{method} takes a psycopg.AsyncConnection; for a psycopg.Connection "
+            f"use delta.Client.{method}"
+        )
+    raise ConfigError(
+        f"AsyncClient.{method} takes the psycopg.AsyncConnection (psycopg 3) whose "
+        f"transaction it joins, got {type(conn).__module__}.{type(conn).__qualname__}"
+    )
+
+
 def insert_options(
     namespace: str | None,
     priority: int,
@@ -356,6 +386,7 @@ class Client:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
+        conn = _sync_conn(conn, "enqueue_tx")
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
@@ -387,6 +418,7 @@ class Client:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
+        conn = _sync_conn(conn, "enqueue_many_tx")
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
@@ -441,6 +473,7 @@ class Client:
         max_attempts: int | None = None,
     ) -> InformResult[T]:
         """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
+        conn = _sync_conn(conn, "inform_tx")
         return self.inform_many_tx(
             conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
             max_attempts=max_attempts,
@@ -474,6 +507,7 @@ class Client:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
+        conn = _sync_conn(conn, "inform_many_tx")
         params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
@@ -542,6 +576,7 @@ class Client:
         self, conn: psycopg.Connection, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
+        conn = _sync_conn(conn, "delete_tx")
         return self.delete_many_tx(conn, object_type, [object_id])[0]
 
     def delete_many(
@@ -558,6 +593,7 @@ class Client:
         self, conn: psycopg.Connection, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
+        conn = _sync_conn(conn, "delete_many_tx")
         ids, finalize = _deletion(object_type, object_ids, self.app)
         if not ids:
             return []
@@ -784,6 +820,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
+        conn = _async_conn(conn, "enqueue_tx")
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
@@ -816,6 +853,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
+        conn = _async_conn(conn, "enqueue_many_tx")
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
@@ -863,6 +901,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> InformResult[T]:
         """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
+        conn = _async_conn(conn, "inform_tx")
         return (
             await self.inform_many_tx(
                 conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
@@ -899,6 +938,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
+        conn = _async_conn(conn, "inform_many_tx")
         params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
@@ -961,6 +1001,7 @@ class AsyncClient:
         self, conn: psycopg.AsyncConnection, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
+        conn = _async_conn(conn, "delete_tx")
         return (await self.delete_many_tx(conn, object_type, [object_id]))[0]
 
     async def delete_many(
@@ -978,6 +1019,7 @@ class AsyncClient:
         self, conn: psycopg.AsyncConnection, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
+        conn = _async_conn(conn, "delete_many_tx")
         ids, finalize = _deletion(object_type, object_ids, self.app)
         if not ids:
             return []

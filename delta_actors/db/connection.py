@@ -93,6 +93,15 @@ def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
         where = f" at {redact_dsn(dsn)}" if dsn else ""
         detail = _redact_message(str(exc).strip(), dsn)
         raise DatabaseError(f"{action}: cannot use PostgreSQL{where}: {detail}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"{action}: {exc.diag.message_primary or exc}; grant that to the role this "
+            "connects as, or connect as a role that has it"
+        ) from exc
+    except psycopg.Error as exc:
+        # Anything else PostgreSQL or psycopg raised: still one error type for callers.
+        detail = _redact_message(str(exc).strip(), dsn)
+        raise DatabaseError(f"{action}: {type(exc).__name__}: {detail}") from exc
 
 
 def connect(dsn: str, *, autocommit: bool = True, action: str = "connect") -> psycopg.Connection:

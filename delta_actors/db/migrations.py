@@ -75,7 +75,13 @@ def migrate(
     """Apply the missing migrations in one transaction; return what was applied.
 
     `on_applying(done, total, migration)` is called before each migration is applied.
+    A schema that is current is only read, not locked or written: a role without DDL
+    rights can run this as a deploy-time check.
     """
+    with conn.transaction():  # the read ends as a run that applies would (or a savepoint)
+        current = current_version(conn)
+    if current == required_version():
+        return []
     with conn.transaction():
         # Lock first: two concurrent CREATE TABLE IF NOT EXISTS race on the catalog.
         conn.execute(migration_sql.LOCK_MIGRATIONS)

@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from delta_actors.db.connection import DSN_ENV, connect, redact_dsn, resolve_dsn
+from delta_actors.db.connection import (
+    DSN_ENV,
+    connect,
+    redact_dsn,
+    resolve_dsn,
+    translate_errors,
+)
 from delta_actors.errors import DeltaError
 
 DATA_DIR_HELP = "Embedded database folder (default: $DELTA_DATA_DIR or ./.delta/postgres)."
@@ -93,8 +99,9 @@ def migrate(dsn: str | None) -> None:
             connect(resolved, autocommit=True, action="migrate") as conn,
         ):
             progress.step(0, 0, "waiting for the migration lock")
-            applied = migrations.migrate(conn, on_applying=applying)
-            version = migrations.current_version(conn)
+            with translate_errors("migrate", resolved):
+                applied = migrations.migrate(conn, on_applying=applying)
+                version = migrations.current_version(conn)
     except DeltaError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -114,3 +114,44 @@ async def test_failure_logs_name_the_resource_and_degrading_has_a_warning(dsn, c
             "RuntimeError: the API said no") in lines  # fmt: skip
     assert ("WARNING", "brittle b-17 degraded: its work failed 2 times (max_attempts), last: "
             "RuntimeError: the API said no") in lines  # fmt: skip
+
+
+TX_METHODS = {
+    "enqueue_tx": lambda c, conn: c.enqueue_tx(conn, Ping()),
+    "enqueue_many_tx": lambda c, conn: c.enqueue_many_tx(conn, [Ping()]),
+    "inform_tx": lambda c, conn: c.inform_tx(conn, Brittle(key="x")),
+    "inform_many_tx": lambda c, conn: c.inform_many_tx(conn, [Brittle(key="x")]),
+    "delete_tx": lambda c, conn: c.delete_tx(conn, Brittle, "x"),
+    "delete_many_tx": lambda c, conn: c.delete_many_tx(conn, Brittle, ["x"]),
+}
+
+
+class Ping(delta.Job, kind="first-steps-ping"):
+    pass
+
+
+async def test_every_tx_method_refuses_a_connection_of_the_wrong_kind_naming_the_fix(dsn):
+    import sqlite3
+
+    import psycopg
+
+    with delta.Client.connect(dsn) as client, psycopg.connect(dsn) as sync_conn:
+        async_conn = await psycopg.AsyncConnection.connect(dsn)
+        async with await delta.AsyncClient.connect(dsn) as aclient:
+            try:
+                for name, call in TX_METHODS.items():
+                    with pytest.raises(delta.ConfigError, match=rf"use delta\.AsyncClient\.{name}"):
+                        call(client, async_conn)
+                    with pytest.raises(delta.ConfigError, match=r"takes the psycopg\.Connection"):
+                        call(client, sqlite3.connect(":memory:"))
+                    with pytest.raises(delta.ConfigError, match=rf"use delta\.Client\.{name}"):
+                        await call(aclient, sync_conn)
+                    with pytest.raises(delta.ConfigError, match=r"got builtins\.NoneType"):
+                        await call(aclient, None)
+                closed = psycopg.connect(dsn)
+                closed.close()
+                for call in TX_METHODS.values():
+                    with pytest.raises(delta.DatabaseError):
+                        call(client, closed)
+            finally:
+                await async_conn.close()

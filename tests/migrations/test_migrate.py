@@ -22,6 +22,7 @@ from delta_actors.db import (
     status_sql,
 )
 from delta_actors.errors import SchemaError
+from tests.roles import PASSWORD
 
 CLI = [sys.executable, "-c", "from delta_actors.ops.cli import main; main()"]
 
@@ -288,3 +289,30 @@ def test_an_install_without_its_migrations_is_refused_not_taken_for_version_0(
         monkeypatch.undo()
         migrations.migrations.cache_clear()
     assert migrations.required_version() >= 7
+
+
+def test_a_role_without_ddl_rights_can_check_a_current_schema_and_is_told_otherwise(dsn, role):
+    """`migrate` on a current schema only reads, so an application role (DML, no DDL) can
+    run it at deploy time; on a schema it would have to change, it fails in one line."""
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for statement in (
+            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}",
+            "REVOKE CREATE ON SCHEMA public FROM {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
+        ):
+            admin.execute(sql.SQL(statement).format(sql.Identifier(role.name)))
+    argv = [sys.executable, "-m", "delta_actors", "migrate", "--dsn", role.dsn(PASSWORD)]
+    current = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert current.returncode == 0, current.stderr
+    assert f"schema is up to date at version {migrations.required_version()}" in current.stdout
+    with psycopg.connect(dsn, autocommit=True) as admin:  # one migration behind
+        admin.execute(
+            "DELETE FROM delta_migration WHERE version = %s", (migrations.required_version(),)
+        )
+    behind = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert behind.returncode == 1
+    assert behind.stderr.startswith("error: migrate: ")
+    assert "permission denied" in behind.stderr
+    assert "Traceback" not in behind.stderr
