@@ -22,3 +22,22 @@ RECORD_MIGRATION: LiteralString = "INSERT INTO delta_migration (version, name) V
 SELECT_MIGRATION_TABLE_EXISTS: LiteralString = "SELECT to_regclass('delta_migration') IS NOT NULL"
 
 SELECT_SCHEMA_VERSION: LiteralString = "SELECT coalesce(max(version), 0) FROM delta_migration"
+
+# What the actors write, for supervise's check before it forks: every table of ours that
+# the role cannot read and write, with the privileges it lacks, and sequences it cannot
+# use. An application role needs exactly these (docs/operations.md).
+SELECT_MISSING_PRIVILEGES: LiteralString = """
+SELECT c.relname, string_agg(p.privilege, ', ' ORDER BY p.privilege)
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = current_schema()
+CROSS JOIN LATERAL (
+    SELECT unnest(CASE WHEN c.relkind = 'S' THEN ARRAY['USAGE']
+                       ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END)
+) AS p(privilege)
+WHERE c.relname LIKE 'delta\\_%%' AND c.relkind IN ('r', 'p', 'S')
+  AND c.relname <> 'delta_migration'
+  AND NOT CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, p.privilege)
+               ELSE has_table_privilege(c.oid, p.privilege) END
+GROUP BY c.relname
+ORDER BY c.relname
+"""

@@ -51,6 +51,7 @@ from wsgiref.simple_server import WSGIServer
 import psycopg
 
 from delta_actors.app import App
+from delta_actors.db import migration_sql
 from delta_actors.db.connection import component_conninfo, drive, translate_errors
 from delta_actors.db.migrations import check_schema
 from delta_actors.errors import ConfigError, ProtocolError
@@ -172,12 +173,8 @@ class Supervisor:
     # ------------------------------------------------------------------ running
 
     def check(self) -> None:
-        """Fail early, naming the fix, if the database is unreachable or not migrated."""
-        with (
-            translate_errors("check database", self.dsn),
-            psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn,
-        ):
-            check_schema(conn)
+        """Fail early, naming the fix (see check_database)."""
+        check_database(self.dsn)
 
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
@@ -539,3 +536,23 @@ class Supervisor:
             self._reap()
             time.sleep(0.01)
         return 1
+
+
+def check_database(dsn: str) -> None:
+    """Fail early, naming the fix, if the database is unreachable, not migrated, or the
+    role cannot write what the actors write (instead of actors that crash-loop)."""
+    with (
+        translate_errors("check database", dsn),
+        psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn,
+    ):
+        check_schema(conn)
+        missing = conn.execute(migration_sql.SELECT_MISSING_PRIVILEGES).fetchall()
+        role = conn.info.user
+    if missing:
+        lacks = "; ".join(f"{privileges} on {table}" for table, privileges in missing)
+        raise ConfigError(
+            f"the role {role!r} cannot write what the actors write: it lacks {lacks}. "
+            "Grant them, e.g. `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+            f"SCHEMA public TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "
+            f"{role}` (docs/operations.md lists what an application role needs)"
+        )

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -133,8 +134,6 @@ class Ping(delta.Job, kind="first-steps-ping"):
 async def test_every_tx_method_refuses_a_connection_of_the_wrong_kind_naming_the_fix(dsn):
     import sqlite3
 
-    import psycopg
-
     with delta.Client.connect(dsn) as client, psycopg.connect(dsn) as sync_conn:
         async_conn = await psycopg.AsyncConnection.connect(dsn)
         async with await delta.AsyncClient.connect(dsn) as aclient:
@@ -155,3 +154,25 @@ async def test_every_tx_method_refuses_a_connection_of_the_wrong_kind_naming_the
                         call(client, closed)
             finally:
                 await async_conn.close()
+
+
+def test_supervise_refuses_a_role_that_cannot_write_what_the_actors_write(dsn, role):
+    """Before it forks: the missing grants named, instead of actors that crash-loop."""
+    from psycopg import sql
+
+    from delta_actors.runtime.supervisor import check_database
+    from tests.roles import PASSWORD
+
+    check_database(role.dsn(PASSWORD))  # the fixture's role may write everything
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE ON delta_actor, delta_job FROM {}").format(
+                sql.Identifier(role.name)
+            )
+        )
+    with pytest.raises(delta.ConfigError) as refused:
+        check_database(role.dsn(PASSWORD))
+    message = str(refused.value)
+    assert f"the role {role.name!r} cannot write what the actors write" in message
+    assert "DELETE, INSERT, UPDATE on delta_actor; DELETE, INSERT, UPDATE on delta_job" in message
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES" in message
