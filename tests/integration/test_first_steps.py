@@ -176,3 +176,21 @@ def test_supervise_refuses_a_role_that_cannot_write_what_the_actors_write(dsn, r
     assert f"the role {role.name!r} cannot write what the actors write" in message
     assert "DELETE, INSERT, UPDATE on delta_actor; DELETE, INSERT, UPDATE on delta_job" in message
     assert "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES" in message
+
+
+def test_a_role_without_a_privilege_gets_a_database_error_naming_it(dsn, role):
+    from psycopg import sql
+
+    from tests.roles import PASSWORD
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("REVOKE INSERT, UPDATE ON delta_resource FROM {}").format(
+                sql.Identifier(role.name)
+            )
+        )
+    with delta.Client.connect(role.dsn(PASSWORD)) as client:
+        with pytest.raises(delta.DatabaseError, match="permission denied for table delta_resource"):
+            client.inform(Brittle(key="b"))
+        with pytest.raises(delta.DatabaseError, match="grant that to the role"):
+            client.inform_many([Brittle(key="c")])
