@@ -376,19 +376,26 @@ LIST_JOBS: LiteralString = (
 
 COUNT_JOBS: LiteralString = "SELECT count(*) FROM delta_job AS j WHERE " + _JOB_FILTER
 
-# One batch of `retry_jobs`: the next %(limit)s matches after the cursor that are neither
-# running nor available go back to available now, with one more attempt allowed when
-# they used theirs up; errors kept. A job whose unique key a live job holds meanwhile is
-# left as it is (retrying it would make two). Returns how many were retried, how many
-# matched, the last match's id (the next cursor), and the wake-ups sent.
-RETRY_JOBS: LiteralString = (
+# The next %(limit)s matches of a filter after the cursor: the first CTE of the batched
+# statements below.
+_PICKED_JOBS: LiteralString = (
     """
 WITH picked AS MATERIALIZED (
     SELECT j.id FROM delta_job AS j WHERE """
     + _JOB_FILTER
     + """
     ORDER BY j.id LIMIT %(limit)s
-),
+),"""
+)
+
+# One batch of `retry_jobs`: the next %(limit)s matches after the cursor that are neither
+# running nor available go back to available now, with one more attempt allowed when
+# they used theirs up; errors kept. A job whose unique key a live job holds meanwhile is
+# left as it is (retrying it would make two). Returns how many were retried, how many
+# matched, the last match's id (the next cursor), and the wake-ups sent.
+RETRY_JOBS: LiteralString = (
+    _PICKED_JOBS
+    + """
 retried AS (
     UPDATE delta_job AS j
     SET state = 'available', scheduled_at = now(), finalized_at = NULL, claimed_by = NULL,
@@ -414,13 +421,8 @@ SELECT (SELECT count(*) FROM retried), (SELECT count(*) FROM picked),
 # (available, scheduled, retryable) are cancelled; running ones are asked to stop (their
 # worker cancels the run and writes it cancelled, see SELECT_CANCEL_REQUESTS).
 CANCEL_JOBS: LiteralString = (
-    """
-WITH picked AS MATERIALIZED (
-    SELECT j.id FROM delta_job AS j WHERE """
-    + _JOB_FILTER
+    _PICKED_JOBS
     + """
-    ORDER BY j.id LIMIT %(limit)s
-),
 cancelled AS (
     UPDATE delta_job AS j
     SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END,

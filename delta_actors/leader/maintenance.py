@@ -147,10 +147,12 @@ class Cleaner:
                     (job_sql.DELETE_COMPLETED_JOBS, namespace.completed_retention),
                     (job_sql.DELETE_FAILED_JOBS, namespace.retention),
                 ):
-                    jobs += await self._until_done(conn, statement, name, retention, deadline)
+                    jobs += await self._until_done(
+                        conn, statement, name, retention, deadline, keyset=True
+                    )
                 resources += await self._until_done(
                     conn, resource_sql.DELETE_DELETED_RESOURCES, name, namespace.retention,
-                    deadline,
+                    deadline, keyset=False,
                 )  # fmt: skip
             events = await self._delete_read_events(conn)
             cur = await conn.execute(leader_sql.DELETE_OLD_INFORMER_RUNS, {"limit": self.limit})
@@ -169,6 +171,8 @@ class Cleaner:
         namespace: str,
         retention: float,
         deadline: float,
+        *,
+        keyset: bool,  # the statement returns finalized_at and takes `after` (job_sql)
     ) -> int:
         params: dict[str, object] = {
             "namespace": namespace, "retention": retention, "limit": self.limit,
@@ -181,7 +185,7 @@ class Cleaner:
             deleted += cur.rowcount
             if cur.rowcount < self.limit or loop.time() >= deadline:
                 return deleted
-            if statement is not resource_sql.DELETE_DELETED_RESOURCES:
+            if keyset:
                 # The next batch starts where this one ended (see job_sql).
                 params["after"] = max(row[0] for row in await cur.fetchall())
 

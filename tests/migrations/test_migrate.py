@@ -37,6 +37,7 @@ NOT_PREPARED = {
     "_AVAILABLE_IN_QUEUE": "a condition spliced into statements",
     "_RESOURCE_FILTER": "a condition spliced into statements",
     "_JOB_FILTER": "a condition spliced into statements",
+    "_PICKED_JOBS": "the first CTE spliced into statements",
     "CREATE_MIGRATION_TABLE": "DDL, run by migrate() itself",
     "COPY_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
     "COPY_DUE_JOBS": "COPY is not planned when prepared; the bulk enqueue tests run it",
