@@ -352,6 +352,23 @@ def _common_filters(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _resource_filters(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--id", "ids", multiple=True, help="Only this object id (repeatable; with --kind)."
+    )(command)
+    command = click.option(
+        "--tag", "tags", multiple=True, help="Only those with this tag (repeatable: all)."
+    )(command)
+    return _common_filters(command)
+
+
+def _job_filters(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--id", "ids", type=int, multiple=True, help="Only this job id (repeatable)."
+    )(command)
+    return _common_filters(command)
+
+
 def _page_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option("--limit", type=int, default=100, show_default=True,
                            help="Rows per page.")(command)  # fmt: skip
@@ -390,9 +407,7 @@ def _resource_filter(
 
 
 @resources.command("list")
-@_common_filters
-@click.option("--tag", "tags", multiple=True, help="Only those with this tag (repeatable: all).")
-@click.option("--id", "ids", multiple=True, help="Only this object id (repeatable; with --kind).")
+@_resource_filters
 @_page_options
 @_database_options
 def resources_list(
@@ -417,14 +432,15 @@ def resources_list(
     resolved = _dsn_to_read(dsn, data_dir)
     with _exit_codes(), connect(resolved, autocommit=True, action="list resources") as conn:
         listing = list_resources(conn, where, after, limit)
-    click.echo(_encoded(listing) if as_json else render_listing(listing))
+    if as_json:
+        _echo_json(listing)
+    else:
+        click.echo(render_listing(listing))
 
 
 def _resource_command(action: str, doc: str) -> None:
     @resources.command(action, help=doc)
-    @_common_filters
-    @click.option("--tag", "tags", multiple=True, help="Only those with this tag (repeatable).")
-    @click.option("--id", "ids", multiple=True, help="Only this object id (repeatable).")
+    @_resource_filters
     @_change_options
     @_database_options
     def command(
@@ -448,7 +464,10 @@ def _resource_command(action: str, doc: str) -> None:
         resolved = _dsn_to_read(dsn, data_dir)
         with _exit_codes(), connect(resolved, autocommit=True, action=action) as conn:
             done = on_resources(conn, action, where, dry_run=dry_run)
-        click.echo(_encoded(done) if as_json else render_done(done, "resources"))
+        if as_json:
+            _echo_json(done)
+        else:
+            click.echo(render_done(done, "resources"))
 
 
 _resource_command(
@@ -488,8 +507,7 @@ def _job_filter(
 
 
 @jobs.command("list")
-@_common_filters
-@click.option("--id", "ids", type=int, multiple=True, help="Only this job id (repeatable).")
+@_job_filters
 @_page_options
 @_database_options
 def jobs_list(
@@ -508,13 +526,15 @@ def jobs_list(
     resolved = _dsn_to_read(dsn, data_dir)
     with _exit_codes(), connect(resolved, autocommit=True, action="list jobs") as conn:
         listing = list_jobs(conn, where, after, limit)
-    click.echo(_encoded(listing) if as_json else render_listing(listing))
+    if as_json:
+        _echo_json(listing)
+    else:
+        click.echo(render_listing(listing))
 
 
 def _job_command(action: str, doc: str) -> None:
     @jobs.command(action, help=doc)
-    @_common_filters
-    @click.option("--id", "ids", type=int, multiple=True, help="Only this job id (repeatable).")
+    @_job_filters
     @_change_options
     @_database_options
     def command(
@@ -532,7 +552,10 @@ def _job_command(action: str, doc: str) -> None:
         resolved = _dsn_to_read(dsn, data_dir)
         with _exit_codes(), connect(resolved, autocommit=True, action=action) as conn:
             done = on_jobs(conn, action, where, dry_run=dry_run)
-        click.echo(_encoded(done) if as_json else render_done(done, "jobs"))
+        if as_json:
+            _echo_json(done)
+        else:
+            click.echo(render_done(done, "jobs"))
 
 
 _job_command(
@@ -570,9 +593,3 @@ _pause_command(
     resume=False,
 )
 _pause_command("resume", "Let claims of a paused NAMESPACE go on.", resume=True)
-
-
-def _encoded(value: object) -> str:
-    import msgspec
-
-    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
