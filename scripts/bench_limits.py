@@ -18,6 +18,10 @@ the most starts of `limit-r` in any 1 s window (at most 1,000) and its paced sta
 the starts after the first 1,000 (which may all go at once), per second from the first
 start to the last.
 
+With `--backlog N` (default 0: skipped), a fourth workload: N jobs of kind `limit-a` at
+`concurrency=10` queued first, then, `BACKLOG_AGE` (2 s) later, kinds b, c and d as
+above: the rate of b-d reports what the backlog costs the claims of the other kinds.
+
 Prints a table and writes JSON (`--out`). Usage: python scripts/bench_limits.py [--runs 3]
 """
 
@@ -48,6 +52,7 @@ import delta_actors as delta
 
 CONCURRENCY = 10
 RATE = (1000, 1.0)
+BACKLOG_AGE = 2.0  # seconds between the backlog and the other kinds' jobs
 
 
 class KindA(delta.Job, kind="limit-a"):
@@ -79,6 +84,7 @@ WORKLOADS: dict[str, tuple[type[delta.Job], ...]] = {
     "unlimited": (KindA, KindB, KindC, KindD),
     "limited": (LimitedA, KindB, KindC, KindD),
     "rate": (RatedR, KindB, KindC, KindD),
+    "backlog": (LimitedA, KindB, KindC, KindD),
 }
 
 
@@ -163,9 +169,17 @@ def bench_drain(
     each = count // 4
     if workload == "rate":  # the rated kind's jobs after the others'
         jobs = [kind() for _ in range(each) for kind in others] + [first() for _ in range(rated)]
+    elif workload == "backlog":  # the limited kind's backlog, then (later) the others
+        queued = [first() for _ in range(rated)]
+        client.enqueue_many(queued)
+        time.sleep(BACKLOG_AGE)
+        jobs = [kind() for _ in range(each) for kind in others]
+        client.enqueue_many(jobs)
+        jobs += queued
     else:
         jobs = [kind() for _ in range(each) for kind in (first, *others)]
-    client.enqueue_many(jobs)
+    if workload != "backlog":
+        client.enqueue_many(jobs)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE delta_job")
     result = finish_worker(start_worker(dsn, workload, len(jobs)))
@@ -215,18 +229,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--count", type=int, default=20_000, help="jobs per drain, 4 kinds")
     parser.add_argument("--rate-jobs", type=int, default=3_000, help="0: no rate workload")
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="jobs of a limited kind queued first; 0: none"
+    )
     parser.add_argument("--out", default="bench-results/limits.json")
     args = parser.parse_args()
 
     workloads = ["unlimited", "limited"] + (["rate"] if args.rate_jobs else [])
+    workloads += ["backlog"] if args.backlog else []
     results: dict[str, list[dict[str, float]]] = {name: [] for name in workloads}
     with migrated_cluster() as dsn, delta.Client.connect(dsn) as client:
         for run in range(args.runs):
             pair = ["unlimited", "limited"] if run % 2 == 0 else ["limited", "unlimited"]
             for workload in pair + workloads[2:]:
-                results[workload].append(
-                    bench_drain(client, dsn, workload, args.count, args.rate_jobs)
-                )
+                extra = args.backlog if workload == "backlog" else args.rate_jobs
+                results[workload].append(bench_drain(client, dsn, workload, args.count, extra))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
 
     rows = [
@@ -245,6 +262,11 @@ def main() -> None:
             ("rate", "rated_paced_starts_per_s", f"rate: r paced starts/s ({RATE[0]}/{RATE[1]}s)"),
             ("rate", "rated_most_in_window", f"rate: most r starts in {RATE[1]} s"),
             ("rate", "others_jobs_per_s", "rate: kinds b-d jobs/s"),
+        ]
+    if "backlog" in results:
+        rows += [
+            ("backlog", "others_jobs_per_s", f"backlog: kinds b-d jobs/s ({args.backlog:,} a)"),
+            ("backlog", "first_kind_jobs_per_s", "backlog: kind a jobs/s"),
         ]
     print(f"\n{'metric':<38}{'median':>10}  runs")
     for workload, key, label in rows:

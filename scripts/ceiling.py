@@ -33,6 +33,7 @@ from benchlib import migrated_cluster
 from delta_actors.db import job_sql
 from delta_actors.queue import results as outcome
 from delta_actors.queue.completer import job_params
+from delta_actors.queue.floors import Floors
 
 GRID = list(itertools.product((2, 4, 10), (50, 200)))  # (connections, batch)
 
@@ -55,6 +56,7 @@ UPDATE ceiling_job SET state = 'completed', finished_at = now() WHERE id = ANY(%
 
 # Claims name an actor; the ceiling's never heartbeats, and no rescuer runs.
 CEILING_ACTOR = 1
+FLOORS = Floors().of()  # no floors: the statement reads every priority from the start
 Step = Callable[[psycopg.AsyncConnection[Any], list[Any], int], Awaitable[list[Any]]]
 
 
@@ -76,7 +78,7 @@ async def _delta_job_step(
             results = [outcome.job_done(row[0], row[3]) for row in done]
             complete = job_params(results, CEILING_ACTOR)
             await conn.execute(job_sql.COMPLETE_JOBS, complete, prepare=False)
-        claim = {"namespace": "default", "limit": batch, "actor": CEILING_ACTOR}
+        claim = {"namespace": "default", "limit": batch, "actor": CEILING_ACTOR, "floors": FLOORS}
         cur = await conn.execute(job_sql.CLAIM_JOBS, claim, prepare=False)
     return list(await cur.fetchall())
 

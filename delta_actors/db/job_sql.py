@@ -107,6 +107,15 @@ _AVAILABLE_IN_QUEUE: LiteralString = (
 )
 
 
+# The claim reads each priority from its floor up (queue/floors.py: why, and what keeps
+# it from skipping a job), one index descent per priority, priority 1 first, until it
+# has its rows: the outer LIMIT stops pulling, so no priority is read (or locked) past
+# what is taken. No ORDER BY outside: it would read and lock every priority in full.
+_FLOORS: LiteralString = (
+    "unnest('{1,2,3,4}'::smallint[], %(floors)s::timestamptz[]) AS f(priority, floor_at)"
+)
+
+
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). Nothing while the namespace is paused (one probe of a tiny
@@ -114,26 +123,42 @@ _AVAILABLE_IN_QUEUE: LiteralString = (
 # lookups; a join let the planner hash the whole table. A resource work comes back with
 # its resource as stored now, read without a lock (claims never wait on informs).
 def _claim(
-    kinds: LiteralString, limit: LiteralString, then: LiteralString, clock: LiteralString = "now()"
+    kinds: LiteralString,
+    limit: LiteralString,
+    then: LiteralString,
+    clock: LiteralString = "now()",
+    first: LiteralString = "",
 ) -> LiteralString:
     return (
         """
-WITH locked AS (
-    SELECT j.id FROM delta_job AS j
-    WHERE """
+WITH """
+        + first
+        + """locked AS (
+    SELECT l.id FROM """
+        + _FLOORS
+        + """
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM delta_job AS j
+        WHERE """
         + _AVAILABLE_IN_QUEUE
+        + """
+          AND j.priority = f.priority AND j.scheduled_at >= f.floor_at"""
         + kinds
         + """
-      AND NOT EXISTS (SELECT 1 FROM delta_namespace AS n
-                      WHERE n.name = %(namespace)s AND n.paused_at IS NOT NULL)
-      AND (j.resource_id IS NULL OR NOT EXISTS (
-            SELECT 1 FROM delta_job AS busy
-            WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
-    ORDER BY j.priority, j.scheduled_at, j.id
+          AND NOT EXISTS (SELECT 1 FROM delta_namespace AS n
+                          WHERE n.name = %(namespace)s AND n.paused_at IS NOT NULL)
+          AND (j.resource_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM delta_job AS busy
+                WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+        ORDER BY j.scheduled_at, j.id
+        LIMIT """
+        + limit
+        + """
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS l
     LIMIT """
         + limit
         + """
-    FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
     UPDATE delta_job AS j
@@ -141,7 +166,8 @@ claimed AS (
         + clock
         + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
-    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
+    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id,
+              j.priority, j.scheduled_at
 ),"""
         + then
         + """
@@ -151,7 +177,8 @@ resources AS MATERIALIZED (
         + """, r.object FROM delta_resource AS r
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
-SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
+SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.priority,
+       c.scheduled_at, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
     )
@@ -163,7 +190,7 @@ CLAIM_JOBS: LiteralString = _claim("", "%(limit)s", "")
 # with limited kinds claims the rest with this, so that a kind at its limit never holds
 # up the others, and each limited kind with CLAIM_LIMITED_JOBS.
 CLAIM_UNLIMITED_JOBS: LiteralString = _claim(
-    "\n      AND j.kind <> ALL(%(limited)s::text[])", "%(limit)s", ""
+    "\n          AND j.kind <> ALL(%(limited)s::text[])", "%(limit)s", ""
 )
 
 # First, in the claim's transaction: lock the kind's limit row (made on first use, its
@@ -187,14 +214,8 @@ WHERE (delta_limit.concurrency, delta_limit.rate_count, delta_limit.rate_window)
 # start, after the lock was won (the transaction's may be from before the wait), and the
 # works' attempted_at are the same instant as their recorded starts.
 CLAIM_LIMITED_JOBS: LiteralString = _claim(
-    "\n      AND j.kind = %(kind)s",
-    """greatest(0, least(
-        %(limit)s::bigint,
-        %(concurrency)s::bigint - (SELECT count(*) FROM delta_job AS r
-                                   WHERE r.state = 'running' AND r.kind = %(kind)s),
-        %(rate_count)s::bigint - (SELECT count(*) FROM delta_limit_start AS s
-                                  WHERE s.kind = %(kind)s AND s.at > statement_timestamp()
-                                      - make_interval(secs => %(rate_window)s))))""",
+    "\n          AND j.kind = %(kind)s",
+    "(SELECT n FROM quota)",
     """
 started AS (
     INSERT INTO delta_limit_start (kind, at)
@@ -207,6 +228,39 @@ forgotten AS (
       AND s.at <= statement_timestamp() - make_interval(secs => %(rate_window)s)
 ),""",
     "statement_timestamp()",
+    """quota AS MATERIALIZED (
+    SELECT greatest(0, least(
+        %(limit)s::bigint,
+        %(concurrency)s::bigint - (SELECT count(*) FROM delta_job AS r
+                                   WHERE r.state = 'running' AND r.kind = %(kind)s),
+        %(rate_count)s::bigint - (SELECT count(*) FROM delta_limit_start AS s
+                                  WHERE s.kind = %(kind)s AND s.at > statement_timestamp()
+                                      - make_interval(secs => %(rate_window)s)))) AS n
+),
+""",
+)
+
+# The sweep (queue/floors.py): per priority, the oldest claimable row of one claim shape
+# (a limited kind: `kind`; the other kinds: those not in `limited`), and the time. It
+# reads what the claims skip, dead row versions included: it runs off the claim's path.
+FIND_OLDEST_CLAIMABLE_JOBS: LiteralString = (
+    """
+SELECT f.priority, (
+    SELECT j.scheduled_at FROM delta_job AS j
+    WHERE """
+    + _AVAILABLE_IN_QUEUE
+    + """
+      AND j.priority = f.priority
+      AND (%(kind)s::text IS NULL OR j.kind = %(kind)s)
+      AND j.kind <> ALL(%(limited)s::text[])
+      AND (j.resource_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM delta_job AS busy
+            WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+    ORDER BY j.scheduled_at, j.id
+    LIMIT 1
+), statement_timestamp()
+FROM unnest('{1,2,3,4}'::smallint[]) AS f(priority)
+"""
 )
 
 # The claim connection's settings (queue/claimer.py): the claim runs a generic plan made
@@ -278,25 +332,37 @@ SELECT extract(epoch FROM min(scheduled_at) - now())::float8
 FROM delta_job WHERE state IN ('scheduled', 'retryable')
 """
 
-# Capped: an exact count of a deep queue costs more than a heartbeat is worth. The lag
-# takes the oldest due time per priority (one claim-index lookup each, 1..4), since the
-# index orders by priority first.
+# Capped: an exact count of a deep queue costs more than a heartbeat is worth. Both read
+# from the worker's claim floors (queue/floors.py), as the claims do, so that dead row
+# versions below them cost nothing here either; what lies below a floor the sweep finds.
+# The lag takes the oldest due time per priority (one index descent each, 1..4), since
+# the index orders by priority first.
 COUNT_AVAILABLE_JOBS: LiteralString = (
     """
 SELECT
     (SELECT count(*) FROM (
-        SELECT 1 FROM delta_job AS j WHERE """
+        SELECT 1 FROM """
+    + _FLOORS
+    + """
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM delta_job AS j
+            WHERE """
     + _AVAILABLE_IN_QUEUE
-    + """ LIMIT 100000
+    + """ AND j.priority = f.priority AND j.scheduled_at >= f.floor_at
+            LIMIT 100000
+        ) AS x
+        LIMIT 100000
     ) AS available),
     extract(epoch FROM now() - (
         SELECT min((
             SELECT j.scheduled_at FROM delta_job AS j
             WHERE """
     + _AVAILABLE_IN_QUEUE
-    + """ AND j.priority = p
+    + """ AND j.priority = f.priority AND j.scheduled_at >= f.floor_at
             ORDER BY j.scheduled_at LIMIT 1
-        )) FROM generate_series(1, 4) AS p
+        )) FROM """
+    + _FLOORS
+    + """
     ))::float8
 """
 )

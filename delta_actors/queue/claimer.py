@@ -33,9 +33,11 @@ cluster-wide. An app without limits claims as above, unchanged. One with limited
 2. then fills the slots left with the other kinds (CLAIM_UNLIMITED_JOBS: the same claim
    without the limited kinds), so that a kind at its limit never holds up the rest.
 
-Known cost: the second claim skips queued jobs of limited kinds by a row filter, so a
-large backlog of a limited kind makes every claim of its namespace read through it
-(docs/performance.md measures it).
+Each claim reads from its floors (queue/floors.py): the other kinds' claim has a set, and
+each limited kind one of its own. The second claim skips queued jobs of limited kinds by
+a row filter, but only those above its floors: a backlog of a limited kind queued before
+the other kinds' floors passed it costs their claims nothing (docs/performance.md
+measures it).
 
 So the running works of a kind never exceed its concurrency and its starts in any window
 never exceed its rate, whichever hosts claim. A slot of a limit frees when the work's
@@ -54,6 +56,7 @@ import psycopg
 from delta_actors.db import job_sql
 from delta_actors.db.connection import component_conninfo
 from delta_actors.model.limits import Limit
+from delta_actors.queue.floors import UNLIMITED, Floors
 
 REPLAN_INTERVAL = 10.0
 
@@ -61,7 +64,13 @@ REPLAN_INTERVAL = 10.0
 class Claimer:
     """Runs CLAIM_JOBS for one producer on a connection of its own."""
 
-    def __init__(self, dsn: str, namespace: str, replan_interval: float = REPLAN_INTERVAL):
+    def __init__(
+        self,
+        dsn: str,
+        namespace: str,
+        replan_interval: float = REPLAN_INTERVAL,
+        floors: Floors | None = None,
+    ):
         # Named, so operators can tell it apart in pg_stat_activity; a black-holed server
         # fails the claim after a while (as a pool's checkout would) instead of hanging it.
         self._conninfo = component_conninfo(dsn, f"delta-claim-{namespace}")
@@ -70,6 +79,7 @@ class Claimer:
         self._replan_at = 0.0
         self.replans = 0  # plans dropped to be remade (tests read it)
         self._turn = 0
+        self.floors = floors or Floors()
 
     async def claim(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Claim jobs; on any failure the connection is dropped and the error raised."""
@@ -80,11 +90,15 @@ class Claimer:
                 await conn.execute(job_sql.REPLAN_CLAIM, prepare=False)
                 self.replans += 1
                 self._replan_at = loop.time() + self._replan_interval
-            cur = await conn.execute(job_sql.CLAIM_JOBS, params, prepare=True)
-            return await cur.fetchall()
+            cur = await conn.execute(
+                job_sql.CLAIM_JOBS, {**params, "floors": self.floors.of(UNLIMITED)}, prepare=True
+            )
+            rows = await cur.fetchall()
         except BaseException:
             await self.close()
             raise
+        self.floors.claimed(UNLIMITED, [(row[6], row[7]) for row in rows])
+        return rows
 
     async def claim_limited(
         self, params: dict[str, Any], limits: dict[str, Limit]
@@ -112,19 +126,26 @@ class Claimer:
             kind_params = {
                 **params, "limit": wanted - len(rows), "kind": kind,
                 "concurrency": limit.concurrency, "rate_count": limit.rate_count,
-                "rate_window": limit.rate_window or 0.0,
+                "rate_window": limit.rate_window or 0.0, "floors": self.floors.of(kind),
             }  # fmt: skip
             async with conn.transaction():
                 await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=True)
                 cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=True)
-                rows += await cur.fetchall()
+                taken = await cur.fetchall()
+            self.floors.claimed(kind, [(row[6], row[7]) for row in taken])
+            rows += taken
         if len(rows) < wanted:
             cur = await conn.execute(
                 job_sql.CLAIM_UNLIMITED_JOBS,
-                {**params, "limit": wanted - len(rows), "limited": kinds},
+                {
+                    **params, "limit": wanted - len(rows), "limited": kinds,
+                    "floors": self.floors.of(UNLIMITED),
+                },
                 prepare=True,
-            )
-            rows += await cur.fetchall()
+            )  # fmt: skip
+            taken = await cur.fetchall()
+            self.floors.claimed(UNLIMITED, [(row[6], row[7]) for row in taken])
+            rows += taken
         return rows
 
     async def close(self) -> None:

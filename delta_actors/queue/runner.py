@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -60,6 +61,8 @@ class Claim:
     attempt: int
     max_attempts: int
     resource_id: int | None
+    priority: int
+    scheduled_at: datetime  # where the claim found it (queue/floors.py)
     resource: StoredRow | None  # a resource work's resource, with its object
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
@@ -69,8 +72,8 @@ class Claim:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
         """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
-        resource = StoredRow(*row[6:]) if row[5] is not None else None
-        return cls(row[0], row[1], row[2], row[3], row[4], row[5], resource)
+        resource = StoredRow(*row[8:]) if row[5] is not None else None
+        return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource)
 
 
 class HandlerTimeout(Exception):  # noqa: N818 (internal signal)

@@ -6,6 +6,7 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
   connection of its own where the claim's plan is made once (see queue/claimer.py);
 - completer: writes results in fenced batches;
 - promoter (optional, `run_scheduler`): promotes due scheduled/retryable jobs;
+- sweep: finds claimable jobs below the producer's claim floors (queue/floors.py);
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
   when the row is gone (rescued) or no heartbeat got through for most of the rescue TTL,
   it cancels every running job and fails the worker: its claims are, or soon will be,
@@ -59,6 +60,7 @@ from delta_actors.queue import results
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
 from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer
+from delta_actors.queue.floors import FLOOR_MARGIN, SWEEP_INTERVAL, UNLIMITED, Floors, Sweeper
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.promoter import Promoter
 from delta_actors.queue.results import Result
@@ -100,6 +102,8 @@ class Worker:
         heartbeat_interval: float = 2.0,
         rescue_ttl: float = 10.0,
         retry_policy: Callable[[int], float] = retry_delay,
+        sweep_interval: float = SWEEP_INTERVAL,
+        floor_margin: float = FLOOR_MARGIN,
     ) -> None:
         self._app = app
         self._dsn = dsn
@@ -123,6 +127,7 @@ class Worker:
         )
         self._work_client = AsyncClient(self._work_pool, app=app)
         self._limited_unwritten: set[int] = set()  # runs of limited kinds, result unwritten
+        self._unwritten_works: dict[int, Claim] = {}  # resource works, result unwritten
         self._promoter = Promoter(self._pool) if run_scheduler else None
         self.progress = {
             "claims": Progress(
@@ -137,9 +142,15 @@ class Worker:
                 "listener", poll_interval,
                 is_idle=lambda: self._listener.is_listening.is_set(),  # noqa: PLW0108 (made below)
             ),
+            "sweep": Progress("sweep", sweep_interval),
         }  # fmt: skip
         self._listener = Listener(dsn, namespace, self._notified, self.progress["listener"])
-        self._claimer = Claimer(dsn, namespace)
+        self._floors = Floors(floor_margin)
+        self._claimer = Claimer(dsn, namespace, floors=self._floors)
+        self._sweeper = Sweeper(
+            self._pool, namespace, self._floors, lambda: list(app.limits), self._notified,
+            interval=sweep_interval, progress=self.progress["sweep"],
+        )  # fmt: skip
         self._completer: Completer | None = None
         self._invoker: Invoker | None = None
         self._running: dict[int, Claim] = {}
@@ -270,6 +281,7 @@ class Worker:
                     group.create_task(self._heartbeat(), name=f"{name}:heartbeat")
                 if self._promoter is not None:
                     group.create_task(self._promoter.run(), name=f"{name}:promoter")
+                group.create_task(self._sweeper.run(), name=f"{name}:sweep")
                 group.create_task(self._watch_deadlines(), name=f"{name}:deadlines")
                 group.create_task(self._watch_cancel_requests(), name=f"{name}:cancels")
         except ExceptionGroup as group:
@@ -408,6 +420,10 @@ class Worker:
             result = runner.escaped(claim, exc)
         self.recorder.observe(claim.kind, result, loop.time() - started)
         assert self._completer is not None
+        if claim.resource_id is not None:
+            # Once written, a work queued meanwhile for its resource becomes claimable,
+            # below where the claims now read (queue/floors.py).
+            self._unwritten_works[claim.id] = claim
         try:
             await self._completer.add(result)
         finally:
@@ -420,6 +436,16 @@ class Worker:
                 self._wake.set()
 
     def _results_written(self, results: list[Result], stale: set[int]) -> None:
+        if self._unwritten_works:
+            rewound = False
+            for result in results:
+                claim = self._unwritten_works.pop(result.id, None)
+                if claim is not None:
+                    shape = claim.kind if claim.kind in self._app.limits else UNLIMITED
+                    self._floors.rewind(shape, claim.priority, claim.scheduled_at)
+                    rewound = True
+            if rewound:
+                self._notified()
         if self._limited_unwritten and any(r.id in self._limited_unwritten for r in results):
             self._limited_unwritten.difference_update(r.id for r in results)
             self._notified()
@@ -514,7 +540,10 @@ class Worker:
     async def queue_depth(self) -> tuple[int, float]:
         """Return the namespace's available jobs (capped at 100,000) and the oldest's wait."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(job_sql.COUNT_AVAILABLE_JOBS, {"namespace": self.namespace})
+            cur = await conn.execute(
+                job_sql.COUNT_AVAILABLE_JOBS,
+                {"namespace": self.namespace, "floors": self._floors.lowest()},
+            )
             row = await cur.fetchone()
         return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
-from _common import Span, latency_result, run, until_recorded
+from _common import Span, latency_result, percentile, run, until_recorded
 from pgqueuer import AsyncpgDriver, QueueManager
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
@@ -105,5 +105,56 @@ async def latency(dsn: str, count: float, rate: float) -> dict[str, object]:
     return latency_result(latencies)
 
 
+async def steady(dsn: str, seconds: float, rate: float) -> dict[str, object]:
+    """Enqueue `rate` jobs/s for `seconds` while one QueueManager (concurrency 100)
+    drains them; per minute: started/s, lag p50/p99 and the backlog at its end."""
+    await reset(dsn)
+    started_at: list[tuple[float, float]] = []  # (start, lag) of each job, seconds
+    tick = 0.02
+    async with connect(dsn) as conn, connect(dsn) as enqueue_conn:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            assert job.payload is not None
+            now = time.time()
+            started_at.append((now, now - struct.unpack("d", job.payload)[0]))
+
+        worker = asyncio.create_task(
+            qm.run(batch_size=50, max_concurrent_tasks=100, dequeue_timeout=timedelta(seconds=1))
+        )
+        await asyncio.sleep(1.0)
+        queries = Queries(AsyncpgDriver(enqueue_conn))
+        begin = time.time()
+        enqueued: list[float] = []
+        owed = 0.0
+        next_at = time.perf_counter()
+        while time.time() - begin < seconds:
+            owed += rate * tick
+            n, owed = int(owed), owed - int(owed)
+            if n:
+                now = time.time()
+                payload = struct.pack("d", now)
+                await queries.enqueue(["noop"] * n, [payload] * n, [0] * n)
+                enqueued += [now] * n
+            next_at += tick
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await asyncio.sleep(5.0)
+        qm.shutdown.set()
+        await worker
+    minutes = []
+    for m in range(int(seconds // 60)):
+        lo, hi = begin + 60 * m, begin + 60 * (m + 1)
+        lags = sorted(lag * 1000 for at, lag in started_at if lo <= at < hi)
+        backlog = sum(1 for at in enqueued if at < hi) - sum(1 for at, _ in started_at if at < hi)
+        minutes.append({
+            "minute": m + 1, "started_per_s": len(lags) / 60.0, "backlog": backlog,
+            "enqueued_per_s": sum(1 for at in enqueued if lo <= at < hi) / 60.0,
+            "p50_ms": percentile(lags, 50) if lags else 0.0,
+            "p99_ms": percentile(lags, 99) if lags else 0.0,
+        })  # fmt: skip
+    return {"sent": len(enqueued), "per_minute": minutes}
+
+
 if __name__ == "__main__":
-    run({"setup": setup, "bulk": bulk, "drain": drain, "latency": latency})
+    run({"setup": setup, "bulk": bulk, "drain": drain, "latency": latency, "steady": steady})

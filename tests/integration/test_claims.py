@@ -13,9 +13,12 @@ import psycopg
 import delta_actors as delta
 from delta_actors.db import actor_sql, job_sql
 from delta_actors.queue.claimer import Claimer
+from delta_actors.queue.floors import Floors
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
+
+NO_FLOORS = {"floors": Floors().of()}  # the claim reads every priority from the start
 
 
 class Note(delta.Job, kind="note"):
@@ -252,7 +255,8 @@ async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
         actor_id = (await cur.fetchone())[0]
         # What a claim whose reply was lost leaves behind: rows claimed, nobody knows.
         cur = await conn.execute(
-            job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 10, "actor": actor_id}
+            job_sql.CLAIM_JOBS,
+            {"namespace": "default", "limit": 10, "actor": actor_id, **NO_FLOORS},
         )
         assert len(await cur.fetchall()) == 2
         async with running_worker(app, dsn, actor_id=actor_id) as worker:
@@ -284,7 +288,8 @@ async def _claim_plan(claimer: Claimer) -> str:
     assert conn is not None
     cur = await conn.execute("SELECT name FROM pg_prepared_statements")
     (name,) = [row[0] for row in await cur.fetchall()]
-    cur = await conn.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}('default', 10, 1)")
+    floors = "{" + ",".join(at.isoformat() for at in Floors().of()) + "}"
+    cur = await conn.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}('{floors}', 'default', 10, 1)")
     return "\n".join(row[0] for row in await cur.fetchall())
 
 
@@ -296,7 +301,7 @@ async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("ALTER TABLE delta_resource SET (autovacuum_enabled = false)")
         claimer = Claimer(dsn, "default", replan_interval=1.0)
-        claim = {"namespace": "default", "limit": 10, "actor": 1}
+        claim = {"namespace": "default", "limit": 10, "actor": 1, **NO_FLOORS}
         try:
             await claimer.claim(claim)
             plan = await _claim_plan(claimer)

@@ -15,8 +15,11 @@ import delta_actors as delta
 from delta_actors import events as events_module
 from delta_actors.db import job_sql
 from delta_actors.leader.maintenance import Cleaner, Rescuer
+from delta_actors.queue.floors import Floors
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until, wait_until_async
+
+NO_FLOORS = {"floors": Floors().of()}  # the claim reads every priority from the start
 
 SYNCED, FAILED = delta.State.SYNCED, delta.State.FAILED
 DEGRADED, DELETED = delta.State.DEGRADED, delta.State.DELETED
@@ -147,7 +150,8 @@ async def test_rescue_of_a_dead_actors_claim_is_a_failed_event(dsn):
                 row = await cur.fetchone()
                 assert row is not None
                 await conn.execute(
-                    job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 1, "actor": row[0]}
+                    job_sql.CLAIM_JOBS,
+                    {"namespace": "default", "limit": 1, "actor": row[0], **NO_FLOORS},
                 )
             assert (await Rescuer(pool, ttl=10).run_once())["claims"] == 1
             (event,) = await collect(subscription, 1)

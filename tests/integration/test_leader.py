@@ -14,8 +14,11 @@ import delta_actors as delta
 from delta_actors.db import job_sql, leader_sql, resource_sql
 from delta_actors.leader.election import Elector
 from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer
+from delta_actors.queue.floors import Floors
 from delta_actors.resources.informers import InformerScheduler
 from tests.waiting import wait_until_async
+
+NO_FLOORS = {"floors": Floors().of()}  # the claim reads every priority from the start
 
 NO_EVENTS = {"events": 0, "subscribers": 0, "informer_runs": 0}
 FAST = {"ttl": 1.5, "renew_interval": 0.3, "elect_interval": 0.2, "margin": 0.3}
@@ -286,7 +289,8 @@ async def test_rescue_returns_dead_actors_claims_but_not_fresh_results(dsn):
             assert row is not None
             dead = row[0]
             await conn.execute(
-                job_sql.CLAIM_JOBS, {"namespace": "default", "limit": 3, "actor": dead}
+                job_sql.CLAIM_JOBS,
+                {"namespace": "default", "limit": 3, "actor": dead, **NO_FLOORS},
             )
             # The dead actor managed to write one result before dying.
             await conn.execute(

@@ -35,6 +35,7 @@ NOT_PREPARED = {
     "RESOURCE_COLUMNS": "a column list spliced into statements",
     "JOB_COLUMNS": "a column list spliced into statements",
     "_AVAILABLE_IN_QUEUE": "a condition spliced into statements",
+    "_FLOORS": "a function scan (the claim floors) spliced into statements",
     "_RESOURCE_FILTER": "a condition spliced into statements",
     "_JOB_FILTER": "a condition spliced into statements",
     "_PICKED_JOBS": "the first CTE spliced into statements",

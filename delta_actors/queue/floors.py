@@ -1,0 +1,204 @@
+"""Claim floors: where a producer's claim starts reading the queue, so that dead row
+versions behind it cost nothing.
+
+The problem. The claim reads the claim index (`delta_job_claim_idx`: hashtext(namespace),
+priority, scheduled_at, id; only `available` rows) from the oldest entry. Every claim
+leaves the entries of the rows it took behind, pointing at row versions that are dead
+once the claim commits. Normally the next scan that meets them marks them dead in the
+index and vacuum removes them. But while any transaction holds a snapshot older than
+those claims (a long report, a session left `idle in transaction`, a replication slot
+catching up), PostgreSQL may neither mark nor remove them: each claim reads them all
+again, one heap visit each, and the claim's cost grows with the time the snapshot has
+been held (measured: 0.15 µs per dead version; 880,000 of them after ten minutes at
+1,500 jobs/s made a claim take 110 ms, and the queue backed up).
+
+The design. A producer keeps, per priority (1 to 4, the table's CHECK), a floor: a time
+such that it reads only `scheduled_at >= floor` of that priority. The claim index is
+ordered by (priority, scheduled_at) within a namespace, so each priority's read starts
+at its floor (one index descent) and never sees the dead entries below it.
+
+- A claim that takes rows of a priority raises that priority's floor to the oldest
+  scheduled_at it took, less `margin` (1 s): the claim reads in scheduled_at order, so
+  every claimable row it did not take lies at or above that point, but for rows written
+  by transactions still open. Those carry the time their transaction started and appear
+  when it commits; the margin lets the usual ones (an inform or enqueue and its commit
+  within a second) be found by the next claim. The floor never moves down on a claim.
+- What can still lie below a floor, claimable: a row committed more than `margin` after
+  its transaction started; a row another producer had locked (SKIP LOCKED) whose claim
+  then failed; a resource's queued work that was skipped while its previous work ran
+  (coalescing); a row handed back or rescued, or enqueued with a scheduled_at in the
+  past, which keeps its old time. So:
+  - when a resource work's result is written here, the floor of its priority moves down
+    to that work's scheduled_at less the margin (`rewind`): a follow-up work queued
+    while it ran was informed after it was claimed, so it lies above that point;
+  - the sweep (`Sweeper`, a component of the worker) reads, every `sweep_interval`
+    (1 s) on a pooled connection, the oldest claimable row of each priority, and sets
+    the floor to it (down or up), or, with none, to the sweep's time less the margin.
+    So a producer that claims nothing (another took every job) still keeps its floors
+    near the present. This read does cross the dead entries, but off the claim's path:
+    claims keep their cost, and the sweep waits ten times as long as its last read
+    took (at most 5 s), so it uses about a tenth of one connection's time. A row below
+    a floor is claimed at the latest one sweep after it became claimable.
+- Floors start at the beginning of time, so a new producer first reads everything.
+
+Invariants:
+- No job is skipped: every claimable row is at or above its priority's floor at the
+  next claim, or is found by the next sweep (which lowers the floor to it).
+- No job is claimed twice: floors only narrow what a claim reads; the claim's locking
+  (FOR UPDATE SKIP LOCKED, then the state = 'available' test on the locked row) is
+  unchanged.
+- Priorities keep their order: a claim reads priority 1 from its floor, then 2, and so
+  on, until it has the rows it wants.
+
+Limited kinds (queue/claimer.py) keep floors of their own: one set per limited kind and
+one for the other kinds together (a "shape"), since each is a claim of its own over a
+part of the queue. The sweep reads each shape's part below that shape's floors, so that
+a limited kind's backlog waiting for its limit never pulls the other kinds' floors down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from psycopg_pool import AsyncConnectionPool
+
+from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.db import job_sql
+from delta_actors.health import Progress, log_failure
+
+logger = logging.getLogger(__name__)
+
+PRIORITIES = (1, 2, 3, 4)
+FLOOR_MARGIN = 1.0  # seconds a transaction may take between its write and its commit
+SWEEP_INTERVAL = 1.0  # seconds between sweeps at least
+SWEEP_SHARE = 10.0  # a sweep waits this many times as long as the last one took...
+SWEEP_MAX_WAIT = 5.0  # ...but never longer than this (seconds), so it never looks stalled
+
+_START = datetime(1, 1, 2, tzinfo=UTC)  # before any scheduled_at (a day spare for zones)
+
+# The floors of the other kinds' claim (an app without limits has only this set).
+UNLIMITED = ""
+
+
+class Floors:
+    """Per claim shape (UNLIMITED or a limited kind), a floor per priority."""
+
+    def __init__(self, margin: float = FLOOR_MARGIN) -> None:
+        self._margin = timedelta(seconds=margin)
+        self._floors: dict[str, list[datetime]] = {}
+
+    def of(self, shape: str = UNLIMITED) -> list[datetime]:
+        """The floors of one claim shape, priority 1 first (the statements' parameter)."""
+        floors = self._floors.get(shape)
+        if floors is None:
+            floors = self._floors[shape] = [_START] * len(PRIORITIES)
+        return floors
+
+    def lowest(self) -> list[datetime]:
+        """The lowest floor of each priority over every shape."""
+        shapes = list(self._floors.values()) or [self.of()]
+        return [min(floors[i] for floors in shapes) for i in range(len(PRIORITIES))]
+
+    def shapes(self) -> list[str]:
+        """The claim shapes that have floors (UNLIMITED at least)."""
+        self.of()
+        return list(self._floors)
+
+    def claimed(self, shape: str, rows: Sequence[tuple[int, datetime]]) -> None:
+        """Raise the floors of `shape` past what a claim took: (priority, scheduled_at)."""
+        floors = self.of(shape)
+        oldest: dict[int, datetime] = {}
+        for priority, scheduled_at in rows:
+            if priority not in oldest or scheduled_at < oldest[priority]:
+                oldest[priority] = scheduled_at
+        for priority, scheduled_at in oldest.items():
+            i = priority - 1
+            floors[i] = max(floors[i], scheduled_at - self._margin)
+
+    def rewind(self, shape: str, priority: int, scheduled_at: datetime) -> None:
+        """Lower the floor of `priority` in `shape` to `scheduled_at` less the margin."""
+        floors = self.of(shape)
+        floors[priority - 1] = min(floors[priority - 1], scheduled_at - self._margin)
+
+    def swept(self, shape: str, priority: int, oldest: datetime | None, now: datetime) -> bool:
+        """Set a floor from a sweep: to the oldest claimable row, or with none to `now`
+        less the margin; return whether the floor went down (a row below it)."""
+        floors = self.of(shape)
+        i = priority - 1
+        if oldest is None:
+            floors[i] = max(floors[i], now - self._margin)
+            return False
+        lowered = oldest < floors[i]
+        floors[i] = oldest
+        return lowered
+
+
+class Sweeper:
+    """Sets the floors to the oldest claimable rows (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        namespace: str,
+        floors: Floors,
+        limited: Callable[[], list[str]],
+        on_found: Callable[[], None],
+        *,
+        interval: float = SWEEP_INTERVAL,
+        progress: Progress | None = None,
+    ) -> None:
+        self._pool = pool
+        self._namespace = namespace
+        self._floors = floors
+        self._limited = limited  # the limited kinds of the app (each a shape of its own)
+        self._on_found = on_found  # called after a sweep lowered a floor (wakes the producer)
+        self._interval = interval
+        self.progress = progress or Progress("sweep", interval)
+        self.sweeps = 0
+        self.failures = 0  # sweeps that failed (logged; the next one tries again)
+        self.found = 0  # rows found below a floor (tests and metrics read it)
+
+    async def run(self) -> None:
+        """Sweep until cancelled; a failed sweep is logged and tried again."""
+        wait = 0.0
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(wait)
+            started = time.monotonic()
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 (the next sweep tries again; logged)
+                self.failures += 1
+                self.progress.failed(exc)
+                log_failure(
+                    logger, "sweeping below the claim floors failed", exc, "worker.sweep_failed",
+                    namespace=self._namespace,
+                )  # fmt: skip
+            else:
+                self.progress.ok()
+            took = time.monotonic() - started
+            wait = min(max(self._interval, SWEEP_SHARE * took), max(self._interval, SWEEP_MAX_WAIT))
+            wait -= took
+
+    async def sweep(self) -> int:
+        """One sweep; return how many floors it lowered to a claimable row below them."""
+        limited = self._limited()
+        found = 0
+        async with self._pool.connection() as conn:
+            for shape in [UNLIMITED, *limited]:
+                params = {
+                    "namespace": self._namespace,
+                    "kind": shape or None, "limited": [] if shape else limited,
+                }  # fmt: skip
+                cur = await conn.execute(job_sql.FIND_OLDEST_CLAIMABLE_JOBS, params)
+                for priority, oldest, now in await cur.fetchall():
+                    found += self._floors.swept(shape, priority, oldest, now)
+        self.sweeps += 1
+        if found:
+            self.found += found
+            self._on_found()
+        return found

@@ -1,0 +1,190 @@
+"""Claim floors (queue/floors.py): claims read from them, nothing below them is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+import delta_actors as delta
+from delta_actors.db import job_sql
+from delta_actors.queue.claimer import Claimer
+from delta_actors.queue.floors import Floors, Sweeper
+from tests.integration.workers import running_worker
+from tests.objects import Keyed
+from tests.waiting import wait_until_async
+
+
+class Ping(delta.Job, kind="ping"):
+    n: int
+
+
+class Note(Keyed, kind="note"):
+    body: str
+
+
+def _claim_params() -> dict[str, object]:
+    return {"namespace": "default", "limit": 10, "actor": 1}
+
+
+async def test_a_job_committed_below_the_floor_is_found_by_the_sweep(dsn):
+    """A job whose transaction began before the claims moved past it (and committed
+    after) lies below the floor: the claims do not read it, the next sweep finds it and
+    the claim after that takes it."""
+    client = await delta.AsyncClient.connect(dsn)
+    floors = Floors(margin=0.0)
+    claimer = Claimer(dsn, "default", floors=floors)
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False)
+    await pool.open()
+    sweeper = Sweeper(pool, "default", floors, list, lambda: None)
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn) as late:
+            await client.enqueue_tx(late, Ping(n=0))  # scheduled_at: its transaction's start
+            await client.enqueue(Ping(n=1))
+            assert len(await claimer.claim(_claim_params())) == 1  # n=1; the floor passes n=0
+            await late.commit()
+        assert await claimer.claim(_claim_params()) == []
+        assert await sweeper.sweep() == 1
+        (row,) = await claimer.claim(_claim_params())
+        assert row[1] == "ping"
+        assert await sweeper.sweep() == 0
+    finally:
+        await claimer.close()
+        await pool.close()
+        await client.close()
+
+
+def _claim_buffers(conn: psycopg.Connection, floors: list[object]) -> int:
+    """Shared buffers the claim's read of the claim index (and the rows it points at)
+    touches with `floors` (the claim run and rolled back)."""
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + job_sql.CLAIM_JOBS,
+            {**_claim_params(), "floors": floors},
+        ).fetchall()
+    plan = "\n".join(row[0] for row in rows)
+    match = re.search(r"using delta_job_claim_idx.*?Buffers: shared hit=(\d+)", plan, re.S)
+    assert match, plan
+    return int(match.group(1))
+
+
+async def test_claims_do_not_read_dead_row_versions_behind_a_held_snapshot(dsn):
+    """While a REPEATABLE READ snapshot is held, the entries of claimed rows stay in the
+    claim index; a claim from the floors reads none of them, one from the start all."""
+    client = await delta.AsyncClient.connect(dsn)
+    claimer = Claimer(dsn, "default")
+    try:
+        with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as conn:
+            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            holder.execute("SELECT count(*) FROM delta_job").fetchone()
+            await client.enqueue_many([Ping(n=i) for i in range(5000)])
+            taken = 0
+            while rows := await claimer.claim({**_claim_params(), "limit": 500}):
+                taken += len(rows)
+                conn.execute(
+                    "UPDATE delta_job SET state = 'completed', finalized_at = now(),"
+                    " claimed_by = NULL WHERE id = ANY(%s)",
+                    ([row[0] for row in rows],),
+                )
+            assert taken == 5000
+            await asyncio.sleep(1.1)  # past the floor's margin, then one more claim
+            await client.enqueue(Ping(n=-2))
+            assert len(await claimer.claim(_claim_params())) == 1
+            await client.enqueue(Ping(n=-1))
+            from_floors = _claim_buffers(conn, list(claimer.floors.of()))
+            from_start = _claim_buffers(conn, list(Floors().of()))
+            holder.rollback()
+        # Pages, not rows: 5,000 dead versions lie on about a hundred heap pages.
+        assert from_floors < 20, from_floors
+        assert from_start > 60, from_start
+    finally:
+        await claimer.close()
+        await client.close()
+
+
+async def test_a_follow_up_work_below_the_floor_runs_when_its_previous_work_ends(dsn):
+    """A work queued while its resource's work runs is skipped by claims (coalescing),
+    which then move past it; once the running work's result is written, the floor moves
+    back and the follow-up runs at once, without waiting for a sweep."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    class NoteController(delta.Controller[Note]):
+        async def work(self, resource: delta.Resource[Note]) -> None:
+            runs.append(resource.object.body)
+            if resource.object.body == "v1":
+                await release.wait()
+
+    app = delta.App(controllers=[NoteController()], jobs={Ping: lambda job: None})
+    client = await delta.AsyncClient.connect(dsn, app=app)
+    try:
+        async with running_worker(app, dsn, floor_margin=0.2, sweep_interval=3600.0):
+            await client.inform(Note(key="n1", body="v1"))
+            await wait_until_async(lambda: runs == ["v1"], 10, "the first work to start")
+            await client.inform(Note(key="n1", body="v2"))  # queued; its resource is busy
+            await asyncio.sleep(0.3)  # more than the margin: then the floor passes it
+            await client.enqueue(Ping(n=1))
+
+            async def ping_done() -> bool:
+                page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
+                return len(page.items) == 1
+
+            await wait_until_async(ping_done, 10, "the ping to complete")
+            assert runs == ["v1"]
+            release.set()
+            await wait_until_async(lambda: runs == ["v1", "v2"], 5, "the follow-up work")
+    finally:
+        await client.close()
+
+
+async def test_the_sweep_survives_its_connection_being_killed(dsn):
+    """A sweep whose connection is terminated fails, is logged and counted; the loop goes
+    on and the next sweep succeeds on a new connection."""
+    floors = Floors()
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False)
+    await pool.open()
+    sweeper = Sweeper(pool, "default", floors, list, lambda: None, interval=0.05)
+    task = asyncio.create_task(sweeper.run(), name="test:sweep")
+    try:
+        await wait_until_async(lambda: sweeper.sweeps >= 1, 10, "a first sweep")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await wait_until_async(lambda: sweeper.failures >= 1, 10, "the sweep to fail")
+        swept = sweeper.sweeps
+        await wait_until_async(lambda: sweeper.sweeps > swept, 10, "a sweep after the kill")
+        assert not task.done()
+        assert sweeper.progress.snapshot().failures == 0  # progress since the failure
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pool.close()
+
+
+async def test_the_sweep_keeps_an_idle_producers_floors_near_the_present(dsn):
+    """A producer that claims nothing (another took every job) still has its floors
+    raised: by each sweep, to the oldest claimable job, or with none to the present."""
+    client = await delta.AsyncClient.connect(dsn)
+    floors = Floors(margin=0.0)
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False)
+    await pool.open()
+    sweeper = Sweeper(pool, "default", floors, list, lambda: None)
+    try:
+        start = floors.of()[0]
+        assert await sweeper.sweep() == 0
+        emptied = floors.of()
+        assert all(floor > start for floor in emptied)
+        await client.enqueue(Ping(n=1), priority=2)
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT scheduled_at FROM delta_job")
+            (queued_at,) = await cur.fetchone()
+        assert await sweeper.sweep() == 0  # above: the floor goes up to it
+        assert floors.of()[1] == queued_at
+        assert floors.of()[0] >= emptied[0]
+    finally:
+        await pool.close()
+        await client.close()
