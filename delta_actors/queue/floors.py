@@ -103,11 +103,6 @@ class Floors:
         shapes = list(self._floors.values()) or [self.of()]
         return [min(floors[i] for floors in shapes) for i in range(len(PRIORITIES))]
 
-    def shapes(self) -> list[str]:
-        """The claim shapes that have floors (UNLIMITED at least)."""
-        self.of()
-        return list(self._floors)
-
     def claimed(self, shape: str, rows: Sequence[tuple[int, datetime]]) -> None:
         """Raise the floors of `shape` past what a claim took: (priority, scheduled_at)."""
         floors = self.of(shape)
