@@ -122,6 +122,23 @@ def migrate(dsn: str | None) -> None:
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
 @click.option(
+    "--pool-mode", type=click.Choice(["session", "transaction"]),
+    help="How a pooler between us and PostgreSQL pools (default: the DSN's "
+    "delta_pool_mode, else session: direct, or a pooler in session mode). transaction: "
+    "behind PgBouncer's pool_mode = transaction; nothing prepared, no session settings, "
+    "wake-ups by polling unless --listen-dsn is given.",
+)  # fmt: skip
+@click.option(
+    "--listen-dsn",
+    help="A direct PostgreSQL URL for LISTEN wake-ups when --dsn goes through a pooler in "
+    "transaction mode (default: poll).",
+)  # fmt: skip
+@click.option(
+    "--poll-interval", type=click.FloatRange(min=0.01),
+    help="Seconds between a worker's claims without a wake-up (default: 1, or 0.2 when "
+    "nothing listens).",
+)  # fmt: skip
+@click.option(
     "--shutdown-timeout", type=float, default=30.0, show_default=True,
     help="Seconds running works get to finish on SIGTERM.",
 )  # fmt: skip
@@ -161,6 +178,9 @@ def supervise(  # noqa: PLR0917 (click passes every option)
     app_path: str,
     dsn: str | None,
     data_dir: Path | None,
+    pool_mode: str | None,
+    listen_dsn: str | None,
+    poll_interval: float | None,
     shutdown_timeout: float,
     heartbeat_interval: float,
     hang_timeout: float,
@@ -173,6 +193,7 @@ def supervise(  # noqa: PLR0917 (click passes every option)
 ) -> None:
     """Run an app: one actor process per namespace (times its processes), plus a leader."""
     from delta_actors.app import load_app
+    from delta_actors.db.pooler import with_pool_mode
     from delta_actors.ops.logs import configure_logging
     from delta_actors.runtime.supervisor import Supervisor
 
@@ -189,9 +210,13 @@ def supervise(  # noqa: PLR0917 (click passes every option)
                 f"`{_with_data_dir('delta-actors db stop', data_dir)}` stops it",
                 err=True,
             )
+        if pool_mode is not None:
+            resolved = with_pool_mode(resolved, pool_mode)
         supervisor = Supervisor(
             app,
             resolved,
+            listen_dsn=listen_dsn,
+            poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
             heartbeat_interval=heartbeat_interval,
             hang_timeout=hang_timeout,

@@ -50,7 +50,8 @@ class ActorSpec:
     heartbeat_interval: float = 2.0  # seconds between heartbeats (pipe and database)
     rescue_ttl: float = 10.0  # seconds without a heartbeat before rescue (leader)
     lease_ttl: float = 15.0  # seconds a leader's lease lasts without renewal
-    poll_interval: float = 1.0
+    poll_interval: float | None = None  # None: the worker's default (see runtime/worker.py)
+    listen_dsn: str | None = None  # where to LISTEN, when `dsn` is a transaction pooler
 
 
 class _Body(Protocol):
@@ -95,6 +96,7 @@ class _Actor:
                 heartbeat_interval=spec.heartbeat_interval,
                 rescue_ttl=spec.rescue_ttl,
                 lease_ttl=spec.lease_ttl,
+                listen_dsn=spec.listen_dsn,
             )
         else:
             self._worker = Worker(
@@ -105,6 +107,7 @@ class _Actor:
                 heartbeat_interval=spec.heartbeat_interval,
                 rescue_ttl=spec.rescue_ttl,
                 poll_interval=spec.poll_interval,
+                listen_dsn=spec.listen_dsn,
             )
             self._body = self._worker
 

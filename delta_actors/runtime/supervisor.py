@@ -52,8 +52,9 @@ import psycopg
 
 from delta_actors.app import App
 from delta_actors.db import migration_sql
-from delta_actors.db.connection import component_conninfo, drive, translate_errors
+from delta_actors.db.connection import check_dsn, component_conninfo, drive, translate_errors
 from delta_actors.db.migrations import check_schema
+from delta_actors.db.pooler import listen_dsn_of, target
 from delta_actors.errors import ConfigError, ProtocolError
 from delta_actors.leader.rescue import rescue_actors
 from delta_actors.runtime import protocol
@@ -116,6 +117,10 @@ class Supervisor:
         start_timeout: seconds an actor may take to report Started.
         metrics_port: serve Prometheus metrics on this port (0: any free port); None: no.
         metrics_host: the address the metrics server binds to.
+        listen_dsn: where actors LISTEN when `dsn` declares a transaction pooler
+            (db/pooler.py): a direct connection; None: they poll.
+        poll_interval: seconds between a worker's claims without a wake-up; None: the
+            worker's default (1 s, or 0.2 s when nothing listens).
     """
 
     def __init__(
@@ -131,6 +136,8 @@ class Supervisor:
         start_timeout: float = 60.0,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        listen_dsn: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         longest_hang = rescue_ttl - 2 * heartbeat_interval - TICK
         if hang_timeout > longest_hang:
@@ -142,21 +149,21 @@ class Supervisor:
             )
         self.app = app
         self.dsn = dsn
+        self.listen_dsn = listen_dsn
+        listen_dsn_of(dsn, listen_dsn)  # a listen DSN behind a transaction pooler: refused
         self._conninfo = component_conninfo(dsn, "delta-supervisor")
+        self._connect_kwargs = target(dsn).connect_kwargs
+        timing = (heartbeat_interval, rescue_ttl, lease_ttl, poll_interval, listen_dsn)
         self.shutdown_timeout = shutdown_timeout
         self.hang_timeout = hang_timeout
         self.start_timeout = start_timeout
         self.slots: list[Slot] = []
         for name, namespace in app.namespaces.items():
             for index in range(namespace.processes):
-                spec = ActorSpec("worker", name, dsn, heartbeat_interval, rescue_ttl, lease_ttl)
+                spec = ActorSpec("worker", name, dsn, *timing)
                 self.slots.append(Slot(f"worker:{name}:{index}", spec))
-        self.slots.append(
-            Slot(
-                "leader",
-                ActorSpec("leader", "leader", dsn, heartbeat_interval, rescue_ttl, lease_ttl),
-            )
-        )
+        leader = ActorSpec("leader", "leader", dsn, *timing)
+        self.slots.append(Slot("leader", leader))
         self.children: dict[int, Child] = {}
         self._selector = selectors.DefaultSelector()
         self._stop_deadline: float | None = None
@@ -175,6 +182,8 @@ class Supervisor:
     def check(self) -> None:
         """Fail early, naming the fix (see check_database)."""
         check_database(self.dsn)
+        if self.listen_dsn is not None:
+            check_database(self.listen_dsn, "check the listen DSN")
 
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
@@ -441,7 +450,9 @@ class Supervisor:
             return
         try:
             with (
-                psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn,
+                psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5, **self._connect_kwargs
+                ) as conn,
                 conn.transaction(),
             ):
                 # After a forced stop the actors died by our hand: nothing they ran failed.
@@ -538,12 +549,16 @@ class Supervisor:
         return 1
 
 
-def check_database(dsn: str) -> None:
+def check_database(dsn: str, action: str = "check database") -> None:
     """Fail early, naming the fix, if the database is unreachable, not migrated, or the
     role cannot write what the actors write (instead of actors that crash-loop)."""
+    check_dsn(dsn)
+    given = target(dsn)
     with (
-        translate_errors("check database", dsn),
-        psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn,
+        translate_errors(action, dsn),
+        psycopg.connect(
+            given.conninfo, autocommit=True, connect_timeout=10, **given.connect_kwargs
+        ) as conn,
     ):
         check_schema(conn)
         missing = conn.execute(migration_sql.SELECT_MISSING_PRIVILEGES).fetchall()
