@@ -60,6 +60,7 @@ from delta_actors.leader.rescue import rescue_actors
 from delta_actors.runtime import protocol
 from delta_actors.runtime.actor import ActorSpec, run_actor
 from delta_actors.runtime.metrics import SupervisorMetrics, serve
+from delta_actors.runtime.worker import POLL_INTERVAL_WITHOUT_LISTEN
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Supervisor:
         self.app = app
         self.dsn = dsn
         self.listen_dsn = listen_dsn
+        self._poll_interval = poll_interval or POLL_INTERVAL_WITHOUT_LISTEN
         listen_dsn_of(dsn, listen_dsn)  # a listen DSN behind a transaction pooler: refused
         self._conninfo = component_conninfo(dsn, "delta-supervisor")
         self._connect_kwargs = target(dsn).connect_kwargs
@@ -188,6 +190,7 @@ class Supervisor:
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
         self.check()
+        self._log_pool_mode()
         self._serve_metrics()
         self._install_signals()
         logger.info(
@@ -203,6 +206,19 @@ class Supervisor:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
                 self._metrics_server.server_close()
+
+    def _log_pool_mode(self) -> None:
+        if target(self.dsn).keeps_sessions:
+            return
+        how = (
+            "actors LISTEN on the listen DSN"
+            if self.listen_dsn is not None
+            else f"nothing LISTENs: workers poll every {self._poll_interval:g}s"
+        )
+        logger.info(
+            "behind a pooler in transaction mode: no statement prepared, no session "
+            "setting; %s", how, extra={"event": "supervisor.pool_mode"},
+        )  # fmt: skip
 
     def _serve_metrics(self) -> None:
         host, port = self._metrics_address
