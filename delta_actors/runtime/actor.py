@@ -33,6 +33,7 @@ import uvloop
 
 from delta_actors.app import App
 from delta_actors.errors import ProtocolError
+from delta_actors.health import describe
 from delta_actors.leader.duties import Leader
 from delta_actors.runtime import protocol
 from delta_actors.runtime.worker import Worker
@@ -222,13 +223,13 @@ class _Actor:
 
     async def _report_failure(self, exc: BaseException) -> None:
         logger.error(
-            "actor %s/%s failed: %s", self._spec.role, self._spec.namespace, exc,
+            "actor %s/%s failed: %s", self._spec.role, self._spec.namespace, describe(exc),
             extra={"event": "actor.failed", "namespace": self._spec.namespace},
         )  # fmt: skip
         await self._send(
             protocol.Failed(
                 error_type=type(exc).__qualname__,
-                message=str(exc),
+                message=str(exc).strip() or "(no message)",
                 traceback="".join(traceback.format_exception(exc))[-8000:],
             )
         )

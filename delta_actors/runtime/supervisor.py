@@ -56,6 +56,7 @@ from delta_actors.db.connection import check_dsn, component_conninfo, drive, tra
 from delta_actors.db.migrations import check_schema
 from delta_actors.db.pooler import listen_dsn_of, target
 from delta_actors.errors import ConfigError, ProtocolError
+from delta_actors.health import describe
 from delta_actors.leader.rescue import rescue_actors
 from delta_actors.runtime import protocol
 from delta_actors.runtime.actor import ActorSpec, run_actor
@@ -481,7 +482,7 @@ class Supervisor:
             if not self._rescue_failing:
                 logger.error(
                     "rescuing the claims of dead actors %s failed, retrying: %s",
-                    sorted(self._unrescued.values()), exc,
+                    sorted(self._unrescued.values()), describe(exc),
                     extra={"event": "actor.rescue_failed"},
                 )  # fmt: skip
             self._rescue_failing = True

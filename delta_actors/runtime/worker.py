@@ -57,7 +57,7 @@ from delta_actors.db.connection import connect_async, make_async_pool, translate
 from delta_actors.db.migrations import check_schema_async
 from delta_actors.db.pooler import listen_dsn_of
 from delta_actors.errors import ActorLostError
-from delta_actors.health import ComponentHealth, Progress, log_failure
+from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.queue import results
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
 from delta_actors.queue.claimer import Claimer
@@ -519,7 +519,8 @@ class Worker:
             )
         except (psycopg.Error, OSError) as exc:
             logger.error(
-                "handing back %d claims failed, rescue will return them: %s", len(claims), exc,
+                "handing back %d claims failed, rescue will return them: %s", len(claims),
+                describe(exc),
                 extra={"event": "worker.hand_back_failed"},
             )  # fmt: skip
             return
@@ -536,9 +537,12 @@ class Worker:
 
     async def queue_depth(self) -> tuple[int, float]:
         """Return the namespace's available jobs (capped at 100,000) and the oldest's wait."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(job_sql.COUNT_AVAILABLE_JOBS, {"namespace": self.namespace})
-            row = await cur.fetchone()
+        with translate_errors("read the queue depth"):
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    job_sql.COUNT_AVAILABLE_JOBS, {"namespace": self.namespace}
+                )
+                row = await cur.fetchone()
         return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
 
     async def _unregister(self) -> None:
