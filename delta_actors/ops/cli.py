@@ -83,12 +83,20 @@ def main() -> None:
 
 @main.command()
 @click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}).")
-def migrate(dsn: str | None) -> None:
+@click.option(
+    "--check", is_flag=True,
+    help="Only read the schema's version: exit 0 if it is current, 1 naming the fix if "
+    "not (needs only SELECT on delta_migration).",
+)  # fmt: skip
+def migrate(dsn: str | None, check: bool) -> None:
     """Apply the delta_actors schema migrations (idempotent, safe to run concurrently)."""
     from delta_actors.db import migrations
     from delta_actors.ops.progress import Progress
 
     resolved = _dsn_or_exit(dsn)
+    if check:
+        _check_schema_version(resolved)
+        return
 
     def applying(done: int, total: int, migration: migrations.Migration) -> None:
         progress.step(done, total, f"applying {migration.version:04d}_{migration.name}")
@@ -107,11 +115,31 @@ def migrate(dsn: str | None) -> None:
         sys.exit(1)
     where = redact_dsn(resolved)
     if not applied:
-        click.echo(f"schema is up to date at version {version} ({where})")
+        click.echo(f"schema is at version {version}, nothing to do ({where})")
         return
     for migration in applied:
         click.echo(f"applied {migration.version:04d}_{migration.name}")
     click.echo(f"schema is at version {version} ({where})")
+
+
+def _check_schema_version(dsn: str) -> None:
+    """`migrate --check`: read the version, change nothing, say whether it is current."""
+    from delta_actors.db import migrations
+
+    try:
+        with (
+            connect(dsn, autocommit=True, action="check the schema") as conn,
+            translate_errors("check the schema", dsn),
+        ):
+            version = migrations.current_version(conn)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    problem = migrations.schema_problem(version)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"schema is at version {version}, nothing to do ({redact_dsn(dsn)})")
 
 
 @main.command()
