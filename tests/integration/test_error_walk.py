@@ -180,12 +180,16 @@ async def test_a_closed_connection_or_pool_is_a_database_error(dsn):
         await delta.AsyncClient.connect(NOWHERE)
 
 
-async def test_a_worker_on_a_database_it_cannot_reach_fails_as_a_database_error():
+async def test_actors_on_a_database_they_cannot_reach_fail_as_a_database_error():
     worker = delta.Worker(delta.App(jobs={Ping: lambda job: None}), NOWHERE)
     with pytest.raises(delta.DatabaseError):
         await worker.queue_depth()  # its pool never opened
     with pytest.raises(delta.DatabaseError, match="cannot use PostgreSQL"):
         await worker.start()
+    from delta_actors.leader.duties import Leader
+
+    with pytest.raises(delta.DatabaseError, match="cannot use PostgreSQL"):
+        await Leader(delta.App(), NOWHERE).start()
 
 
 # ---------------------------------------------------------------------------- privileges
@@ -220,6 +224,10 @@ async def test_a_role_without_privileges_gets_a_database_error_from_every_method
     worker = delta.Worker(delta.App(jobs={Ping: lambda job: None}), as_role)
     with pytest.raises(delta.DatabaseError, match="permission denied"):
         await worker.start()
+    from delta_actors.leader.duties import Leader
+
+    with pytest.raises(delta.DatabaseError, match="permission denied"):
+        await Leader(delta.App(), as_role).start()
 
 
 # ---------------------------------------------------------------------------- the CLI
