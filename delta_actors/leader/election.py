@@ -58,7 +58,6 @@ class Elector:
 
     Args:
         dsn: the database (the elector keeps one connection of its own, for LISTEN).
-        listens: LISTEN for resignations (False behind a transaction pooler).
         actor_id: this actor's id, written into the lease.
         on_elected: awaited with the term when the lease is won.
         on_lost: awaited when the lease is lost or given up.
@@ -66,6 +65,7 @@ class Elector:
         renew_interval: seconds between renewals.
         elect_interval: seconds between attempts as a candidate (+ up to 10% jitter).
         margin: seconds before the lease's end at which the leader stops trusting it.
+        listens: LISTEN for resignations (False behind a transaction pooler).
     """
 
     def __init__(
