@@ -52,7 +52,13 @@ import psycopg
 
 from delta_actors.app import App
 from delta_actors.db import migration_sql
-from delta_actors.db.connection import check_dsn, component_conninfo, drive, translate_errors
+from delta_actors.db.connection import (
+    check_dsn,
+    component_conninfo,
+    connect,
+    drive,
+    translate_errors,
+)
 from delta_actors.db.migrations import check_schema
 from delta_actors.db.pooler import listen_dsn_of, target
 from delta_actors.errors import ConfigError, ProtocolError
@@ -184,9 +190,7 @@ class Supervisor:
 
     def check(self) -> None:
         """Fail early, naming the fix (see check_database)."""
-        check_database(self.dsn)
-        if self.listen_dsn is not None:
-            check_database(self.listen_dsn, "check the listen DSN")
+        check_database(self.dsn, self.listen_dsn)
 
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
@@ -566,13 +570,17 @@ class Supervisor:
         return 1
 
 
-def check_database(dsn: str, action: str = "check database") -> None:
+def check_database(dsn: str, listen_dsn: str | None = None) -> None:
     """Fail early, naming the fix, if the database is unreachable, not migrated, or the
-    role cannot write what the actors write (instead of actors that crash-loop)."""
+    role cannot write what the actors write (instead of actors that crash-loop), or the
+    listen DSN does not connect."""
+    if listen_dsn is not None:
+        # LISTEN needs nothing but a connection: no schema or table privilege checked.
+        connect(listen_dsn, action="check the listen DSN").close()
     check_dsn(dsn)
     given = target(dsn)
     with (
-        translate_errors(action, dsn),
+        translate_errors("check database", dsn),
         psycopg.connect(
             given.conninfo, autocommit=True, connect_timeout=10, **given.connect_kwargs
         ) as conn,

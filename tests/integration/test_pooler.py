@@ -202,3 +202,14 @@ def test_migrate_runs_through_a_transaction_pooler(empty_dsn, transaction_bounce
     again = CliRunner().invoke(main, ["migrate", "--dsn", through])
     assert again.exit_code == 0, again.output
     assert "nothing to do" in again.output
+
+
+def test_supervise_checks_its_listen_dsn_before_it_forks(dsn):
+    from delta_actors.runtime.supervisor import Supervisor, check_database
+
+    check_database(declared(dsn), dsn)  # a connection is all a listen DSN needs
+    nowhere = "postgresql://nobody@/x?host=/nonexistent-socket-dir&port=1&connect_timeout=2"
+    with pytest.raises(delta.DatabaseError, match="check the listen DSN: cannot use"):
+        check_database(declared(dsn), nowhere)
+    with pytest.raises(delta.ConfigError, match="LISTEN needs a session of its own"):
+        Supervisor(delta.App(), declared(dsn), listen_dsn=declared(dsn))
