@@ -35,7 +35,7 @@ from delta_actors.db.connection import (
 )
 from delta_actors.db.migrations import check_schema, check_schema_async
 from delta_actors.db.resource_sql import StoredRow
-from delta_actors.errors import ConfigError, DecodeError, UnknownKindError
+from delta_actors.errors import ConfigError, DatabaseError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
 from delta_actors.local.embedded import DATABASE as EMBEDDED_DATABASE
 from delta_actors.local.embedded import embedded_cluster
@@ -176,8 +176,25 @@ def _resource_of(object_type: type[T], row: StoredRow | None) -> Resource[T] | N
     return row.resource(obj)
 
 
+def _pool_of(pool: Any, kind: type[ConnectionPool] | type[AsyncConnectionPool], client: str) -> Any:
+    """`pool` if it is a pool of `kind`; else a ConfigError naming what to pass."""
+    if isinstance(pool, kind):
+        return pool
+    hint = f"make the client with {client}.connect(dsn), or pass a pool of your own"
+    if isinstance(pool, ConnectionPool | AsyncConnectionPool):
+        other = "delta.AsyncClient" if kind is ConnectionPool else "delta.Client"
+        hint = f"for a psycopg_pool.{type(pool).__name__} use {other}"
+    raise ConfigError(
+        f"{client} takes a psycopg_pool.{kind.__name__}, got "
+        f"{type(pool).__module__}.{type(pool).__qualname__}; {hint}"
+    )
+
+
 def _conninfo(pool: ConnectionPool | AsyncConnectionPool) -> str:
     """The pool's connection string: a subscription opens its own connection with it."""
+    if pool.closed:
+        # Its own connection would work, but the client is done with: as every other call.
+        raise DatabaseError(f"subscribe: the client's pool {pool.name!r} is closed")
     if not isinstance(pool.conninfo, str):
         raise ConfigError(
             "subscribe needs a pool whose conninfo is a string, not a callable: "
@@ -318,7 +335,7 @@ class Client:
     """
 
     def __init__(self, pool: ConnectionPool, *, app: App | None = None) -> None:
-        self._pool = pool
+        self._pool: ConnectionPool = _pool_of(pool, ConnectionPool, "Client")
         self._owns_pool = False
         self.app = app
 
@@ -328,7 +345,7 @@ class Client:
     ) -> Client:
         """Connect to `dsn` (default `$DELTA_DATABASE_URL`), checking it and its schema."""
         dsn = _require_dsn(dsn)
-        with connect(dsn, action="connect client") as probe:
+        with connect(dsn, action="connect client") as probe, translate_errors("connect client"):
             check_schema(probe)
         pool = make_pool(dsn, min_size=1, max_size=max_size, name="delta-client")
         with translate_errors("open client pool", dsn):
@@ -761,7 +778,7 @@ class AsyncClient:
     """Enqueue jobs and read their state (async twin of Client)."""
 
     def __init__(self, pool: AsyncConnectionPool, *, app: App | None = None) -> None:
-        self._pool = pool
+        self._pool: AsyncConnectionPool = _pool_of(pool, AsyncConnectionPool, "AsyncClient")
         self._owns_pool = False
         self.app = app
 
@@ -772,7 +789,8 @@ class AsyncClient:
         """Connect to `dsn` (default `$DELTA_DATABASE_URL`), checking it and its schema."""
         dsn = _require_dsn(dsn)
         async with await connect_async(dsn, action="connect client") as probe:
-            await check_schema_async(probe)
+            with translate_errors("connect client"):
+                await check_schema_async(probe)
         pool = make_async_pool(dsn, min_size=1, max_size=max_size, name="delta-client")
         with translate_errors("open client pool", dsn):
             await pool.open(wait=True, timeout=30)

@@ -46,3 +46,55 @@ def wait_registered(dsn: str, proc: subprocess.Popen[Any], count: int, timeout: 
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("supervise did not start its actors")
         time.sleep(0.05)
+
+
+@contextmanager
+def pgbouncer(dsn: str, mode: str, pool_size: int) -> Iterator[str]:
+    """A PgBouncer (Debian's `pgbouncer`) in `mode` in front of `dsn`'s Unix-socket
+    server; yields the DSN of the same database through it, and stops it at exit."""
+    import os
+    import pwd
+    import shutil
+
+    from delta_actors.local.cluster import short_socket_dir
+
+    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if binary is None:
+        raise RuntimeError("pgbouncer not found (Debian: apt-get install pgbouncer)")
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    user = str(info.get("user") or "postgres")
+    folder = short_socket_dir("pgb")
+    (folder / "users.txt").write_text(f'"{user}" ""\n')
+    lines = [
+        "[databases]", f"* = host={info['host']} port={info.get('port') or 5432}",
+        "[pgbouncer]", "listen_addr =", f"unix_socket_dir = {folder}", "listen_port = 6432",
+        "auth_type = trust", f"auth_file = {folder}/users.txt", f"pool_mode = {mode}",
+        f"default_pool_size = {pool_size}", "max_client_conn = 2000",
+        f"logfile = {folder}/pgbouncer.log",
+    ]  # fmt: skip
+    if os.geteuid() == 0:  # PgBouncer refuses root; run it as the cluster's server user
+        lines.append("user = nobody")
+    (folder / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    proc = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], stderr=subprocess.DEVNULL)
+    through = psycopg.conninfo.make_conninfo(
+        host=str(folder), port="6432", dbname=str(info.get("dbname") or "postgres"), user=user
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                psycopg.connect(through, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield through
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)

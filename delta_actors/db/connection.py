@@ -1,4 +1,13 @@
-"""The one seam where psycopg errors become delta_actors errors, and DSN handling."""
+"""The one seam where psycopg errors become delta_actors errors, and DSN handling.
+
+Invariants:
+- Every psycopg error that reaches our callers passes `translate_errors` and comes out a
+  `DatabaseError` (or a subclass: `SchemaError`; `EncodeError` for a value PostgreSQL
+  cannot store), the cause kept, a password never in the message.
+- Every connection we open goes through `connect`, `make_pool` or takes
+  `target(dsn).connect_kwargs` itself (db/pooler.py): behind a transaction pooler none
+  prepares a statement or keeps a setting.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from delta_actors.db.pooler import POOL_MODE_PARAM, target
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ def resolve_dsn(dsn: str | None) -> str | None:
 def check_dsn(dsn: str) -> None:
     """Raise ConfigError, password redacted, if libpq cannot parse `dsn`."""
     try:
-        psycopg.conninfo.conninfo_to_dict(dsn)
+        psycopg.conninfo.conninfo_to_dict(target(dsn).conninfo)
     except psycopg.ProgrammingError as exc:
         detail = str(exc).strip()
         for pattern in (_PASSWORD_IN_URL, _PASSWORD_IN_KV):
@@ -61,7 +71,7 @@ def check_dsn(dsn: str) -> None:
 def _redact_message(message: str, dsn: str | None) -> str:
     """Keep libpq's message but never a password that it may echo back."""
     if dsn:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        password = psycopg.conninfo.conninfo_to_dict(target(dsn).conninfo).get("password")
         if password:
             message = message.replace(str(password), "***")
     return message
@@ -90,6 +100,8 @@ def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
             detail += f" ({exc.diag.message_detail})"
         raise EncodeError(f"{action}: PostgreSQL cannot store a value given: {detail}") from exc
     except psycopg.OperationalError as exc:
+        if _is_pooler_mixup(exc):
+            raise _pooler_mixup(action, exc, dsn) from exc
         where = f" at {redact_dsn(dsn)}" if dsn else ""
         detail = _redact_message(str(exc).strip(), dsn)
         raise DatabaseError(f"{action}: cannot use PostgreSQL{where}: {detail}") from exc
@@ -99,16 +111,41 @@ def translate_errors(action: str, dsn: str | None = None) -> Iterator[None]:
             "connects as, or connect as a role that has it"
         ) from exc
     except psycopg.Error as exc:
+        if _is_pooler_mixup(exc):
+            raise _pooler_mixup(action, exc, dsn) from exc
         # Anything else PostgreSQL or psycopg raised: still one error type for callers.
         detail = _redact_message(str(exc).strip(), dsn)
         raise DatabaseError(f"{action}: {type(exc).__name__}: {detail}") from exc
 
 
+def _is_pooler_mixup(exc: psycopg.Error) -> bool:
+    """Whether `exc` is what psycopg's prepared statements meet behind a transaction
+    pooler: another client's `_pg3_0` on the server connection, ours gone with the last
+    one, or one client's statement bound with another's parameters."""
+    if isinstance(
+        exc, psycopg.errors.DuplicatePreparedStatement | psycopg.errors.InvalidSqlStatementName
+    ):
+        return "_pg3_" in str(exc)
+    return isinstance(exc, psycopg.errors.ProtocolViolation) and "prepared statement" in str(exc)
+
+
+def _pooler_mixup(action: str, exc: psycopg.Error, dsn: str | None) -> DatabaseError:
+    return DatabaseError(
+        f"{action}: {type(exc).__name__}: {_redact_message(str(exc).strip(), dsn)}; this "
+        "happens behind a pooler in transaction mode (PgBouncer pool_mode = transaction): "
+        f"declare it, add {POOL_MODE_PARAM}=transaction to the DSN (or `supervise "
+        "--pool-mode transaction`), and give connections of your own prepare_threshold=None"
+    )
+
+
 def connect(dsn: str, *, autocommit: bool = True, action: str = "connect") -> psycopg.Connection:
     """Open a sync connection, translating failures into DatabaseError."""
     check_dsn(dsn)
+    given = target(dsn)
     with translate_errors(action, dsn):
-        return psycopg.Connection.connect(dsn, autocommit=autocommit)
+        return psycopg.Connection.connect(
+            given.conninfo, autocommit=autocommit, **given.connect_kwargs
+        )
 
 
 async def connect_async(
@@ -116,8 +153,11 @@ async def connect_async(
 ) -> psycopg.AsyncConnection:
     """Open an async connection, translating failures into DatabaseError."""
     check_dsn(dsn)
+    given = target(dsn)
     with translate_errors(action, dsn):
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
+        return await psycopg.AsyncConnection.connect(
+            given.conninfo, autocommit=autocommit, **given.connect_kwargs
+        )
 
 
 # Our statements join unnest()-ed arrays and CTEs whose sizes a generic plan cannot know:
@@ -125,7 +165,8 @@ async def connect_async(
 # the second run on). Our pools plan every execution for its parameters; an inform on
 # a caller's connection is sent unprepared (drive below). The one exception is the claim,
 # whose generic plan is sound and saves its planning: it runs on a connection of its own
-# (queue/claimer.py).
+# (queue/claimer.py). Behind a transaction pooler nothing is prepared, so the setting,
+# which would outlive our transaction on a shared server connection, is not made.
 PLAN_CACHE_MODE: LiteralString = "SET plan_cache_mode = force_custom_plan"
 
 
@@ -145,15 +186,16 @@ def component_conninfo(dsn: str, component: str) -> str:
 
     The name (`application_name`, e.g. `delta-claim-billing`) lets an operator, or the
     fault-injection harness, tell the components' connections apart. Options the DSN sets
-    itself win.
+    itself win. The pool mode (`target(dsn).pool_mode`) is not part of the result.
     """
-    given = psycopg.conninfo.conninfo_to_dict(dsn)
+    conninfo = target(dsn).conninfo
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
     options: dict[str, Any] = {}
     if "application_name" not in given:
         options["application_name"] = component[:63]
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
-    return psycopg.conninfo.make_conninfo(dsn, **options)
+    return psycopg.conninfo.make_conninfo(conninfo, **options)
 
 
 # Healing pools. PostgreSQL can end idle connections (a restart, pg_terminate_backend, a
@@ -217,18 +259,22 @@ class HealingAsyncConnectionPool(AsyncConnectionPool):
 def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> ConnectionPool:
     """A closed, healing pool of autocommit connections configured for our statements."""
     check_dsn(dsn)
+    given = target(dsn)
     return HealingConnectionPool(
         component_conninfo(dsn, name), min_size=min_size, max_size=max_size,
-        kwargs={"autocommit": True}, configure=_configure, open=False, name=name,
+        kwargs={"autocommit": True, **given.connect_kwargs},
+        configure=_configure if given.keeps_sessions else None, open=False, name=name,
     )  # fmt: skip
 
 
 def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
     """Async twin of make_pool."""
     check_dsn(dsn)
+    given = target(dsn)
     return HealingAsyncConnectionPool(
         component_conninfo(dsn, name), min_size=min_size, max_size=max_size,
-        kwargs={"autocommit": True}, configure=_configure_async, open=False, name=name,
+        kwargs={"autocommit": True, **given.connect_kwargs},
+        configure=_configure_async if given.keeps_sessions else None, open=False, name=name,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ from delta_actors.app import App
 from delta_actors.db import leader_sql
 from delta_actors.db.connection import connect_async, make_async_pool, translate_errors
 from delta_actors.db.migrations import check_schema_async
+from delta_actors.db.pooler import listen_dsn_of
 from delta_actors.health import ComponentHealth, Progress, describe, log_failure
 from delta_actors.leader.election import Elector
 from delta_actors.leader.gauges import GaugeReader
@@ -79,9 +80,11 @@ class Leader:
         heartbeat_interval: float = 2.0,
         rescue_ttl: float = 10.0,
         lease_ttl: float = 15.0,
+        listen_dsn: str | None = None,
     ) -> None:
         self._app = app
         self._dsn = dsn
+        self._listen_dsn = listen_dsn_of(dsn, listen_dsn)
         self._heartbeat_interval = heartbeat_interval
         # Renew three times per lease; stop trusting it 2/15 of a lease early (2 s of 15).
         self._lease = {
@@ -175,8 +178,9 @@ class Leader:
             await self._pool.open(wait=True, timeout=30)
         self.duties = self._make_duties()
         self.elector = Elector(
-            self._dsn,
+            self._listen_dsn or self._dsn,
             self.actor_id,
+            listens=self._listen_dsn is not None,
             on_elected=self._elected,
             on_lost=self._lost,
             **self._lease,

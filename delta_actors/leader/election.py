@@ -20,7 +20,9 @@ Invariants:
   leader duties at once: `on_lost` cancels them. Leader-only writes that a stale leader
   could harm also check the lease in SQL (the `fence` statements).
 - Resigning frees the lease and NOTIFYs the candidates, so a clean hand-over takes one
-  round trip, not a TTL; after a crash it takes at most one TTL.
+  round trip, not a TTL; after a crash it takes at most one TTL. Behind a transaction
+  pooler without a listen DSN (db/pooler.py) nothing LISTENs: a candidate sees a
+  resignation at its next attempt, within `elect_interval`.
 - Stepping down (`step_down`, when the leader's own duties keep failing) stops trusting
   the lease at once, resigns it at the next turn of the loop (at most `renew_interval`
   later; the leader also resigns it at once when it can), and sits out one TTL before
@@ -45,6 +47,7 @@ from psycopg import sql
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.db import leader_sql
 from delta_actors.db.connection import component_conninfo
+from delta_actors.db.pooler import target
 from delta_actors.health import log_failure
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class Elector:
         renew_interval: seconds between renewals.
         elect_interval: seconds between attempts as a candidate (+ up to 10% jitter).
         margin: seconds before the lease's end at which the leader stops trusting it.
+        listens: LISTEN for resignations (False behind a transaction pooler).
     """
 
     def __init__(
@@ -75,10 +79,13 @@ class Elector:
         renew_interval: float = 5.0,
         elect_interval: float = 5.0,
         margin: float = 2.0,
+        listens: bool = True,
     ) -> None:
         if not 0 < margin < ttl or not 0 < renew_interval < ttl - margin:
             raise ValueError("election needs 0 < renew_interval < ttl - margin and margin < ttl")
         self._conninfo = component_conninfo(dsn, "delta-lease")
+        self._connect_kwargs = target(dsn).connect_kwargs
+        self._listens = listens
         self.actor_id = actor_id
         self._on_elected = on_elected
         self._on_lost = on_lost
@@ -102,11 +109,12 @@ class Elector:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True
+                    self._conninfo, autocommit=True, **self._connect_kwargs
                 ) as conn:
-                    await conn.execute(
-                        sql.SQL("LISTEN {}").format(sql.Identifier(leader_sql.LEADER_CHANNEL))
-                    )
+                    if self._listens:
+                        await conn.execute(
+                            sql.SQL("LISTEN {}").format(sql.Identifier(leader_sql.LEADER_CHANNEL))
+                        )
                     delay = 0.1
                     await self._campaign(conn)
             except Exception as exc:  # noqa: BLE001 (the election goes on; logged)

@@ -83,12 +83,20 @@ def main() -> None:
 
 @main.command()
 @click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}).")
-def migrate(dsn: str | None) -> None:
+@click.option(
+    "--check", is_flag=True,
+    help="Only read the schema's version: exit 0 if it is current, 1 naming the fix if "
+    "not (needs only SELECT on delta_migration).",
+)  # fmt: skip
+def migrate(dsn: str | None, check: bool) -> None:
     """Apply the delta_actors schema migrations (idempotent, safe to run concurrently)."""
     from delta_actors.db import migrations
     from delta_actors.ops.progress import Progress
 
     resolved = _dsn_or_exit(dsn)
+    if check:
+        _check_schema_version(resolved)
+        return
 
     def applying(done: int, total: int, migration: migrations.Migration) -> None:
         progress.step(done, total, f"applying {migration.version:04d}_{migration.name}")
@@ -107,11 +115,31 @@ def migrate(dsn: str | None) -> None:
         sys.exit(1)
     where = redact_dsn(resolved)
     if not applied:
-        click.echo(f"schema is up to date at version {version} ({where})")
+        click.echo(f"schema is at version {version}, nothing to do ({where})")
         return
     for migration in applied:
         click.echo(f"applied {migration.version:04d}_{migration.name}")
     click.echo(f"schema is at version {version} ({where})")
+
+
+def _check_schema_version(dsn: str) -> None:
+    """`migrate --check`: read the version, change nothing, say whether it is current."""
+    from delta_actors.db import migrations
+
+    try:
+        with (
+            connect(dsn, autocommit=True, action="check the schema") as conn,
+            translate_errors("check the schema", dsn),
+        ):
+            version = migrations.current_version(conn)
+    except DeltaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    problem = migrations.schema_problem(version)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"schema is at version {version}, nothing to do ({redact_dsn(dsn)})")
 
 
 @main.command()
@@ -121,6 +149,23 @@ def migrate(dsn: str | None) -> None:
     help=f"PostgreSQL URL (default: ${DSN_ENV}; without either, the embedded database).",
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+@click.option(
+    "--pool-mode", type=click.Choice(["session", "transaction"]),
+    help="How a pooler between us and PostgreSQL pools (default: the DSN's "
+    "delta_pool_mode, else session: direct, or a pooler in session mode). transaction: "
+    "behind PgBouncer's pool_mode = transaction; nothing prepared, no session settings, "
+    "wake-ups by polling unless --listen-dsn is given.",
+)  # fmt: skip
+@click.option(
+    "--listen-dsn",
+    help="A direct PostgreSQL URL for LISTEN wake-ups when --dsn goes through a pooler in "
+    "transaction mode (default: poll).",
+)  # fmt: skip
+@click.option(
+    "--poll-interval", type=click.FloatRange(min=0.01),
+    help="Seconds between a worker's claims without a wake-up (default: 1, or 0.2 when "
+    "nothing listens).",
+)  # fmt: skip
 @click.option(
     "--shutdown-timeout", type=float, default=30.0, show_default=True,
     help="Seconds running works get to finish on SIGTERM.",
@@ -161,6 +206,9 @@ def supervise(  # noqa: PLR0917 (click passes every option)
     app_path: str,
     dsn: str | None,
     data_dir: Path | None,
+    pool_mode: str | None,
+    listen_dsn: str | None,
+    poll_interval: float | None,
     shutdown_timeout: float,
     heartbeat_interval: float,
     hang_timeout: float,
@@ -173,6 +221,7 @@ def supervise(  # noqa: PLR0917 (click passes every option)
 ) -> None:
     """Run an app: one actor process per namespace (times its processes), plus a leader."""
     from delta_actors.app import load_app
+    from delta_actors.db.pooler import with_pool_mode
     from delta_actors.ops.logs import configure_logging
     from delta_actors.runtime.supervisor import Supervisor
 
@@ -189,9 +238,13 @@ def supervise(  # noqa: PLR0917 (click passes every option)
                 f"`{_with_data_dir('delta-actors db stop', data_dir)}` stops it",
                 err=True,
             )
+        if pool_mode is not None:
+            resolved = with_pool_mode(resolved, pool_mode)
         supervisor = Supervisor(
             app,
             resolved,
+            listen_dsn=listen_dsn,
+            poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
             heartbeat_interval=heartbeat_interval,
             hang_timeout=hang_timeout,

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.db import actor_sql
 from delta_actors.errors import ActorLostError
-from delta_actors.health import ComponentHealth, log_failure
+from delta_actors.health import ComponentHealth, describe, log_failure
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +58,25 @@ async def heartbeat(
         raise_if_cancelling()
         await asyncio.sleep(interval)
         attempt_at = time.monotonic()
+        limit = max(interval, 1.0)
         try:
             params = {"actor": actor_id, "health": _health_encoder.encode(health()).decode()}
-            async with asyncio.timeout(max(interval, 1.0)):
-                async with pool.connection() as conn:
-                    cur = await conn.execute(actor_sql.HEARTBEAT_ACTOR, params)
-                    alive = cur.rowcount == 1
+            try:
+                async with asyncio.timeout(limit):
+                    async with pool.connection() as conn:
+                        cur = await conn.execute(actor_sql.HEARTBEAT_ACTOR, params)
+                        alive = cur.rowcount == 1
+            except TimeoutError as exc:
+                # asyncio's own timeout says nothing; say what did not happen in time.
+                raise TimeoutError(
+                    f"no connection or no answer from PostgreSQL within {limit:g}s"
+                ) from exc
         except Exception as exc:
             silent = time.monotonic() - last_ok
             log_failure(
-                logger, f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last)",
-                exc, "actor.heartbeat_failed",
+                logger,
+                f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last one that "
+                "got through)", exc, "actor.heartbeat_failed",
             )  # fmt: skip
             if fence is not None and silent > fence:
                 raise ActorLostError(
@@ -91,6 +99,6 @@ async def unregister_actor(pool: AsyncConnectionPool, actor_id: int) -> None:
             await conn.execute(actor_sql.UNREGISTER_ACTOR, (actor_id,))
     except (psycopg.Error, OSError) as exc:
         logger.warning(
-            "unregistering actor %d failed: %s", actor_id, exc,
+            "unregistering actor %d failed: %s", actor_id, describe(exc),
             extra={"event": "actor.unregister_failed"},
         )  # fmt: skip

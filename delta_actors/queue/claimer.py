@@ -16,6 +16,10 @@ Invariants:
 - A generic plan is fixed at the statistics it was made with; an ANALYZE invalidates it,
   but growth alone does not. So the plan is dropped (`DISCARD PLANS`) every
   `replan_interval` seconds and remade at the next claim.
+- Behind a transaction pooler (db/pooler.py) this connection's server changes from one
+  claim to the next and serves other clients too: no setting is made, nothing is
+  prepared, nothing replanned; each claim is planned for its parameters, as the pools'
+  statements are (docs/performance.md measures the difference).
 - A claim that failed or was interrupted leaves the connection in an unknown state: it is
   closed, and the next claim opens a new one. Connecting raises psycopg's own errors, which
   the producer already treats as a failed claim (logged, counted, retried).
@@ -55,6 +59,7 @@ import psycopg
 
 from delta_actors.db import job_sql
 from delta_actors.db.connection import component_conninfo
+from delta_actors.db.pooler import target
 from delta_actors.model.limits import Limit
 from delta_actors.queue.floors import UNLIMITED, Floors
 
@@ -74,6 +79,9 @@ class Claimer:
         # Named, so operators can tell it apart in pg_stat_activity; a black-holed server
         # fails the claim after a while (as a pool's checkout would) instead of hanging it.
         self._conninfo = component_conninfo(dsn, f"delta-claim-{namespace}")
+        given = target(dsn)
+        self._connect_kwargs = given.connect_kwargs
+        self._prepare = given.keeps_sessions  # behind a transaction pooler: nothing prepared
         self._replan_interval = replan_interval
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._replan_at = 0.0
@@ -86,12 +94,14 @@ class Claimer:
         try:
             conn = await self._connection()
             loop = asyncio.get_running_loop()
-            if loop.time() >= self._replan_at:
+            if self._prepare and loop.time() >= self._replan_at:
                 await conn.execute(job_sql.REPLAN_CLAIM, prepare=False)
                 self.replans += 1
                 self._replan_at = loop.time() + self._replan_interval
             cur = await conn.execute(
-                job_sql.CLAIM_JOBS, {**params, "floors": self.floors.of(UNLIMITED)}, prepare=True
+                job_sql.CLAIM_JOBS,
+                {**params, "floors": self.floors.of(UNLIMITED)},
+                prepare=self._prepare,
             )
             rows = await cur.fetchall()
         except BaseException:
@@ -128,9 +138,10 @@ class Claimer:
                 "concurrency": limit.concurrency, "rate_count": limit.rate_count,
                 "rate_window": limit.rate_window or 0.0, "floors": self.floors.of(kind),
             }  # fmt: skip
+            prepare = self._prepare
             async with conn.transaction():
-                await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=True)
-                cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=True)
+                await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=prepare)
+                cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=prepare)
                 taken = await cur.fetchall()
             self.floors.claimed(kind, [(row[6], row[7]) for row in taken])
             rows += taken
@@ -141,7 +152,7 @@ class Claimer:
                     **params, "limit": wanted - len(rows), "limited": kinds,
                     "floors": self.floors.of(UNLIMITED),
                 },
-                prepare=True,
+                prepare=self._prepare,
             )  # fmt: skip
             taken = await cur.fetchall()
             self.floors.claimed(UNLIMITED, [(row[6], row[7]) for row in taken])
@@ -156,9 +167,12 @@ class Claimer:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, **self._connect_kwargs
+            )
             try:
-                await conn.execute(job_sql.CLAIM_CONNECTION_SETTINGS)
+                if self._prepare:
+                    await conn.execute(job_sql.CLAIM_CONNECTION_SETTINGS)
             except BaseException:
                 await conn.close()
                 raise

@@ -33,6 +33,7 @@ import uvloop
 
 from delta_actors.app import App
 from delta_actors.errors import ProtocolError
+from delta_actors.health import describe
 from delta_actors.leader.duties import Leader
 from delta_actors.runtime import protocol
 from delta_actors.runtime.worker import Worker
@@ -50,7 +51,8 @@ class ActorSpec:
     heartbeat_interval: float = 2.0  # seconds between heartbeats (pipe and database)
     rescue_ttl: float = 10.0  # seconds without a heartbeat before rescue (leader)
     lease_ttl: float = 15.0  # seconds a leader's lease lasts without renewal
-    poll_interval: float = 1.0
+    poll_interval: float | None = None  # None: the worker's default (see runtime/worker.py)
+    listen_dsn: str | None = None  # where to LISTEN, when `dsn` is a transaction pooler
 
 
 class _Body(Protocol):
@@ -95,6 +97,7 @@ class _Actor:
                 heartbeat_interval=spec.heartbeat_interval,
                 rescue_ttl=spec.rescue_ttl,
                 lease_ttl=spec.lease_ttl,
+                listen_dsn=spec.listen_dsn,
             )
         else:
             self._worker = Worker(
@@ -105,6 +108,7 @@ class _Actor:
                 heartbeat_interval=spec.heartbeat_interval,
                 rescue_ttl=spec.rescue_ttl,
                 poll_interval=spec.poll_interval,
+                listen_dsn=spec.listen_dsn,
             )
             self._body = self._worker
 
@@ -219,13 +223,13 @@ class _Actor:
 
     async def _report_failure(self, exc: BaseException) -> None:
         logger.error(
-            "actor %s/%s failed: %s", self._spec.role, self._spec.namespace, exc,
+            "actor %s/%s failed: %s", self._spec.role, self._spec.namespace, describe(exc),
             extra={"event": "actor.failed", "namespace": self._spec.namespace},
         )  # fmt: skip
         await self._send(
             protocol.Failed(
                 error_type=type(exc).__qualname__,
-                message=str(exc),
+                message=str(exc).strip() or "(no message)",
                 traceback="".join(traceback.format_exception(exc))[-8000:],
             )
         )

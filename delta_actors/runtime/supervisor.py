@@ -52,13 +52,22 @@ import psycopg
 
 from delta_actors.app import App
 from delta_actors.db import migration_sql
-from delta_actors.db.connection import component_conninfo, drive, translate_errors
+from delta_actors.db.connection import (
+    check_dsn,
+    component_conninfo,
+    connect,
+    drive,
+    translate_errors,
+)
 from delta_actors.db.migrations import check_schema
+from delta_actors.db.pooler import listen_dsn_of, target
 from delta_actors.errors import ConfigError, ProtocolError
+from delta_actors.health import describe
 from delta_actors.leader.rescue import rescue_actors
 from delta_actors.runtime import protocol
 from delta_actors.runtime.actor import ActorSpec, run_actor
 from delta_actors.runtime.metrics import SupervisorMetrics, serve
+from delta_actors.runtime.worker import POLL_INTERVAL_WITHOUT_LISTEN
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +125,10 @@ class Supervisor:
         start_timeout: seconds an actor may take to report Started.
         metrics_port: serve Prometheus metrics on this port (0: any free port); None: no.
         metrics_host: the address the metrics server binds to.
+        listen_dsn: where actors LISTEN when `dsn` declares a transaction pooler
+            (db/pooler.py): a direct connection; None: they poll.
+        poll_interval: seconds between a worker's claims without a wake-up; None: the
+            worker's default (1 s, or 0.2 s when nothing listens).
     """
 
     def __init__(
@@ -131,6 +144,8 @@ class Supervisor:
         start_timeout: float = 60.0,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        listen_dsn: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         longest_hang = rescue_ttl - 2 * heartbeat_interval - TICK
         if hang_timeout > longest_hang:
@@ -142,21 +157,22 @@ class Supervisor:
             )
         self.app = app
         self.dsn = dsn
+        self.listen_dsn = listen_dsn
+        self._poll_interval = poll_interval or POLL_INTERVAL_WITHOUT_LISTEN
+        listen_dsn_of(dsn, listen_dsn)  # a listen DSN behind a transaction pooler: refused
         self._conninfo = component_conninfo(dsn, "delta-supervisor")
+        self._connect_kwargs = target(dsn).connect_kwargs
+        timing = (heartbeat_interval, rescue_ttl, lease_ttl, poll_interval, listen_dsn)
         self.shutdown_timeout = shutdown_timeout
         self.hang_timeout = hang_timeout
         self.start_timeout = start_timeout
         self.slots: list[Slot] = []
         for name, namespace in app.namespaces.items():
             for index in range(namespace.processes):
-                spec = ActorSpec("worker", name, dsn, heartbeat_interval, rescue_ttl, lease_ttl)
+                spec = ActorSpec("worker", name, dsn, *timing)
                 self.slots.append(Slot(f"worker:{name}:{index}", spec))
-        self.slots.append(
-            Slot(
-                "leader",
-                ActorSpec("leader", "leader", dsn, heartbeat_interval, rescue_ttl, lease_ttl),
-            )
-        )
+        leader = ActorSpec("leader", "leader", dsn, *timing)
+        self.slots.append(Slot("leader", leader))
         self.children: dict[int, Child] = {}
         self._selector = selectors.DefaultSelector()
         self._stop_deadline: float | None = None
@@ -174,11 +190,12 @@ class Supervisor:
 
     def check(self) -> None:
         """Fail early, naming the fix (see check_database)."""
-        check_database(self.dsn)
+        check_database(self.dsn, self.listen_dsn)
 
     def run(self) -> int:
         """Start every actor and supervise until stopped; return the exit code."""
         self.check()
+        self._log_pool_mode()
         self._serve_metrics()
         self._install_signals()
         logger.info(
@@ -194,6 +211,19 @@ class Supervisor:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
                 self._metrics_server.server_close()
+
+    def _log_pool_mode(self) -> None:
+        if target(self.dsn).keeps_sessions:
+            return
+        how = (
+            "actors LISTEN on the listen DSN"
+            if self.listen_dsn is not None
+            else f"nothing LISTENs: workers poll every {self._poll_interval:g}s"
+        )
+        logger.info(
+            "behind a pooler in transaction mode: no statement prepared, no session "
+            "setting; %s", how, extra={"event": "supervisor.pool_mode"},
+        )  # fmt: skip
 
     def _serve_metrics(self) -> None:
         host, port = self._metrics_address
@@ -441,7 +471,9 @@ class Supervisor:
             return
         try:
             with (
-                psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn,
+                psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5, **self._connect_kwargs
+                ) as conn,
                 conn.transaction(),
             ):
                 # After a forced stop the actors died by our hand: nothing they ran failed.
@@ -454,7 +486,7 @@ class Supervisor:
             if not self._rescue_failing:
                 logger.error(
                     "rescuing the claims of dead actors %s failed, retrying: %s",
-                    sorted(self._unrescued.values()), exc,
+                    sorted(self._unrescued.values()), describe(exc),
                     extra={"event": "actor.rescue_failed"},
                 )  # fmt: skip
             self._rescue_failing = True
@@ -538,12 +570,20 @@ class Supervisor:
         return 1
 
 
-def check_database(dsn: str) -> None:
+def check_database(dsn: str, listen_dsn: str | None = None) -> None:
     """Fail early, naming the fix, if the database is unreachable, not migrated, or the
-    role cannot write what the actors write (instead of actors that crash-loop)."""
+    role cannot write what the actors write (instead of actors that crash-loop), or the
+    listen DSN does not connect."""
+    if listen_dsn is not None:
+        # LISTEN needs nothing but a connection: no schema or table privilege checked.
+        connect(listen_dsn, action="check the listen DSN").close()
+    check_dsn(dsn)
+    given = target(dsn)
     with (
         translate_errors("check database", dsn),
-        psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn,
+        psycopg.connect(
+            given.conninfo, autocommit=True, connect_timeout=10, **given.connect_kwargs
+        ) as conn,
     ):
         check_schema(conn)
         missing = conn.execute(migration_sql.SELECT_MISSING_PRIVILEGES).fetchall()

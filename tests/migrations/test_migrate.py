@@ -145,7 +145,7 @@ def test_concurrent_cli_migrate_runs_both_succeed(empty_dsn):
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     stdouts = sorted(out for out, _ in outputs)
-    assert "up to date" in stdouts[1] or "up to date" in stdouts[0]
+    assert "nothing to do" in stdouts[1] or "nothing to do" in stdouts[0]
     assert sum("applied 0001_job_queue" in out for out in stdouts) == 1
     assert _versions(empty_dsn) == _all_versions()
 
@@ -238,7 +238,7 @@ def test_cli_migrate_prints_what_it_applied_then_up_to_date(empty_dsn):
         [*argv, "migrate", "--dsn", empty_dsn], capture_output=True, text=True, check=False
     )
     assert second.returncode == 0, second.stderr
-    assert f"schema is up to date at version {migrations.required_version()}" in second.stdout
+    assert f"schema is at version {migrations.required_version()}, nothing to do" in second.stdout
     assert "applied" not in second.stdout
     assert _versions(empty_dsn) == _all_versions()
 
@@ -308,7 +308,7 @@ def test_a_role_without_ddl_rights_can_check_a_current_schema_and_is_told_otherw
     argv = [sys.executable, "-m", "delta_actors", "migrate", "--dsn", role.dsn(PASSWORD)]
     current = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert current.returncode == 0, current.stderr
-    assert f"schema is up to date at version {migrations.required_version()}" in current.stdout
+    assert f"schema is at version {migrations.required_version()}, nothing to do" in current.stdout
     with psycopg.connect(dsn, autocommit=True) as admin:  # one migration behind
         admin.execute(
             "DELETE FROM delta_migration WHERE version = %s", (migrations.required_version(),)
@@ -318,3 +318,33 @@ def test_a_role_without_ddl_rights_can_check_a_current_schema_and_is_told_otherw
     assert behind.stderr.startswith("error: migrate: ")
     assert "permission denied" in behind.stderr
     assert "Traceback" not in behind.stderr
+    checked = subprocess.run([*argv, "--check"], capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+    assert checked.returncode == 1
+    assert checked.stderr.startswith("error: the database schema is at version")
+    assert "run `delta-actors migrate`" in checked.stderr
+
+
+def test_migrate_check_reads_the_version_and_changes_nothing(empty_dsn, role):
+    """`migrate --check` as a DML-only role: exit 0 on a current schema, 1 naming the fix
+    on an empty one, which it leaves empty."""
+    from psycopg import sql
+
+    argv = [sys.executable, "-m", "delta_actors", "migrate", "--check", "--dsn"]
+    empty = subprocess.run([*argv, empty_dsn], capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
+    assert empty.returncode == 1, empty.stdout
+    assert "schema is at version 0" in empty.stderr
+    assert "run `delta-actors migrate`" in empty.stderr
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert migrations.current_version(conn) == 0  # nothing created
+    with psycopg.connect(role.db_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+        admin.execute(sql.SQL("GRANT SELECT ON delta_migration TO {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+    current = subprocess.run([*argv, role.dsn(PASSWORD)], capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+    assert current.returncode == 0, current.stderr
+    version = migrations.required_version()
+    assert current.stdout.startswith(f"schema is at version {version}, nothing to do")

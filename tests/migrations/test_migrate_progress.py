@@ -76,4 +76,4 @@ def test_cli_migrate_shows_progress_on_a_terminal_only(empty_dsn, dsn):
     )
     assert piped.returncode == 0
     assert piped.stderr == ""
-    assert "up to date" in piped.stdout
+    assert "nothing to do" in piped.stdout
