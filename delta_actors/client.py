@@ -34,6 +34,12 @@ from delta_actors.db.connection import (
     translate_errors,
 )
 from delta_actors.db.migrations import check_schema, check_schema_async
+from delta_actors.db.orm import (
+    AsyncTransaction,
+    SyncTransaction,
+    async_connection,
+    sync_connection,
+)
 from delta_actors.db.resource_sql import StoredRow
 from delta_actors.errors import ConfigError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
@@ -264,33 +270,13 @@ def _single(object_id: str | None, filters: tuple[Any, ...]) -> bool:
 
 
 def _sync_conn(conn: Any, method: str) -> psycopg.Connection:
-    """`conn` if it is a sync psycopg connection; else a ConfigError naming what to pass."""
-    if isinstance(conn, psycopg.Connection):
-        return conn
-    if isinstance(conn, psycopg.AsyncConnection):
-        raise ConfigError(
-            f"Client.{method} takes a psycopg.Connection; for a psycopg.AsyncConnection "
-            f"use delta.AsyncClient.{method}"
-        )
-    raise ConfigError(
-        f"Client.{method} takes the psycopg.Connection (psycopg 3) whose transaction it "
-        f"joins, got {type(conn).__module__}.{type(conn).__qualname__}"
-    )
+    """The psycopg.Connection of `conn` (db/orm.py); else a ConfigError naming what to pass."""
+    return sync_connection(conn, method)
 
 
-def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
-    """`conn` if it is an async psycopg connection; else a ConfigError naming what to pass."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    if isinstance(conn, psycopg.Connection):
-        raise ConfigError(
-            f"AsyncClient.{method} takes a psycopg.AsyncConnection; for a psycopg.Connection "
-            f"use delta.Client.{method}"
-        )
-    raise ConfigError(
-        f"AsyncClient.{method} takes the psycopg.AsyncConnection (psycopg 3) whose "
-        f"transaction it joins, got {type(conn).__module__}.{type(conn).__qualname__}"
-    )
+async def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
+    """The psycopg.AsyncConnection of `conn` (db/orm.py); else a ConfigError naming the fix."""
+    return await async_connection(conn, method)
 
 
 def insert_options(
@@ -376,7 +362,7 @@ class Client:
 
     def enqueue_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         job: Job,
         *,
         namespace: str | None = None,
@@ -409,7 +395,7 @@ class Client:
 
     def enqueue_many_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         jobs: Iterable[Job | JobSpec],
         *,
         namespace: str | None = None,
@@ -464,7 +450,7 @@ class Client:
 
     def inform_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         obj: T,
         *,
         namespace: str | None = None,
@@ -498,7 +484,7 @@ class Client:
 
     def inform_many_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         objects: Iterable[T],
         *,
         namespace: str | None = None,
@@ -573,7 +559,7 @@ class Client:
             return drive(conn, _bulk_delete(object_type, self.app, where))
 
     def delete_tx(
-        self, conn: psycopg.Connection, object_type: type[T], object_id: str
+        self, conn: SyncTransaction, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
         conn = _sync_conn(conn, "delete_tx")
@@ -590,7 +576,7 @@ class Client:
             return drive(conn, _delete(object_type, ids, finalize))
 
     def delete_many_tx(
-        self, conn: psycopg.Connection, object_type: type[T], object_ids: Iterable[str]
+        self, conn: SyncTransaction, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
         conn = _sync_conn(conn, "delete_many_tx")
@@ -810,7 +796,7 @@ class AsyncClient:
 
     async def enqueue_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         job: Job,
         *,
         namespace: str | None = None,
@@ -820,7 +806,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
-        conn = _async_conn(conn, "enqueue_tx")
+        conn = await _async_conn(conn, "enqueue_tx")
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
@@ -844,7 +830,7 @@ class AsyncClient:
 
     async def enqueue_many_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         jobs: Iterable[Job | JobSpec],
         *,
         namespace: str | None = None,
@@ -853,7 +839,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
-        conn = _async_conn(conn, "enqueue_many_tx")
+        conn = await _async_conn(conn, "enqueue_many_tx")
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
@@ -892,7 +878,7 @@ class AsyncClient:
 
     async def inform_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         obj: T,
         *,
         namespace: str | None = None,
@@ -901,7 +887,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> InformResult[T]:
         """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
-        conn = _async_conn(conn, "inform_tx")
+        conn = await _async_conn(conn, "inform_tx")
         return (
             await self.inform_many_tx(
                 conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
@@ -929,7 +915,7 @@ class AsyncClient:
 
     async def inform_many_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         objects: Iterable[T],
         *,
         namespace: str | None = None,
@@ -938,7 +924,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
-        conn = _async_conn(conn, "inform_many_tx")
+        conn = await _async_conn(conn, "inform_many_tx")
         params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
@@ -998,10 +984,10 @@ class AsyncClient:
                 return await drive_async(conn, _bulk_delete(object_type, self.app, where))
 
     async def delete_tx(
-        self, conn: psycopg.AsyncConnection, object_type: type[T], object_id: str
+        self, conn: AsyncTransaction, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
-        conn = _async_conn(conn, "delete_tx")
+        conn = await _async_conn(conn, "delete_tx")
         return (await self.delete_many_tx(conn, object_type, [object_id]))[0]
 
     async def delete_many(
@@ -1016,10 +1002,10 @@ class AsyncClient:
                 return await drive_async(conn, _delete(object_type, ids, finalize))
 
     async def delete_many_tx(
-        self, conn: psycopg.AsyncConnection, object_type: type[T], object_ids: Iterable[str]
+        self, conn: AsyncTransaction, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
-        conn = _async_conn(conn, "delete_many_tx")
+        conn = await _async_conn(conn, "delete_many_tx")
         ids, finalize = _deletion(object_type, object_ids, self.app)
         if not ids:
             return []
