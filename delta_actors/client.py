@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
@@ -17,7 +18,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from delta_actors import bulk
+from delta_actors import bulk, tracing
 from delta_actors.app import App
 from delta_actors.controller import runs_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
@@ -279,6 +280,11 @@ async def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
     return await async_connection(conn, method)
 
 
+def _traced(items: list[Any]) -> AbstractContextManager[Any]:
+    """The inform's span (tracing.py), or nothing without the `otel` extra."""
+    return tracing.inform_span(items) if tracing.ENABLED else nullcontext()
+
+
 def insert_options(
     namespace: str | None,
     priority: int,
@@ -479,8 +485,11 @@ class Client:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"), self._pool.connection() as conn, conn.transaction():
-            return drive(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"), self._pool.connection() as conn, conn.transaction():
+                results = drive(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     def inform_many_tx(
         self,
@@ -498,8 +507,11 @@ class Client:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            return drive(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                results = drive(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""
@@ -909,9 +921,12 @@ class AsyncClient:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            async with self._pool.connection() as conn, conn.transaction():
-                return await drive_async(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                async with self._pool.connection() as conn, conn.transaction():
+                    results = await drive_async(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     async def inform_many_tx(
         self,
@@ -929,8 +944,11 @@ class AsyncClient:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            return await drive_async(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                results = await drive_async(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     async def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""

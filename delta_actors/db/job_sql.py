@@ -141,7 +141,8 @@ claimed AS (
         + clock
         + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
-    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id
+    RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id, j.namespace,
+              j.metadata::text AS metadata
 ),"""
         + then
         + """
@@ -151,7 +152,8 @@ resources AS MATERIALIZED (
         + """, r.object FROM delta_resource AS r
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
-SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, res.*
+SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.namespace,
+       c.metadata, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
     )
