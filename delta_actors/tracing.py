@@ -130,16 +130,20 @@ def record_claim(namespace: str, limit: int, claimed: int, start_ns: int) -> Non
 async def trace_run(call: Call, proceed: Proceed) -> None:
     """The middleware of the work span: a child of the context the run's row carries."""
     parent = propagate.extract(call.trace_context) if call.trace_context else None
-    attributes: dict[str, Any] = {
+    span = _tracer.start_span(f"{call.handler} {call.kind}", context=parent, kind=SpanKind.CONSUMER)
+    if not span.is_recording():
+        # No SDK configured (or not sampled): the span is a no-op; skip the rest of it,
+        # attributes and context switch, which cost more than the no-op run itself.
+        await proceed()
+        return
+    span.set_attributes({
         "delta.kind": call.kind, "delta.id": call.id, "delta.namespace": call.namespace,
         "delta.attempt": call.attempt, "delta.handler": call.handler,
-    }  # fmt: skip
+    })  # fmt: skip
     if call.generation is not None:
-        attributes["delta.generation"] = call.generation
-    with _tracer.start_as_current_span(
-        f"{call.handler} {call.kind}", context=parent, kind=SpanKind.CONSUMER,
-        attributes=attributes, record_exception=False, set_status_on_exception=False,
-    ) as span:  # fmt: skip
+        span.set_attribute("delta.generation", call.generation)
+    with trace.use_span(span, end_on_exit=True, record_exception=False,
+                        set_status_on_exception=False):  # fmt: skip
         try:
             await proceed()
         except BaseException as exc:
