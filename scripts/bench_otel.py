@@ -140,7 +140,7 @@ def start_worker(dsn: str, mode: str, workload: str, count: int) -> subprocess.P
 
 
 def bench_drain(
-    client: delta.Client, dsn: str, sampler: Any, mode: str, workload: str, count: int
+    client: delta.Client, dsn: str, sampler: Any, *, mode: str, workload: str, count: int
 ) -> dict[str, float]:
     """Queue `count` works or jobs, drain them in a worker of `mode`; return the figures."""
     reset(dsn)
@@ -188,7 +188,9 @@ def main() -> None:
             order = MODES[run % 3 :] + MODES[: run % 3]
             for workload in ("works", "jobs"):
                 for mode in order:
-                    figures = bench_drain(client, dsn, sampler, mode, workload, args.count)
+                    figures = bench_drain(
+                        client, dsn, sampler, mode=mode, workload=workload, count=args.count
+                    )
                     runs[f"{mode}/{workload}"].append(figures)
                     print(f"run {run + 1} {mode:>6} {workload}: {figures}", flush=True)
     medians = {
