@@ -8,7 +8,10 @@ alternated `--runs` times (the order rotated every run; medians reported):
 - api: `opentelemetry-api` importable but no SDK configured (no-op spans);
 - sdk: the SDK configured in the worker, every span recorded (ALWAYS_ON) and handed to a
   BatchSpanProcessor whose exporter drops them; the works' informs recorded too (their
-  rows carry the trace context, their work spans are children of the inform spans).
+  rows carry the trace context, their work spans are children of the inform spans);
+- baseline (with `--baseline DIR`): as absent, but the worker runs the delta_actors of DIR
+  (e.g. `git archive` of the commit before tracing, unpacked): what the change costs an
+  application without the extra. The schema is this tree's (a column more, unused there).
 For each: jobs/s from the worker's first claim to its last result written (as in
 bench_queue.py), and the worker's CPU per job; for works also the inform rate of the
 benchmark process (spans recorded in the sdk mode only). Every drain checks from the
@@ -91,9 +94,10 @@ def configure_sdk(*, switch: bool = False) -> Any:
 
 def worker_main(dsn: str, mode: str, workload: str, count: int) -> None:
     """Run one worker until `count` jobs completed; print a JSON result line."""
-    from delta_actors import tracing
+    if mode != "baseline":
+        from delta_actors import tracing
 
-    assert tracing.ENABLED is (mode != "absent"), "the mode did not take"
+        assert tracing.ENABLED is (mode != "absent"), "the mode did not take"
     if mode == "sdk":
         configure_sdk()
     app = delta.App(
@@ -121,13 +125,19 @@ def worker_main(dsn: str, mode: str, workload: str, count: int) -> None:
     print(json.dumps(uvloop.run(main())), flush=True)
 
 
-def start_worker(dsn: str, mode: str, workload: str, count: int) -> subprocess.Popen[str]:
+def start_worker(
+    dsn: str, mode: str, workload: str, count: int, baseline: str | None = None
+) -> subprocess.Popen[str]:
     """Start a benchmark worker process of `mode` and wait until it listens."""
     args = [__file__, "_worker", dsn, mode, workload, str(count)]
-    argv = [sys.executable, "-c", ABSENT_PRELUDE, *args] if mode == "absent" else [
+    env = dict(os.environ)
+    if mode == "baseline":
+        assert baseline is not None
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-c", ABSENT_PRELUDE, *args] if mode in ("absent", "baseline") else [
         sys.executable, *args
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line or not json.loads(line).get("ready"):
@@ -140,7 +150,14 @@ def start_worker(dsn: str, mode: str, workload: str, count: int) -> subprocess.P
 
 
 def bench_drain(
-    client: delta.Client, dsn: str, sampler: Any, *, mode: str, workload: str, count: int
+    client: delta.Client,
+    dsn: str,
+    sampler: Any,
+    *,
+    mode: str,
+    workload: str,
+    count: int,
+    baseline: str | None = None,
 ) -> dict[str, float]:
     """Queue `count` works or jobs, drain them in a worker of `mode`; return the figures."""
     reset(dsn)
@@ -160,7 +177,7 @@ def bench_drain(
         client.enqueue_many([Noop() for _ in range(count)])
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE delta_job")
-    result = finish_worker(start_worker(dsn, mode, workload, count))
+    result = finish_worker(start_worker(dsn, mode, workload, count, baseline))
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'completed'), count(*),"
@@ -178,19 +195,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=20_000, help="works, then jobs, per drain")
     parser.add_argument("--out", default="bench-results/otel.json")
+    parser.add_argument("--baseline", help="a source tree of delta_actors to run as a mode too")
     args = parser.parse_args()
+    modes = (*MODES, "baseline") if args.baseline else MODES
     sampler = configure_sdk(switch=True)
     runs: dict[str, list[dict[str, float]]] = {
-        f"{mode}/{workload}": [] for workload in ("works", "jobs") for mode in MODES
+        f"{mode}/{workload}": [] for workload in ("works", "jobs") for mode in modes
     }
     with migrated_cluster() as dsn, delta.Client.connect(dsn) as client:
         for run in range(args.runs):
-            order = MODES[run % 3 :] + MODES[: run % 3]
+            order = modes[run % len(modes) :] + modes[: run % len(modes)]
             for workload in ("works", "jobs"):
                 for mode in order:
                     figures = bench_drain(
-                        client, dsn, sampler, mode=mode, workload=workload, count=args.count
-                    )
+                        client, dsn, sampler, mode=mode, workload=workload, count=args.count,
+                        baseline=args.baseline,
+                    )  # fmt: skip
                     runs[f"{mode}/{workload}"].append(figures)
                     print(f"run {run + 1} {mode:>6} {workload}: {figures}", flush=True)
     medians = {
@@ -207,7 +227,7 @@ def main() -> None:
         )
     for workload in ("works", "jobs"):
         base = medians[f"absent/{workload}"]["jobs_per_s"]
-        for mode in ("api", "sdk"):
+        for mode in [m for m in modes if m != "absent"]:
             ratio = medians[f"{mode}/{workload}"]["jobs_per_s"] / base
             print(f"{workload}: {mode} / absent = {ratio:.2f}")
     out = Path(args.out)

@@ -12,9 +12,10 @@ import contextvars
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -34,6 +35,7 @@ _TRACE_LIMIT = 4000
 _error_encoder = msgspec.json.Encoder()
 _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
 _TRACE_KEYS = ("traceparent", "tracestate")
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -281,14 +283,14 @@ class JobRunner(ClaimRunner):
         )
 
 
-def trace_context(metadata: str | None) -> dict[str, str]:
-    """The trace context in a job row's metadata (queue/insert.py, tracing.py); else empty."""
+def trace_context(metadata: str | None) -> Mapping[str, str]:
+    """The trace context in a job row's metadata (tracing.py); else empty."""
     if metadata is None:
-        return {}
+        return _NO_CONTEXT
     try:
         decoded = _metadata_decoder.decode(metadata)
     except msgspec.DecodeError:
-        return {}
+        return _NO_CONTEXT
     return {k: v for k, v in decoded.items() if k in _TRACE_KEYS and isinstance(v, str)}
 
 
