@@ -6,6 +6,8 @@ both, a rollback leaves neither. What is not supported is refused, naming what i
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,3 +257,15 @@ async def test_the_async_client_refuses_a_django_connection_naming_the_sync_one(
     async with await delta.AsyncClient.connect(dsn) as client:
         with pytest.raises(delta.ConfigError, match=r"use delta\.Client\.enqueue_tx"):
             await client.enqueue_tx(connection, Receipt(order="o1"))
+
+
+def test_importing_delta_actors_imports_no_orm():
+    """Detection is lazy: neither ORM is loaded unless the application loads it."""
+    script = (
+        "import sys, delta_actors, delta_actors.db.orm; "
+        "print(sorted(m for m in ('sqlalchemy', 'django') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
