@@ -123,31 +123,37 @@ class Invoker:
         """Run fn(arg) inside `chain` (middleware.py); raise HandlerTimeout after `timeout` s."""
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + timeout
+        if not chain or call is None:
+            await self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
+            return
 
         async def run_handler() -> None:
-            try:
-                if is_async:
-                    await fn(arg)
-                else:
-                    # The task's context goes along (copied here, inside every middleware),
-                    # so a plain def sees its work_context() and what middleware set.
-                    context = contextvars.copy_context()
-                    await loop.run_in_executor(self._executor, context.run, fn, arg)
-            except asyncio.CancelledError as exc:
-                # Converted here, so that middleware sees the timeout as an exception.
-                converted = self._converted(claim, exc, timeout, in_thread=not is_async)
-                if converted is None:
-                    raise
-                raise converted from exc
+            await self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
 
-        if not chain or call is None:
-            await run_handler()
-            return
         try:
             await run_through(chain, call, run_handler)
         except asyncio.CancelledError as exc:
             # The deadline passed in a middleware's own code.
             converted = self._converted(claim, exc, timeout, in_thread=False)
+            if converted is None:
+                raise
+            raise converted from exc
+
+    async def _run_handler(
+        self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if is_async:
+                await fn(arg)
+            else:
+                # The task's context goes along (copied here, inside every middleware),
+                # so a plain def sees its work_context() and what middleware set.
+                context = contextvars.copy_context()
+                await loop.run_in_executor(self._executor, context.run, fn, arg)
+        except asyncio.CancelledError as exc:
+            # Converted here, so that middleware sees the timeout as an exception.
+            converted = self._converted(claim, exc, timeout, in_thread=not is_async)
             if converted is None:
                 raise
             raise converted from exc
