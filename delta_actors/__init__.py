@@ -14,6 +14,7 @@ it, never one above; tests/unit/test_layout.py holds the package to that:
 - resources/: the controller pattern: store informed objects, reconcile, run informers.
 - queue/: the job table's lifecycle: insert, claim, run, complete, promote, listen.
 - app, controller, config: what a deployment runs.
+- tracing, middleware: OpenTelemetry spans (the `otel` extra), code run around handlers.
 - local/: PostgreSQL clusters we run ourselves (embedded, throwaway).
 - db/: the one PostgreSQL seam: connections, error translation, statements by table,
   migrations.
@@ -42,6 +43,7 @@ from delta_actors.errors import (
     UnknownNamespaceError,
 )
 from delta_actors.events import AsyncSubscription, Event, Gap, Subscription
+from delta_actors.middleware import Call
 from delta_actors.model.job import Job
 from delta_actors.model.job_row import EnqueuedJob, JobError, JobRow, JobState
 from delta_actors.model.object import Object
@@ -58,6 +60,7 @@ __all__ = [
     "App",
     "AsyncClient",
     "AsyncSubscription",
+    "Call",
     "Cancel",
     "Client",
     "ClusterError",

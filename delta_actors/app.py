@@ -12,9 +12,11 @@ from typing import Any
 
 import msgspec
 
+from delta_actors import tracing
 from delta_actors.config import DEFAULT_NAMESPACE, Namespace
 from delta_actors.controller import Controller, has_finalize, object_type_of
 from delta_actors.errors import ConfigError, UnknownKindError, UnknownNamespaceError
+from delta_actors.middleware import Middleware, Wrap, check_middleware
 from delta_actors.model.job import Job
 from delta_actors.model.kinds import kind_of
 from delta_actors.model.limits import Limit, check_limit
@@ -63,6 +65,10 @@ class App:
         namespaces: name -> Namespace; defaults to one namespace, "default".
         periodic: delta.Periodic jobs the leader enqueues on their schedules; their job
             types must be among `jobs`.
+        middleware: code run around every work, finalize and plain job, the first
+            outermost: async context manager factories of the `delta.Call`, or
+            `async def (call, proceed)` functions (middleware.py). With the `otel` extra
+            installed, OpenTelemetry's comes first (tracing.py).
     """
 
     def __init__(
@@ -72,7 +78,11 @@ class App:
         jobs: Mapping[type[Job], JobHandler] | None = None,
         namespaces: Mapping[str, Namespace] | None = None,
         periodic: Sequence[Periodic] = (),
+        middleware: Sequence[Middleware] = (),
     ) -> None:
+        # Checked first: a mistake in it is one of the whole app, not of a handler.
+        own = check_middleware(middleware)
+        self.middleware: tuple[Wrap, ...] = (*tracing.middleware(), *own)
         self.namespaces: dict[str, Namespace] = {}
         for name, namespace in (namespaces or {DEFAULT_NAMESPACE: Namespace()}).items():
             validate_name(name, "namespace")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
@@ -17,7 +18,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from delta_actors import bulk
+from delta_actors import bulk, tracing
 from delta_actors.app import App
 from delta_actors.controller import runs_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
@@ -34,6 +35,12 @@ from delta_actors.db.connection import (
     translate_errors,
 )
 from delta_actors.db.migrations import check_schema, check_schema_async
+from delta_actors.db.orm import (
+    AsyncTransaction,
+    SyncTransaction,
+    async_connection,
+    sync_connection,
+)
 from delta_actors.db.resource_sql import StoredRow
 from delta_actors.errors import ConfigError, DatabaseError, DecodeError, UnknownKindError
 from delta_actors.events import AsyncSubscription, Subscription, make_filters
@@ -281,33 +288,18 @@ def _single(object_id: str | None, filters: tuple[Any, ...]) -> bool:
 
 
 def _sync_conn(conn: Any, method: str) -> psycopg.Connection:
-    """`conn` if it is a sync psycopg connection; else a ConfigError naming what to pass."""
-    if isinstance(conn, psycopg.Connection):
-        return conn
-    if isinstance(conn, psycopg.AsyncConnection):
-        raise ConfigError(
-            f"Client.{method} takes a psycopg.Connection; for a psycopg.AsyncConnection "
-            f"use delta.AsyncClient.{method}"
-        )
-    raise ConfigError(
-        f"Client.{method} takes the psycopg.Connection (psycopg 3) whose transaction it "
-        f"joins, got {type(conn).__module__}.{type(conn).__qualname__}"
-    )
+    """The psycopg.Connection of `conn` (db/orm.py); else a ConfigError naming what to pass."""
+    return sync_connection(conn, method)
 
 
-def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
-    """`conn` if it is an async psycopg connection; else a ConfigError naming what to pass."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    if isinstance(conn, psycopg.Connection):
-        raise ConfigError(
-            f"AsyncClient.{method} takes a psycopg.AsyncConnection; for a psycopg.Connection "
-            f"use delta.Client.{method}"
-        )
-    raise ConfigError(
-        f"AsyncClient.{method} takes the psycopg.AsyncConnection (psycopg 3) whose "
-        f"transaction it joins, got {type(conn).__module__}.{type(conn).__qualname__}"
-    )
+async def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
+    """The psycopg.AsyncConnection of `conn` (db/orm.py); else a ConfigError naming the fix."""
+    return await async_connection(conn, method)
+
+
+def _traced(items: list[Any]) -> AbstractContextManager[Any]:
+    """The inform's span (tracing.py), or nothing without the `otel` extra."""
+    return tracing.inform_span(items) if tracing.ENABLED else nullcontext()
 
 
 def insert_options(
@@ -393,7 +385,7 @@ class Client:
 
     def enqueue_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         job: Job,
         *,
         namespace: str | None = None,
@@ -426,7 +418,7 @@ class Client:
 
     def enqueue_many_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         jobs: Iterable[Job | JobSpec],
         *,
         namespace: str | None = None,
@@ -481,7 +473,7 @@ class Client:
 
     def inform_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         obj: T,
         *,
         namespace: str | None = None,
@@ -510,12 +502,15 @@ class Client:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"), self._pool.connection() as conn, conn.transaction():
-            return drive(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"), self._pool.connection() as conn, conn.transaction():
+                results = drive(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     def inform_many_tx(
         self,
-        conn: psycopg.Connection,
+        conn: SyncTransaction,
         objects: Iterable[T],
         *,
         namespace: str | None = None,
@@ -529,8 +524,11 @@ class Client:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            return drive(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                results = drive(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""
@@ -590,7 +588,7 @@ class Client:
             return drive(conn, _bulk_delete(object_type, self.app, where))
 
     def delete_tx(
-        self, conn: psycopg.Connection, object_type: type[T], object_id: str
+        self, conn: SyncTransaction, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
         conn = _sync_conn(conn, "delete_tx")
@@ -607,7 +605,7 @@ class Client:
             return drive(conn, _delete(object_type, ids, finalize))
 
     def delete_many_tx(
-        self, conn: psycopg.Connection, object_type: type[T], object_ids: Iterable[str]
+        self, conn: SyncTransaction, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
         conn = _sync_conn(conn, "delete_many_tx")
@@ -828,7 +826,7 @@ class AsyncClient:
 
     async def enqueue_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         job: Job,
         *,
         namespace: str | None = None,
@@ -838,7 +836,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> EnqueuedJob:
         """Enqueue one job in `conn`'s transaction: visible and woken at its commit."""
-        conn = _async_conn(conn, "enqueue_tx")
+        conn = await _async_conn(conn, "enqueue_tx")
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
@@ -862,7 +860,7 @@ class AsyncClient:
 
     async def enqueue_many_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         jobs: Iterable[Job | JobSpec],
         *,
         namespace: str | None = None,
@@ -871,7 +869,7 @@ class AsyncClient:
         max_attempts: int = 25,
     ) -> list[EnqueuedJob]:
         """Enqueue many jobs in `conn`'s transaction."""
-        conn = _async_conn(conn, "enqueue_many_tx")
+        conn = await _async_conn(conn, "enqueue_many_tx")
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
@@ -910,7 +908,7 @@ class AsyncClient:
 
     async def inform_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         obj: T,
         *,
         namespace: str | None = None,
@@ -919,7 +917,7 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> InformResult[T]:
         """Inform in `conn`'s transaction: rollback leaves no trace, commit wakes a worker."""
-        conn = _async_conn(conn, "inform_tx")
+        conn = await _async_conn(conn, "inform_tx")
         return (
             await self.inform_many_tx(
                 conn, [obj], namespace=namespace, tags=tags, metadata=metadata,
@@ -941,13 +939,16 @@ class AsyncClient:
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            async with self._pool.connection() as conn, conn.transaction():
-                return await drive_async(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                async with self._pool.connection() as conn, conn.transaction():
+                    results = await drive_async(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     async def inform_many_tx(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: AsyncTransaction,
         objects: Iterable[T],
         *,
         namespace: str | None = None,
@@ -956,13 +957,16 @@ class AsyncClient:
         max_attempts: int | None = None,
     ) -> list[InformResult[T]]:
         """Inform about many objects in `conn`'s transaction."""
-        conn = _async_conn(conn, "inform_many_tx")
+        conn = await _async_conn(conn, "inform_many_tx")
         params = inform_params(namespace, tags, metadata, max_attempts)
         items = prepare(objects, params, self.app)
         if not items:
             return []
-        with translate_errors("inform"):
-            return await drive_async(conn, inform(items, params))
+        with _traced(items) as span:
+            with translate_errors("inform"):
+                results = await drive_async(conn, inform(items, params))
+            tracing.inform_done(span, results)
+        return results
 
     async def get(self, object_type: type[T], object_id: str) -> Resource[T] | None:
         """Return the resource of `object_type` with id `object_id`, or None."""
@@ -1016,10 +1020,10 @@ class AsyncClient:
                 return await drive_async(conn, _bulk_delete(object_type, self.app, where))
 
     async def delete_tx(
-        self, conn: psycopg.AsyncConnection, object_type: type[T], object_id: str
+        self, conn: AsyncTransaction, object_type: type[T], object_id: str
     ) -> Resource[T] | None:
         """Delete in `conn`'s transaction: rollback leaves no trace, commit starts it."""
-        conn = _async_conn(conn, "delete_tx")
+        conn = await _async_conn(conn, "delete_tx")
         return (await self.delete_many_tx(conn, object_type, [object_id]))[0]
 
     async def delete_many(
@@ -1034,10 +1038,10 @@ class AsyncClient:
                 return await drive_async(conn, _delete(object_type, ids, finalize))
 
     async def delete_many_tx(
-        self, conn: psycopg.AsyncConnection, object_type: type[T], object_ids: Iterable[str]
+        self, conn: AsyncTransaction, object_type: type[T], object_ids: Iterable[str]
     ) -> list[Resource[T] | None]:
         """Delete many resources of one kind in `conn`'s transaction."""
-        conn = _async_conn(conn, "delete_many_tx")
+        conn = await _async_conn(conn, "delete_many_tx")
         ids, finalize = _deletion(object_type, object_ids, self.app)
         if not ids:
             return []

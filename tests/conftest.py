@@ -24,7 +24,7 @@ from psycopg import sql
 from delta_actors.db import migrations
 from delta_actors.local.cluster import PostgresCluster, throwaway_cluster
 
-pytest_plugins = ["tests.roles", "tests.pgbouncer"]  # `role`; PgBouncer in front
+pytest_plugins = ["tests.roles", "tests.pgbouncer", "tests.spans"]  # `role`, PgBouncer, `spans`
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -167,7 +167,7 @@ claimed AS (
         + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id,
-              j.priority, j.scheduled_at
+              j.priority, j.scheduled_at, j.namespace, j.metadata::text AS metadata
 ),"""
         + then
         + """
@@ -178,7 +178,7 @@ resources AS MATERIALIZED (
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
 SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.priority,
-       c.scheduled_at, res.*
+       c.scheduled_at, c.namespace, c.metadata, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
     )

@@ -233,11 +233,13 @@ WITH input AS (
         %(max_attempts)b::smallint[])
     AS i(kind, object_id, namespace, object, hash, id, expected, max_attempts)
 ),
--- Tags, metadata and `listed` (an informer writes) are options of the whole call: one
--- value, not one per row.
+-- Tags, metadata, `listed` (an informer writes) and the trace context for the works' rows
+-- (NULL unless traced, tracing.py) are options of the whole call: one value, not one per
+-- row.
 options AS (
     SELECT ARRAY(SELECT jsonb_array_elements_text(%(tags)s::jsonb)) AS tags,
-           %(metadata)s::jsonb AS metadata, %(listed)s::boolean AS listed
+           %(metadata)s::jsonb AS metadata, %(listed)s::boolean AS listed,
+           %(trace)s::jsonb AS trace
 ),
 inserted AS (
     INSERT INTO delta_resource AS r
@@ -275,16 +277,20 @@ written AS (
 ),
 -- A new resource has no work yet: a plain insert, without the cost of conflict checks.
 new_works AS (
-    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
-    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM inserted AS w
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts, metadata)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts, o.trace
+    FROM inserted AS w, options AS o
     RETURNING namespace
 ),
+-- A folded work continues the newest traced inform's trace.
 changed_works AS (
-    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
-    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts FROM updated AS w
+    INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts, metadata)
+    SELECT w.kind, w.namespace, '\\x', w.id, w.max_attempts, o.trace
+    FROM updated AS w, options AS o
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
-        DO UPDATE SET state = 'available', scheduled_at = now(), namespace = excluded.namespace
+        DO UPDATE SET state = 'available', scheduled_at = now(), namespace = excluded.namespace,
+                      metadata = coalesce(excluded.metadata, delta_job.metadata)
     RETURNING namespace
 ),
 works AS (

@@ -12,16 +12,19 @@ import contextvars
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
 
 from delta_actors.app import App
+from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db.resource_sql import StoredRow
+from delta_actors.middleware import Call, Wrap, run_through
 from delta_actors.model.job_row import JobError
 from delta_actors.outcomes import Cancel, PermanentError, Requeue
 from delta_actors.queue import results
@@ -31,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 _TRACE_LIMIT = 4000
 _error_encoder = msgspec.json.Encoder()
+_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+_TRACE_KEYS = ("traceparent", "tracestate")
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -64,6 +70,8 @@ class Claim:
     priority: int
     scheduled_at: datetime  # where the claim found it (queue/floors.py)
     resource: StoredRow | None  # a resource work's resource, with its object
+    namespace: str = DEFAULT_NAMESPACE
+    metadata: str | None = None  # the row's metadata (JSON text): what queued it, traced
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False
@@ -72,12 +80,15 @@ class Claim:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Claim:
         """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
-        resource = StoredRow(*row[8:]) if row[5] is not None else None
-        return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource)
+        resource = StoredRow(*row[10:]) if row[5] is not None else None
+        return cls(
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource,
+            row[8], row[9],
+        )  # fmt: skip
 
 
-class HandlerTimeout(Exception):  # noqa: N818 (internal signal)
-    """A handler ran past its deadline."""
+class HandlerTimeout(TimeoutError):  # noqa: N818 (internal signal)
+    """A handler ran past its deadline (a TimeoutError, as middleware sees it)."""
 
 
 def error_entry(attempt: int, exc: BaseException | None, message: str | None = None) -> str:
@@ -105,31 +116,69 @@ class Invoker:
         self.abandoned_threads = 0
 
     async def invoke(
-        self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
+        self,
+        claim: Claim,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        *,
+        is_async: bool,
+        timeout: float,
+        call: Call | None = None,
+        chain: Sequence[Wrap] = (),
     ) -> None:
-        """Run fn(arg); raise HandlerTimeout once `timeout` seconds pass."""
+        """Run fn(arg) inside `chain` (middleware.py); raise HandlerTimeout after `timeout` s."""
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + timeout
+        if not chain or call is None:
+            await self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
+            return
+
+        async def run_handler() -> None:
+            await self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
+
+        try:
+            await run_through(chain, call, run_handler)
+        except asyncio.CancelledError as exc:
+            # The deadline passed in a middleware's own code.
+            converted = self._converted(claim, exc, timeout, in_thread=False)
+            if converted is None:
+                raise
+            raise converted from exc
+
+    async def _run_handler(
+        self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
         try:
             if is_async:
                 await fn(arg)
             else:
-                # The task's context goes along, so a plain def sees its work_context().
+                # The task's context goes along (copied here, inside every middleware),
+                # so a plain def sees its work_context() and what middleware set.
                 context = contextvars.copy_context()
                 await loop.run_in_executor(self._executor, context.run, fn, arg)
         except asyncio.CancelledError as exc:
-            if self._is_stopping() or not (claim.timed_out or claim.cancel_requested):
+            # Converted here, so that middleware sees the timeout as an exception.
+            converted = self._converted(claim, exc, timeout, in_thread=not is_async)
+            if converted is None:
                 raise
-            # Cancelled by the deadline watch or an operator's request, not by anyone
-            # above us.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            if not is_async:
-                self._abandon_thread(claim)
-            if claim.cancel_requested and not claim.timed_out:
-                raise Cancel("asked to stop by an operator (cancel_jobs)") from exc
-            raise HandlerTimeout(f"timed out after {timeout:g}s") from exc
+            raise converted from exc
+
+    def _converted(
+        self, claim: Claim, exc: asyncio.CancelledError, timeout: float, *, in_thread: bool
+    ) -> Exception | None:
+        """What a cancellation of a run means: None (re-raise it), a timeout, or a Cancel."""
+        if self._is_stopping() or not (claim.timed_out or claim.cancel_requested):
+            return None
+        # Cancelled by the deadline watch or an operator's request, not by anyone above us.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if in_thread:
+            self._abandon_thread(claim)
+        if claim.cancel_requested and not claim.timed_out:
+            return Cancel("asked to stop by an operator (cancel_jobs)")
+        return HandlerTimeout(f"timed out after {timeout:g}s")
 
     def _abandon_thread(self, claim: Claim) -> None:
         old, self._executor = (
@@ -180,10 +229,17 @@ class JobRunner(ClaimRunner):
                 f"{registration.type.__qualname__}: {exc}"
             )
             return self._failed(claim, exc, message)
+        chain = self._app.middleware
+        call = (
+            Call("job", claim.kind, claim.namespace, claim.attempt, job=job, job_id=claim.id,
+                 trace_context=trace_context(claim.metadata))
+            if chain else None
+        )  # fmt: skip
         try:
             await self._invoker.invoke(
                 claim, registration.handler, job,
                 is_async=registration.is_async, timeout=registration.timeout,
+                call=call, chain=chain,
             )  # fmt: skip
         except Requeue as outcome:
             self._stats.snoozed += 1
@@ -237,6 +293,17 @@ class JobRunner(ClaimRunner):
         return results.job_of_unknown_kind(
             claim.id, claim.attempt, error_entry(claim.attempt, None, message)
         )
+
+
+def trace_context(metadata: str | None) -> Mapping[str, str]:
+    """The trace context in a job row's metadata (tracing.py); else empty."""
+    if metadata is None:
+        return _NO_CONTEXT
+    try:
+        decoded = _metadata_decoder.decode(metadata)
+    except msgspec.DecodeError:
+        return _NO_CONTEXT
+    return {k: v for k, v in decoded.items() if k in _TRACE_KEYS and isinstance(v, str)}
 
 
 def unknown_kind_message(what: str, kind: str, registered: dict[str, Any]) -> str:

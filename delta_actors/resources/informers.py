@@ -31,12 +31,14 @@ import asyncio
 import logging
 import random
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from delta_actors import tracing
 from delta_actors.app import App, ControllerRegistration
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.controller import InformOptions, runs_informer
@@ -163,12 +165,27 @@ class InformerScheduler:
                 extra={"event": "informer.requested", "kind": kind},
             )  # fmt: skip
         run = _Run(kind, run_id, full, started_at)
+        with tracing.informer_span(kind, full) if tracing.ENABLED else nullcontext() as span:
+            return await self._run(registration, run, cursor, fence, span)
+
+    async def _run(
+        self,
+        registration: ControllerRegistration,
+        run: _Run,
+        cursor: datetime | None,
+        fence: dict[str, Any],
+        span: Any,
+    ) -> dict[str, Any]:
+        """List, write, tombstone and move the cursor of one run that START_INFORMER began."""
+        kind, full, started_at, run_id = run.kind, run.full, run.started_at, run.run_id
         try:
             await self._list(registration, InformOptions(None if full else cursor, full), run)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 (an informer's SystemExit is its failure too)
             await self._failed(registration, run, exc)
+            if span is not None:
+                tracing.record_failure(span, exc)
             return {"kind": kind, "ran": True, "error": str(exc), "objects": run.written}
         tombstoned = 0
         tombstones = registration.controller.tombstones
@@ -192,6 +209,9 @@ class InformerScheduler:
                  "next_in": _jittered(registration.controller.inform_interval)},
             )  # fmt: skip
         self._count(kind, "success")
+        if span is not None:
+            span.set_attribute("delta.objects", run.written)
+            span.set_attribute("delta.tombstoned", tombstoned)
         if run.written or tombstoned:
             logger.info(
                 "informer %s listed %d objects%s", kind, run.written,

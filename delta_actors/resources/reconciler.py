@@ -33,6 +33,7 @@ import msgspec
 
 from delta_actors.app import ControllerRegistration
 from delta_actors.health import describe
+from delta_actors.middleware import Call
 from delta_actors.model.resource import Resource
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
 from delta_actors.queue import results
@@ -42,6 +43,7 @@ from delta_actors.queue.runner import (
     ClaimRunner,
     HandlerTimeout,
     error_entry,
+    trace_context,
     unknown_kind_message,
 )
 
@@ -93,11 +95,18 @@ class Reconciler(ClaimRunner):
         """Run `work` (or `finalize`, when `deleting`) and map its outcome."""
         generation, attempt = resource.generation, resource.attempt
         controller = registration.controller
+        chain = self._app.middleware
+        call = (
+            Call("finalize" if deleting else "work", claim.kind, resource.namespace,
+                 attempt + 1, resource=resource, job_id=claim.id,
+                 trace_context=trace_context(claim.metadata))
+            if chain else None
+        )  # fmt: skip
         try:
             await self._invoker.invoke(
                 claim, controller.finalize if deleting else controller.work, resource,
                 is_async=registration.finalize_is_async if deleting else registration.is_async,
-                timeout=registration.timeout,
+                timeout=registration.timeout, call=call, chain=chain,
             )  # fmt: skip
         except Requeue as outcome:
             self._stats.snoozed += 1

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from delta_actors import tracing
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import resource_sql
 from delta_actors.db.connection import Rows, Statement
@@ -287,4 +288,6 @@ def _write(
         "tags": tags,
         "metadata": metadata,
         "listed": listed,
+        # The trace context for the works' rows (tracing.py); None unless traced.
+        "trace": tracing.carrier() if tracing.ENABLED else None,
     }

@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from delta_actors import tracing
 from delta_actors.app import App
 from delta_actors.cancellation import raise_if_cancelling
 from delta_actors.client import AsyncClient
@@ -375,12 +377,15 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}
+        started = time.time_ns() if tracing.ENABLED else 0
         if self._app.limits:
             rows = await self._claimer.claim_limited(params, self._app.limits)
         else:
             rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
+        if rows and tracing.ENABLED:
+            tracing.record_claim(self.namespace, limit, len(rows), started)
         return [Claim.from_row(row) for row in rows]
 
     async def _hand_back_unknown_claims(self) -> None:

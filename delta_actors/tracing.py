@@ -1,0 +1,176 @@
+"""OpenTelemetry spans, when `opentelemetry-api` is installed (the `otel` extra).
+
+Spans (instrumentation scope "delta_actors"; attributes prefixed `delta.`):
+
+    inform KIND       PRODUCER  an inform or inform_many call (`_tx` too): kind, namespace,
+                                count, id and outcome (one object) or outcome counts
+    work KIND         CONSUMER  one run of a work, finalize or plain job (`finalize KIND`,
+    finalize KIND               `job KIND`): kind, id, namespace, generation, attempt,
+    job KIND                    handler and outcome; a child of the span that queued it
+    informer KIND     INTERNAL  one informer run in the leader: kind, full, objects
+    claim NAMESPACE   INTERNAL  one claim that claimed something: namespace, limit, claimed
+
+Invariants:
+- Without the extra, `ENABLED` is False, decided once at import: every call site reads
+  that flag before doing anything else, the work middleware is not installed, and no
+  byte is added to any row. With it installed but no SDK configured, spans are
+  OpenTelemetry's no-op ones and nothing is written either.
+- The trace context of an inform crosses processes in the queued work's row: when the
+  inform runs inside a recording span, WRITE_RESOURCES stores that span's W3C context
+  (`traceparent`, `tracestate`, through the global propagator) in `delta_job.metadata`
+  (migration 15), and the run, claimed in any process, starts its span as that span's
+  child. A work folded into a queued one takes the newer inform's context. Informer runs
+  are parents of the works they queue the same way.
+- The work span is a middleware (middleware.py), the first of the App's, so it sees
+  every outcome, the user's middleware included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from delta_actors.middleware import Call, Proceed, Wrap
+from delta_actors.model.resource import InformResult
+from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+except ImportError:  # the extra is not installed: everything below stays unused
+    ENABLED = False
+else:
+    ENABLED = True
+    _tracer = trace.get_tracer("delta_actors")
+
+_FAILED = frozenset({"failed", "timeout", "degraded", "discarded"})
+
+
+class _Identified(Protocol):
+    kind: str
+    object_id: str
+    namespace: str
+
+
+def middleware() -> tuple[Wrap, ...]:
+    """The work span's middleware, first of every App's; none without the extra."""
+    return (Wrap(trace_run, wraps=True),) if ENABLED else ()
+
+
+def carrier() -> str | None:
+    """The current span's trace context as JSON, if a span is recording; else None."""
+    if not ENABLED or not trace.get_current_span().is_recording():
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return json.dumps(headers) if headers else None
+
+
+@contextmanager
+def inform_span(items: Sequence[_Identified]) -> Iterator[Span]:
+    """The span of one inform call (only with ENABLED); see `inform_done`."""
+    first = items[0]
+    kinds = {item.kind for item in items}
+    kind = first.kind if len(kinds) == 1 else ",".join(sorted(kinds))
+    attributes: dict[str, Any] = {
+        "delta.kind": kind, "delta.namespace": first.namespace, "delta.count": len(items),
+    }  # fmt: skip
+    if len(items) == 1:
+        attributes["delta.id"] = first.object_id
+    with _tracer.start_as_current_span(
+        f"inform {kind}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def inform_done(span: Span | None, results: Sequence[InformResult[Any]]) -> None:
+    """Record what the inform did on its span."""
+    if span is None or not span.is_recording():
+        return
+    if len(results) == 1:
+        span.set_attribute("delta.outcome", results[0].outcome.value)
+        return
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+    for outcome, count in counts.items():
+        span.set_attribute(f"delta.outcome.{outcome}", count)
+
+
+@contextmanager
+def informer_span(kind: str, full: bool) -> Iterator[Span]:
+    """The span of one informer run (only with ENABLED)."""
+    attributes: dict[str, Any] = {"delta.kind": kind, "delta.full": full}
+    with _tracer.start_as_current_span(f"informer {kind}", attributes=attributes) as span:
+        yield span
+
+
+def record_failure(span: Span, exc: BaseException) -> None:
+    """Mark `span` failed by `exc`."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {exc}"))
+
+
+def record_claim(namespace: str, limit: int, claimed: int, start_ns: int) -> None:
+    """A span for one claim that claimed something, from `start_ns` (time.time_ns()) to now.
+
+    Made afterwards, so that the claims of an idle worker (one a second) make none.
+    """
+    span = _tracer.start_span(
+        f"claim {namespace}", start_time=start_ns,
+        attributes={"delta.namespace": namespace, "delta.limit": limit,
+                    "delta.claimed": claimed},
+    )  # fmt: skip
+    span.end()
+
+
+async def trace_run(call: Call, proceed: Proceed) -> None:
+    """The middleware of the work span: a child of the context the run's row carries."""
+    parent = propagate.extract(call.trace_context) if call.trace_context else None
+    span = _tracer.start_span(f"{call.handler} {call.kind}", context=parent, kind=SpanKind.CONSUMER)
+    if not span.is_recording():
+        # No SDK configured (or not sampled): the span is a no-op; skip the rest of it,
+        # attributes and context switch, which cost more than the no-op run itself.
+        await proceed()
+        return
+    span.set_attributes({
+        "delta.kind": call.kind, "delta.id": call.id, "delta.namespace": call.namespace,
+        "delta.attempt": call.attempt, "delta.handler": call.handler,
+    })  # fmt: skip
+    if call.generation is not None:
+        span.set_attribute("delta.generation", call.generation)
+    with trace.use_span(span, end_on_exit=True, record_exception=False,
+                        set_status_on_exception=False):  # fmt: skip
+        try:
+            await proceed()
+        except BaseException as exc:
+            outcome = outcome_of(call, exc)
+            span.set_attribute("delta.outcome", outcome)
+            if outcome in _FAILED:
+                record_failure(span, exc)
+            raise
+        span.set_attribute("delta.outcome", _RETURNED[call.handler])
+
+
+_RETURNED = {"work": "synced", "finalize": "deleted", "job": "completed"}
+
+
+def outcome_of(call: Call, exc: BaseException) -> str:
+    """What a run that raised `exc` comes to (reconciler.py and runner.py decide it)."""
+    is_job = call.handler == "job"
+    if isinstance(exc, Requeue):
+        return "requeued"
+    if isinstance(exc, Delete) and not is_job:
+        return "deleted"
+    if isinstance(exc, PermanentError):
+        return "discarded" if is_job else "degraded"
+    if isinstance(exc, Cancel) and is_job:
+        return "cancelled"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "handed_back"  # the worker stops: the claim goes back, uncounted
+    return "failed"
