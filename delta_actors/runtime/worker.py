@@ -70,6 +70,39 @@ from delta_actors.runtime.metrics import Recorder
 logger = logging.getLogger(__name__)
 
 
+async def run_claim(
+    claim: Claim, jobs: JobRunner, works: Reconciler, work_client: AsyncClient, app: App
+) -> Result:
+    """Run one claim to its result: a plain job through `jobs`, a resource work through
+    `works` in a `work_context()` whose effects ride on the result. Run it in a task of its
+    own (the context is the task's); a cancellation passes through.
+
+    The one execution path of a claim, shared by the Worker and the test Runner
+    (delta_actors.testing), so that what passes under one holds under the other.
+    """
+    try:
+        if claim.resource_id is None:
+            return await jobs.run(claim)
+        # In this task, so the work (and a plain def's thread) sees it.
+        ctx = open_context(work_client, app)
+        try:
+            work_result = await works.run(claim)
+        finally:
+            effects = ctx.close()
+        finalized = claim.resource is not None and (
+            claim.resource.deletion_requested_at is not None
+        )
+        return results.with_effects(work_result, effects, finalized=finalized)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+        # A GeneratorExit raised by a handler, or thrown into this task through a
+        # future it awaited (a plain def's thread), closes the runner's frames: they
+        # cannot return a result. The claim still fails, counted once.
+        runner = jobs if claim.resource_id is None else works
+        return runner.escaped(claim, exc)
+
+
 class Worker:
     """Claims and runs the jobs of one namespace.
 
@@ -379,20 +412,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            result: Result
-            if claim.resource_id is None:
-                result = await self._jobs.run(claim)
-            else:
-                # In this task, so the work (and a plain def's thread) sees it.
-                ctx = open_context(self._work_client, self._app)
-                try:
-                    work_result = await self._works.run(claim)
-                finally:
-                    effects = ctx.close()
-                finalized = claim.resource is not None and (
-                    claim.resource.deletion_requested_at is not None
-                )
-                result = results.with_effects(work_result, effects, finalized=finalized)
+            result = await run_claim(claim, self._jobs, self._works, self._work_client, self._app)
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise
@@ -400,12 +420,6 @@ class Worker:
             self._handed_back.append(claim)
             self._running.pop(claim.id, None)
             return
-        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
-            # A GeneratorExit raised by a handler, or thrown into this task through a
-            # future it awaited (a plain def's thread), closes the runner's frames: they
-            # cannot return a result. The claim still fails, counted once.
-            runner = self._jobs if claim.resource_id is None else self._works
-            result = runner.escaped(claim, exc)
         self.recorder.observe(claim.kind, result, loop.time() - started)
         assert self._completer is not None
         try:
