@@ -57,7 +57,12 @@ from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
 from delta_actors.controller import runs_informer
 from delta_actors.db import job_sql, leader_sql, resource_sql
-from delta_actors.db.connection import check_dsn, make_async_pool, translate_errors
+from delta_actors.db.connection import (
+    check_dsn,
+    connect_async,
+    make_async_pool,
+    translate_errors,
+)
 from delta_actors.db.migrations import check_schema_async
 from delta_actors.errors import ConfigError, DeltaError, UnknownKindError
 from delta_actors.model.job_row import JobError
@@ -260,15 +265,15 @@ class _Session:
         self._actor_id = 0
 
     async def __aenter__(self) -> _Session:
-        with translate_errors("start the test runner", self._dsn):
+        action = "start the test runner"
+        # A connection of its own first, as the worker's start: a database that is not
+        # there fails at once with PostgreSQL's reason, not as a pool timeout later.
+        async with await connect_async(self._dsn, action=action) as conn:
+            with translate_errors(action, self._dsn):
+                await check_schema_async(conn)
+                self._actor_id = await register_actor(conn, "test-runner", "worker")
+        with translate_errors(action, self._dsn):
             await self._pool.open(wait=True, timeout=30)
-            try:
-                async with self._pool.connection() as conn:
-                    await check_schema_async(conn)
-                    self._actor_id = await register_actor(conn, "test-runner", "worker")
-            except BaseException:
-                await self._pool.close()
-                raise
         self._client = AsyncClient(self._pool, app=self._app)
         self._completer = Completer(
             self._pool, self._actor_id, max_pending=1, on_written=lambda _r, _s: None
