@@ -56,7 +56,7 @@ import uvloop
 from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
 from delta_actors.controller import runs_informer
-from delta_actors.db import job_sql, leader_sql, resource_sql
+from delta_actors.db import actor_sql, job_sql, leader_sql, resource_sql
 from delta_actors.db.connection import (
     check_dsn,
     connect_async,
@@ -272,8 +272,14 @@ class _Session:
             with translate_errors(action, self._dsn):
                 await check_schema_async(conn)
                 self._actor_id = await register_actor(conn, "test-runner", "worker")
-        with translate_errors(action, self._dsn):
-            await self._pool.open(wait=True, timeout=30)
+        try:
+            with translate_errors(action, self._dsn):
+                await self._pool.open(wait=True, timeout=30)
+        except BaseException:
+            with contextlib.suppress(DeltaError, psycopg.Error, OSError):
+                async with await connect_async(self._dsn, action=action) as conn:
+                    await conn.execute(actor_sql.UNREGISTER_ACTOR, (self._actor_id,))
+            raise
         self._client = AsyncClient(self._pool, app=self._app)
         self._completer = Completer(
             self._pool, self._actor_id, max_pending=1, on_written=lambda _r, _s: None

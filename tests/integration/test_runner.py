@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -287,3 +287,26 @@ async def test_the_async_runner_serves_async_tests_and_the_sync_one_says_so(
     assert resource is not None and resource.state is delta.State.SYNCED
     with pytest.raises(delta.ConfigError, match=r"use delta\.testing\.AsyncRunner"):
         Runner(delta_app, delta_async_client).run_until_idle()
+
+
+class Call(delta.Job, kind="call-api", rate=(1, 60.0)):
+    n: int
+
+
+def test_scheduled_jobs_and_rate_windows_follow_the_clock(delta_dsn):
+    calls: list[int] = []
+
+    async def call(job: Call) -> None:
+        calls.append(job.n)
+
+    app = delta.App(jobs={Call: call})
+    runner = Runner(app, delta_dsn)
+    with delta.Client.connect(delta_dsn, app=app) as client:
+        client.enqueue(Call(n=0), scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+        assert runner.run_until_idle().runs == []
+        client.enqueue_many([Call(n=1), Call(n=2)])
+    assert runner.run_until_idle().completed == [Call(n=1)]  # one start per minute
+    assert runner.advance(30.0).runs == []
+    assert runner.advance(30.0).completed == [Call(n=2)]
+    assert runner.advance(3540.0).completed == [Call(n=0)]
+    assert calls == [1, 2, 0]
