@@ -74,33 +74,23 @@ async def run_claim(
     claim: Claim, jobs: JobRunner, works: Reconciler, work_client: AsyncClient, app: App
 ) -> Result:
     """Run one claim to its result: a plain job through `jobs`, a resource work through
-    `works` in a `work_context()` whose effects ride on the result. Run it in a task of its
-    own (the context is the task's); a cancellation passes through.
+    `works` in a `work_context()` whose effects ride on the result.
 
     The one execution path of a claim, shared by the Worker and the test Runner
-    (delta_actors.testing), so that what passes under one holds under the other.
+    (delta_actors.testing), so that what passes under one holds under the other. Await it
+    in a task of its own (the context is the task's), whose top frame turns a
+    BaseException that escapes into `escaped()` (see Worker._run_job).
     """
+    if claim.resource_id is None:
+        return await jobs.run(claim)
+    # In this task, so the work (and a plain def's thread) sees it.
+    ctx = open_context(work_client, app)
     try:
-        if claim.resource_id is None:
-            return await jobs.run(claim)
-        # In this task, so the work (and a plain def's thread) sees it.
-        ctx = open_context(work_client, app)
-        try:
-            work_result = await works.run(claim)
-        finally:
-            effects = ctx.close()
-        finalized = claim.resource is not None and (
-            claim.resource.deletion_requested_at is not None
-        )
-        return results.with_effects(work_result, effects, finalized=finalized)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
-        # A GeneratorExit raised by a handler, or thrown into this task through a
-        # future it awaited (a plain def's thread), closes the runner's frames: they
-        # cannot return a result. The claim still fails, counted once.
-        runner = jobs if claim.resource_id is None else works
-        return runner.escaped(claim, exc)
+        work_result = await works.run(claim)
+    finally:
+        effects = ctx.close()
+    finalized = claim.resource is not None and claim.resource.deletion_requested_at is not None
+    return results.with_effects(work_result, effects, finalized=finalized)
 
 
 class Worker:
@@ -420,6 +410,13 @@ class Worker:
             self._handed_back.append(claim)
             self._running.pop(claim.id, None)
             return
+        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+            # A GeneratorExit raised by a handler, or thrown into this task through a
+            # future it awaited (a plain def's thread), closes the frames below this one
+            # (run_claim's, the runner's): they cannot return a result. The claim still
+            # fails, counted once.
+            runner = self._jobs if claim.resource_id is None else self._works
+            result = runner.escaped(claim, exc)
         self.recorder.observe(claim.kind, result, loop.time() - started)
         assert self._completer is not None
         try:

@@ -337,14 +337,22 @@ class _Session:
         return [Claim.from_row(row) for row in rows]
 
     async def _run(self, claim: Claim, results: Results) -> None:
-        task = asyncio.create_task(
-            run_claim(claim, self._jobs, self._works, self._client, self._app),
-            name=f"test-runner:job:{claim.id}",
-        )
+        task = asyncio.create_task(self._run_claim(claim), name=f"test-runner:job:{claim.id}")
         result = await _with_deadline(claim, task)
         with translate_errors(f"write the result of job {claim.id}", self._dsn):
             stale = await self._completer.write([result])
             results.runs.append(await self._describe_run(claim, result, result.id in stale))
+
+    async def _run_claim(self, claim: Claim) -> Result:
+        # The task's top frame, as Worker._run_job is: a GeneratorExit thrown into the
+        # task closes every frame below it, so only here can it become the claim's result.
+        try:
+            return await run_claim(claim, self._jobs, self._works, self._client, self._app)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
+            runner = self._jobs if claim.resource_id is None else self._works
+            return runner.escaped(claim, exc)
 
     async def _describe_run(self, claim: Claim, result: Result, stale: bool) -> WorkRun | JobRun:
         error = _error_text(result.error)

@@ -310,3 +310,31 @@ def test_scheduled_jobs_and_rate_windows_follow_the_clock(delta_dsn):
     assert runner.advance(30.0).completed == [Call(n=2)]
     assert runner.advance(3540.0).completed == [Call(n=0)]
     assert calls == [1, 2, 0]
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KeyboardInterrupt("from work"), SystemExit(3), GeneratorExit("from work"), None],
+    ids=["interrupt", "exit", "generator-exit", "thrown-through-a-future"],
+)
+def test_a_base_exception_from_work_is_its_failure_and_the_runner_goes_on(
+    orders, delta_app, delta_client, error
+):
+    async def fail() -> None:
+        if error is not None:
+            raise error
+        loop = asyncio.get_running_loop()  # thrown into the task: closes the frames below
+        await loop.run_in_executor(None, _raise, GeneratorExit("from a thread"))
+
+    orders.plan = {"bad": fail}
+    runner = Runner(delta_app, delta_client, retry_policy=lambda attempt: 10.0)
+    delta_client.inform_many([Order(key="bad"), Order(key="good")])
+    results = runner.run_until_idle()
+    assert results.failed == ["order/bad"]
+    assert "order/good" in results.synced
+    assert (results.works[0].error or "").startswith(type(error or GeneratorExit()).__name__)
+    assert delta_client.get(Invoice, "bad") is None  # a failure writes no effects
