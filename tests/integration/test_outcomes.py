@@ -69,8 +69,8 @@ async def test_two_failures_then_success_completes_at_attempt_three_with_both_er
 
 
 async def test_always_failing_job_is_discarded_after_exactly_max_attempts(delta_dsn):
-    """max_attempts=3 and a handler that always fails: three runs, each retry after the
-    worker's backoff (1 s, then 16 s, +/-10 %) on the Runner's clock, then discarded."""
+    """max_attempts=3 and a handler that always fails: three runs, each retry after its
+    backoff (30 s, 60 s) on the Runner's clock and not before, then discarded."""
     calls = 0
 
     async def fail(job: Note) -> None:
@@ -78,16 +78,19 @@ async def test_always_failing_job_is_discarded_after_exactly_max_attempts(delta_
         calls += 1
         raise RuntimeError(f"run {calls} failed")
 
-    runner = AsyncRunner(delta.App(jobs={Note: fail}), delta_dsn)
+    # Margins of 10 s between "not yet" and "due": real time passes too.
+    runner = AsyncRunner(
+        delta.App(jobs={Note: fail}), delta_dsn, retry_policy=lambda attempt: 30.0 * attempt
+    )
     client = await delta.AsyncClient.connect(delta_dsn)
     try:
         job = await client.enqueue(Note(), max_attempts=3)
         first = await runner.run_until_idle()
         assert [(r.id, r.state) for r in first.jobs] == [(job.id, delta.JobState.RETRYABLE)]
-        assert (await runner.advance(0.5)).runs == []
-        assert [r.state for r in (await runner.advance(1.0)).jobs] == [delta.JobState.RETRYABLE]
-        assert (await runner.advance(14.0)).runs == []
-        assert [r.state for r in (await runner.advance(4.0)).jobs] == [DISCARDED]
+        assert (await runner.advance(20.0)).runs == []
+        assert [r.state for r in (await runner.advance(10.0)).jobs] == [delta.JobState.RETRYABLE]
+        assert (await runner.advance(50.0)).runs == []
+        assert [r.state for r in (await runner.advance(10.0)).jobs] == [DISCARDED]
         row = await get_job(client, job.id)
         assert calls == 3
         assert row.state is DISCARDED
@@ -312,8 +315,8 @@ async def test_requeue_leaves_the_job_scheduled_uncounted_until_due(delta_dsn):
         assert row.finalized_at is None
         due_in = (row.scheduled_at - datetime.now(UTC)).total_seconds()
         assert 55 < due_in <= 60
-        assert (await runner.advance(58.0)).runs == []
-        assert (await runner.advance(2.0)).completed == [Note()]
+        assert (await runner.advance(50.0)).runs == []  # 10 s for real time to pass
+        assert (await runner.advance(10.0)).completed == [Note()]
         row = await get_job(client, job.id)
         assert (row.state, row.attempt, runs) == (COMPLETED, 1, 2)
     finally:

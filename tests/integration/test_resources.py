@@ -295,18 +295,19 @@ async def test_synced_requeue_delete_and_revival(dsn, recorder):
 async def test_failures_degrade_after_max_attempts_and_reset_on_a_new_generation(
     delta_dsn, recorder
 ):
-    """max_attempts=3: failed, failed, degraded, each retry after the worker's own backoff
-    (1 s, then 16 s, +/-10 %) on the test Runner's clock; a new generation resets attempts."""
+    """max_attempts=3: failed, failed, degraded, each retry after its backoff (30 s, 60 s)
+    on the test Runner's clock, not before; a new generation resets attempts."""
     recorder.behaviour = {"flaky": RuntimeError("upstream 503")}
-    runner = AsyncRunner(app(), delta_dsn)
+    # Margins of 10 s between "not yet" and "due": real time passes too.
+    runner = AsyncRunner(app(), delta_dsn, retry_policy=lambda attempt: 30.0 * attempt)
     client = await delta.AsyncClient.connect(delta_dsn, app=app())
     try:
         await client.inform(Doc(key="flaky"))
         assert (await runner.run_until_idle()).failed == ["doc/flaky"]
-        assert (await runner.advance(0.5)).runs == []
-        assert (await runner.advance(1.0)).failed == ["doc/flaky"]
-        assert (await runner.advance(14.0)).runs == []
-        assert (await runner.advance(4.0)).degraded == ["doc/flaky"]
+        assert (await runner.advance(20.0)).runs == []
+        assert (await runner.advance(10.0)).failed == ["doc/flaky"]
+        assert (await runner.advance(50.0)).runs == []
+        assert (await runner.advance(10.0)).degraded == ["doc/flaky"]
         degraded = await get(client, "flaky")
         assert degraded.state is delta.State.DEGRADED
         assert degraded.attempt == 3
