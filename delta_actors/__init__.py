@@ -6,6 +6,8 @@ General layout (docs/architecture.md has it whole). Each room imports only rooms
 it, never one above; tests/unit/test_layout.py holds the package to that:
 
 - ops/: the `delta-actors` command, status and inspect, progress, logs.
+- testing/: `delta.testing`, the inline test Runner and the pytest plugin (imported on
+  first use of `delta.testing`, so `import delta_actors` never imports pytest).
 - runtime/: the supervisor, its actor processes and their pipe protocol, the worker,
   metrics.
 - leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).
@@ -23,6 +25,9 @@ it, never one above; tests/unit/test_layout.py holds the package to that:
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
@@ -54,6 +59,9 @@ from delta_actors.outcomes import Cancel, Delete, Outcome, PermanentError, Reque
 from delta_actors.queue.insert import JobSpec
 from delta_actors.queue.runner import WorkerStats
 from delta_actors.runtime.worker import Worker
+
+if TYPE_CHECKING:
+    from delta_actors import testing
 
 __all__ = [
     "ActorLostError",
@@ -99,5 +107,13 @@ __all__ = [
     "WorkContext",
     "Worker",
     "WorkerStats",
+    "testing",
     "work_context",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`delta.testing`, imported on first use (it is for tests; the rest never needs it)."""
+    if name == "testing":
+        return importlib.import_module("delta_actors.testing")
+    raise AttributeError(f"module 'delta_actors' has no attribute {name!r}")

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import Server
+from delta_actors.testing import DatabaseServer as Server
+from delta_actors.testing import TemplateDatabases
 
 PASSWORD = "Corr3ct-Horse-9417"  # noqa: S105 (a throwaway role's, to check redaction)
 _roles = itertools.count()
@@ -60,9 +61,9 @@ class Role:
 
 
 @pytest.fixture
-def role(pg_server: Server, dsn: str, db_prefix: str) -> Iterator[Role]:
+def role(pg_server: Server, dsn: str, delta_databases: TemplateDatabases) -> Iterator[Role]:
     """A login role whose password is checked (scram), with rights on the test database."""
-    name = f"{db_prefix}_role{next(_roles)}"
+    name = f"{delta_databases.prefix}_role{next(_roles)}"
     with pg_server.admin() as admin:
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(

@@ -528,3 +528,25 @@ SELECT count(pg_notify('delta_jobs', name)) FROM resumed
 SELECT_PAUSED_NAMESPACES: LiteralString = """
 SELECT name, paused_at FROM delta_namespace WHERE paused_at IS NOT NULL ORDER BY name
 """
+
+# The test Runner's clock (delta_actors.testing): moves every due time the database
+# compares with now() back by %(seconds)s, as if that much time had passed: scheduled and
+# retryable jobs (retries, requeues, scheduled enqueues), informers' next runs, and the
+# starts that rate limits count. Nothing else reads the clock there.
+ADVANCE_CLOCK: LiteralString = """
+WITH jobs AS (
+    UPDATE delta_job SET scheduled_at = scheduled_at - make_interval(secs => %(seconds)s)
+    WHERE state IN ('scheduled', 'retryable')
+    RETURNING 1
+),
+informers AS (
+    UPDATE delta_informer SET next_run_at = next_run_at - make_interval(secs => %(seconds)s)
+    RETURNING 1
+),
+starts AS (
+    UPDATE delta_limit_start SET at = at - make_interval(secs => %(seconds)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM informers),
+       (SELECT count(*) FROM starts)
+"""

@@ -543,3 +543,9 @@ DELETE_MATCHING_RESOURCES: LiteralString = _deletion(
         LIMIT %(limit)s))
       AND r.state <> 'deleted' AND r.deletion_requested_at IS NULL"""
 )
+
+# The test Runner (delta_actors.testing): what a written work left its resource as, to
+# tell a last failed attempt (degraded by COMPLETE_WORKS) from one that is retried.
+SELECT_WORK_OUTCOMES: LiteralString = """
+SELECT r.id, r.state::text, r.generation FROM delta_resource AS r WHERE r.id = ANY(%s)
+"""

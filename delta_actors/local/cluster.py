@@ -1,11 +1,12 @@
 """A local PostgreSQL cluster run from the machine's server binaries.
 
-Two users share this code: the test harness (throwaway: fsync off, removed afterwards) and
-`delta-actors supervise` with no DSN (embedded: durable settings, kept in the user's data
-folder). The server listens on a Unix socket only (`listen_addresses = ''`) in a short
-directory, since socket paths must stay under 107 bytes. PostgreSQL refuses to run as root,
-so when we are root the server runs as an unprivileged user (`nobody` by default) that owns
-the data and socket directories.
+Two users share this code: the pytest plugin of delta.testing, which our own test harness
+builds on (throwaway: fsync off, removed afterwards), and `delta-actors supervise` with no
+DSN (embedded: durable settings, kept in the user's data folder). The server listens on a
+Unix socket only (`listen_addresses = ''`) in a short directory, since socket paths must
+stay under 107 bytes. PostgreSQL refuses to run as root, so when we are root the server
+runs as an unprivileged user (`nobody` by default) that owns the data and socket
+directories.
 """
 
 from __future__ import annotations

@@ -107,6 +107,14 @@ class Completer:
             return False
         return True
 
+    async def write(self, batch: list[Result]) -> set[int]:
+        """Write `batch` now, on the caller's task; return the ids found stale.
+
+        The test Runner's path (delta_actors.testing): the same statements, effects and
+        fallbacks as run(), with no queue, no retry and no callback; errors raise.
+        """
+        return await self._write(batch)
+
     async def _write_pending(self) -> None:
         delay = 0.05
         while self._pending:

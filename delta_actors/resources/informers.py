@@ -186,7 +186,13 @@ class InformerScheduler:
             await self._failed(registration, run, exc)
             if span is not None:
                 tracing.record_failure(span, exc)
-            return {"kind": kind, "ran": True, "error": str(exc), "objects": run.written}
+            return {
+                "kind": kind,
+                "ran": True,
+                "full": full,
+                "error": str(exc),
+                "objects": run.written,
+            }
         tombstoned = 0
         tombstones = registration.controller.tombstones
         async with self._pool.connection() as conn, conn.transaction():
@@ -218,7 +224,10 @@ class InformerScheduler:
                 f", {tombstoned} tombstoned" if tombstoned else "",
                 extra={"event": "informer.ran", "kind": kind, "objects": run.written},
             )  # fmt: skip
-        return {"kind": kind, "ran": True, "objects": run.written, "tombstoned": tombstoned}
+        return {
+            "kind": kind, "ran": True, "full": full, "objects": run.written,
+            "tombstoned": tombstoned,
+        }  # fmt: skip
 
     async def _list(
         self, registration: ControllerRegistration, options: InformOptions, run: _Run

@@ -83,6 +83,29 @@ POLL_INTERVAL = 1.0  # seconds between claims without a wake-up, while LISTEN wa
 POLL_INTERVAL_WITHOUT_LISTEN = 0.2
 
 
+async def run_claim(
+    claim: Claim, jobs: JobRunner, works: Reconciler, work_client: AsyncClient, app: App
+) -> Result:
+    """Run one claim to its result: a plain job through `jobs`, a resource work through
+    `works` in a `work_context()` whose effects ride on the result.
+
+    The one execution path of a claim, shared by the Worker and the test Runner
+    (delta_actors.testing), so that what passes under one holds under the other. Await it
+    in a task of its own (the context is the task's), whose top frame turns a
+    BaseException that escapes into `escaped()` (see Worker._run_job).
+    """
+    if claim.resource_id is None:
+        return await jobs.run(claim)
+    # In this task, so the work (and a plain def's thread) sees it.
+    ctx = open_context(work_client, app)
+    try:
+        work_result = await works.run(claim)
+    finally:
+        effects = ctx.close()
+    finalized = claim.resource is not None and claim.resource.deletion_requested_at is not None
+    return results.with_effects(work_result, effects, finalized=finalized)
+
+
 class Worker:
     """Claims and runs the jobs of one namespace.
 
@@ -419,20 +442,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            result: Result
-            if claim.resource_id is None:
-                result = await self._jobs.run(claim)
-            else:
-                # In this task, so the work (and a plain def's thread) sees it.
-                ctx = open_context(self._work_client, self._app)
-                try:
-                    work_result = await self._works.run(claim)
-                finally:
-                    effects = ctx.close()
-                finalized = claim.resource is not None and (
-                    claim.resource.deletion_requested_at is not None
-                )
-                result = results.with_effects(work_result, effects, finalized=finalized)
+            result = await run_claim(claim, self._jobs, self._works, self._work_client, self._app)
         except asyncio.CancelledError:
             if not self._cancelling:
                 raise
@@ -442,8 +452,9 @@ class Worker:
             return
         except BaseException as exc:  # noqa: BLE001 (the handler's failure, not ours)
             # A GeneratorExit raised by a handler, or thrown into this task through a
-            # future it awaited (a plain def's thread), closes the runner's frames: they
-            # cannot return a result. The claim still fails, counted once.
+            # future it awaited (a plain def's thread), closes the frames below this one
+            # (run_claim's, the runner's): they cannot return a result. The claim still
+            # fails, counted once.
             runner = self._jobs if claim.resource_id is None else self._works
             result = runner.escaped(claim, exc)
         self.recorder.observe(claim.kind, result, loop.time() - started)

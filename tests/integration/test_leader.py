@@ -211,7 +211,13 @@ async def test_informer_cursor_does_not_advance_when_it_raises(dsn):
             await conn.execute("UPDATE delta_informer SET next_run_at = now()")
         ListingController.fail_after = None
         result = await informers.run_informer("listing", term, 1)
-        assert result == {"kind": "listing", "ran": True, "objects": 5, "tombstoned": 0}
+        assert result == {
+            "kind": "listing",
+            "ran": True,
+            "full": True,
+            "objects": 5,
+            "tombstoned": 0,
+        }
         cursor, error, runs, failures, _ = await _informer_row(dsn)
         assert cursor == created + timedelta(minutes=4)
         assert error is None and runs == 1

@@ -13,6 +13,7 @@ import pytest
 import delta_actors as delta
 from delta_actors.queue.completer import array_literal
 from delta_actors.queue.results import UNKNOWN_KIND_DELAY
+from delta_actors.testing import AsyncRunner
 from tests.integration.job_table import get_job, is_state
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
@@ -67,8 +68,9 @@ async def test_two_failures_then_success_completes_at_attempt_three_with_both_er
         await client.close()
 
 
-async def test_always_failing_job_is_discarded_after_exactly_max_attempts(dsn):
-    """max_attempts=3 and a handler that always fails: three runs, then discarded."""
+async def test_always_failing_job_is_discarded_after_exactly_max_attempts(delta_dsn):
+    """max_attempts=3 and a handler that always fails: three runs, each retry after its
+    backoff (30 s, 60 s) on the Runner's clock and not before, then discarded."""
     calls = 0
 
     async def fail(job: Note) -> None:
@@ -76,38 +78,48 @@ async def test_always_failing_job_is_discarded_after_exactly_max_attempts(dsn):
         calls += 1
         raise RuntimeError(f"run {calls} failed")
 
-    app = delta.App(jobs={Note: fail})
-    client = await delta.AsyncClient.connect(dsn)
+    # Margins of 10 s between "not yet" and "due": real time passes too.
+    runner = AsyncRunner(
+        delta.App(jobs={Note: fail}), delta_dsn, retry_policy=lambda attempt: 30.0 * attempt
+    )
+    client = await delta.AsyncClient.connect(delta_dsn)
     try:
         job = await client.enqueue(Note(), max_attempts=3)
-        async with running_worker(app, dsn) as worker:
-            await wait_until_async(lambda: is_state(client, job.id, DISCARDED), 10)
+        first = await runner.run_until_idle()
+        assert [(r.id, r.state) for r in first.jobs] == [(job.id, delta.JobState.RETRYABLE)]
+        assert (await runner.advance(20.0)).runs == []
+        assert [r.state for r in (await runner.advance(10.0)).jobs] == [delta.JobState.RETRYABLE]
+        assert (await runner.advance(50.0)).runs == []
+        assert [r.state for r in (await runner.advance(10.0)).jobs] == [DISCARDED]
         row = await get_job(client, job.id)
         assert calls == 3
+        assert row.state is DISCARDED
         assert row.attempt == 3
         assert [e.error for e in row.errors] == [f"RuntimeError: run {i} failed" for i in (1, 2, 3)]
         assert row.finalized_at is not None
-        assert (worker.stats.failed, worker.stats.discarded) == (3, 1)
+        assert (await runner.advance(3600.0)).runs == []
     finally:
         await client.close()
 
 
-async def test_error_history_keeps_only_the_newest_ten(dsn):
+async def test_error_history_keeps_only_the_newest_ten(delta_dsn):
     """max_attempts=15, always failing: discarded at attempt 15 with errors of attempts 6..15."""
 
     async def fail(job: Note) -> None:
         raise RuntimeError("still broken")
 
-    app = delta.App(jobs={Note: fail})
-    client = await delta.AsyncClient.connect(dsn)
+    runner = AsyncRunner(delta.App(jobs={Note: fail}), delta_dsn, retry_policy=lambda a: 0.0)
+    client = await delta.AsyncClient.connect(delta_dsn)
     try:
         job = await client.enqueue(Note(), max_attempts=15)
-        async with running_worker(app, dsn):
-            await wait_until_async(lambda: is_state(client, job.id, DISCARDED), 30)
+        results = await runner.run_until_idle()
+        assert len(results.jobs) == 15
+        assert results.errors == ["RuntimeError: still broken"] * 15
         row = await get_job(client, job.id)
+        assert row.state is DISCARDED
         assert row.attempt == 15
         assert [e.attempt for e in row.errors] == list(range(6, 16))
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(delta_dsn, autocommit=True) as conn:
             stored = conn.execute(
                 "SELECT cardinality(errors) FROM delta_job WHERE id = %s", (job.id,)
             ).fetchone()
@@ -278,26 +290,35 @@ async def test_requeue_runs_again_after_the_delay_without_counting_an_attempt(ds
         await client.close()
 
 
-async def test_requeue_leaves_the_job_scheduled_uncounted_until_due(dsn):
-    """Requeue(after=60): state scheduled, attempt back to 0, due in a minute, no error."""
+async def test_requeue_leaves_the_job_scheduled_uncounted_until_due(delta_dsn):
+    """Requeue(after=60): scheduled, attempt back to 0, due in a minute, no error; on the
+    Runner's clock it runs again after 60 s, not before."""
+    runs = 0
 
-    async def snooze(job: Note) -> None:
-        raise delta.Requeue(after=60)
+    async def snooze_once(job: Note) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise delta.Requeue(after=60)
 
-    app = delta.App(jobs={Note: snooze})
-    client = await delta.AsyncClient.connect(dsn)
+    runner = AsyncRunner(delta.App(jobs={Note: snooze_once}), delta_dsn)
+    client = await delta.AsyncClient.connect(delta_dsn)
     try:
-        job = await client.enqueue(Note())
-        async with running_worker(app, dsn) as worker:
-            await wait_until_async(lambda: worker.stats.snoozed == 1, 5)
-            await wait_until_async(lambda: is_state(client, job.id, delta.JobState.SCHEDULED), 5)
+        job = await client.enqueue(Note(), max_attempts=1)
+        first = await runner.run_until_idle()
+        assert [r.ending for r in first.jobs] == ["requeue"]
         row = await get_job(client, job.id)
+        assert row.state is delta.JobState.SCHEDULED
         assert row.attempt == 0
         assert row.claimed_by is None
         assert row.errors == []
         assert row.finalized_at is None
         due_in = (row.scheduled_at - datetime.now(UTC)).total_seconds()
         assert 55 < due_in <= 60
+        assert (await runner.advance(50.0)).runs == []  # 10 s for real time to pass
+        assert (await runner.advance(10.0)).completed == [Note()]
+        row = await get_job(client, job.id)
+        assert (row.state, row.attempt, runs) == (COMPLETED, 1, 2)
     finally:
         await client.close()
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import delta_actors as delta
+from delta_actors.testing import AsyncRunner
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
 
@@ -291,22 +292,32 @@ async def test_synced_requeue_delete_and_revival(dsn, recorder):
         await client.close()
 
 
-async def test_failures_degrade_after_max_attempts_and_reset_on_a_new_generation(dsn, recorder):
-    """max_attempts=3: failed, failed, degraded; a new generation resets attempts and syncs."""
+async def test_failures_degrade_after_max_attempts_and_reset_on_a_new_generation(
+    delta_dsn, recorder
+):
+    """max_attempts=3: failed, failed, degraded, each retry after its backoff (30 s, 60 s)
+    on the test Runner's clock, not before; a new generation resets attempts."""
     recorder.behaviour = {"flaky": RuntimeError("upstream 503")}
-    client = await delta.AsyncClient.connect(dsn, app=app())
+    # Margins of 10 s between "not yet" and "due": real time passes too.
+    runner = AsyncRunner(app(), delta_dsn, retry_policy=lambda attempt: 30.0 * attempt)
+    client = await delta.AsyncClient.connect(delta_dsn, app=app())
     try:
         await client.inform(Doc(key="flaky"))
-        async with running_worker(app(), dsn):
-            await wait_until_async(lambda: state_is(client, "flaky", delta.State.DEGRADED), 10)
-            degraded = await get(client, "flaky")
-            assert degraded.attempt == 3
-            assert [e.attempt for e in degraded.errors] == [1, 2, 3]
-            assert "upstream 503" in degraded.errors[-1].error
-            assert len(recorder.runs) == 3
-            recorder.behaviour.clear()
-            await client.inform(Doc(key="flaky", body="fixed"))
-            await wait_until_async(lambda: state_is(client, "flaky", delta.State.SYNCED), 5)
+        assert (await runner.run_until_idle()).failed == ["doc/flaky"]
+        assert (await runner.advance(20.0)).runs == []
+        assert (await runner.advance(10.0)).failed == ["doc/flaky"]
+        assert (await runner.advance(50.0)).runs == []
+        assert (await runner.advance(10.0)).degraded == ["doc/flaky"]
+        degraded = await get(client, "flaky")
+        assert degraded.state is delta.State.DEGRADED
+        assert degraded.attempt == 3
+        assert [e.attempt for e in degraded.errors] == [1, 2, 3]
+        assert "upstream 503" in degraded.errors[-1].error
+        assert len(recorder.runs) == 3
+        assert (await runner.advance(3600.0)).runs == []
+        recorder.behaviour.clear()
+        await client.inform(Doc(key="flaky", body="fixed"))
+        assert (await runner.run_until_idle()).synced == ["doc/flaky"]
         synced = await get(client, "flaky")
         assert (synced.attempt, synced.generation) == (0, 2)
     finally:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "delta_actors"
 # Top to bottom; a room may import any room below it, and itself.
 ROOMS = [
     ["__main__", "__init__"],
-    ["ops"],
+    ["ops", "testing"],
     ["runtime"],
     ["leader"],
     ["context"],
