@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from delta_actors.local.cluster import short_socket_dir
-from tests.conftest import Server
+from delta_actors.testing.databases import DatabaseServer as Server
 
 TRANSACTION_POOL_SIZE = 4  # server connections per database and user
 SESSION_POOL_SIZE = 60

@@ -70,8 +70,8 @@ from delta_actors.model.kinds import kind_of
 from delta_actors.model.object import Object
 from delta_actors.queue.actors import register_actor, unregister_actor
 from delta_actors.queue.claimer import Claimer
-from delta_actors.queue.floors import Floors
 from delta_actors.queue.completer import Completer
+from delta_actors.queue.floors import Floors
 from delta_actors.queue.promoter import Promoter
 from delta_actors.queue.results import JobResult, Result, WorkResult
 from delta_actors.queue.retry import retry_delay
