@@ -1,0 +1,41 @@
+"""`delta-actors web`: serve the console with uvicorn until SIGINT/SIGTERM.
+
+The binding is checked before anything else (security.check_binding), then the database
+(the app's lifespan opens the console: a DSN that does not connect or a schema that is
+not migrated stops the start with its DatabaseError). Open live streams are given
+SHUTDOWN_TIMEOUT seconds when the server stops, then closed. uvicorn's access log shows
+paths, never the DSN; the DSN shown is redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from delta_actors.db.connection import redact_dsn
+from delta_actors.web.app import create_app
+from delta_actors.web.security import check_binding
+
+logger = logging.getLogger(__name__)
+SHUTDOWN_TIMEOUT = 3  # seconds for open streams when the server stops
+
+
+def serve(
+    dsn: str, *, host: str, port: int, read_only: bool, token: str | None, access_log: bool
+) -> None:
+    """Serve the console on host:port (blocking)."""
+    check_binding(host, token)
+    import uvicorn
+
+    app = create_app(dsn, read_only=read_only, token=token)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", access_log=access_log,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT, lifespan="on", log_config=None,
+    )  # fmt: skip
+    logger.info(
+        "console for %s on http://%s:%d/%s", redact_dsn(dsn), host, port,
+        " (read-only)" if read_only else "", extra={"event": "web.start"},
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(2)
