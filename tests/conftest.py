@@ -24,7 +24,7 @@ from psycopg import sql
 from delta_actors.db import migrations
 from delta_actors.local.cluster import PostgresCluster, throwaway_cluster
 
-pytest_plugins = ["tests.roles"]  # the `role` fixture
+pytest_plugins = ["tests.roles", "tests.console_server"]  # `role`, `serve_console`
 
 
 @pytest.hookimpl(tryfirst=True)

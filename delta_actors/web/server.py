@@ -9,7 +9,11 @@ paths, never the DSN; the DSN shown is redacted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
+from types import FrameType
 
 from delta_actors.db.connection import redact_dsn
 from delta_actors.web.app import create_app
@@ -35,7 +39,30 @@ def serve(
         "console for %s on http://%s:%d/%s", redact_dsn(dsn), host, port,
         " (read-only)" if read_only else "", extra={"event": "web.start"},
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run()
     if not server.started:
         raise SystemExit(2)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a stop by SIGTERM or SIGINT exits 0, as supervise does
+        (uvicorn raises the signal again once it has shut down)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def stop(sig: int, frame: FrameType | None) -> None:
+                self.handle_exit(sig, frame)
+
+            signals = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, stop) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server

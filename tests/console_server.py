@@ -1,5 +1,6 @@
 """The console under test: a real uvicorn serving `create_app` on a free loopback port,
-in a thread of the test process, against the test's own database."""
+in a thread of the test process, against the test's own database (the `serve_console`
+fixture, a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
