@@ -33,14 +33,6 @@ EXPLAIN (FORMAT JSON) SELECT 1 FROM delta_resource
 WHERE kind = %(kind)s::text AND state = %(state)s::delta_resource_state
 """
 
-# Failed and degraded resources exactly, through delta_resource_troubled_idx: only those
-# rows are read, however many others there are.
-COUNT_TROUBLED_RESOURCES: LiteralString = """
-SELECT kind, state::text, count(*) FROM delta_resource
-WHERE state IN ('failed', 'degraded')
-GROUP BY 1, 2
-"""
-
 # Resources whose work runs, exactly: running works are bounded by the worker slots.
 COUNT_RUNNING_RESOURCES: LiteralString = """
 SELECT r.kind, count(*) FROM delta_job AS j JOIN delta_resource AS r ON r.id = j.resource_id

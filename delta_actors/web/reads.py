@@ -258,7 +258,7 @@ async def count_resources(conn: psycopg.AsyncConnection) -> list[KindCounts]:
         return [KindCounts(kind, states, frozenset()) for kind, states in sorted(counts.items())]
     kinds = [r[0] for r in await _all(conn, console_sql.SELECT_KINDS, {"limit": KINDS})]
     exact: dict[str, dict[str, int]] = {kind: {} for kind in kinds}
-    for kind, state, count in await _all(conn, console_sql.COUNT_TROUBLED_RESOURCES):
+    for kind, state, count in await _all(conn, leader_sql.COUNT_TROUBLED_RESOURCES):
         exact.setdefault(kind, {})[state] = int(count)
     for kind, count in await _all(conn, console_sql.COUNT_RUNNING_RESOURCES):
         exact.setdefault(kind, {})["running"] = int(count)

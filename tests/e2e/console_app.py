@@ -3,8 +3,8 @@
 Customers (namespace `default`) fail for good while their key is listed in
 `e2e_console_broken` with an error, with that error; a row without an error makes their
 work take its `seconds` and succeed (the test "fixes the upstream", slowly, so that the
-page can be seen catching up). Invoices (namespace `billing`) record each run in `e2e_run`, so that the test can
-see whether anything of a paused namespace was claimed.
+page can be seen catching up). Invoices (namespace `billing`) record each run in
+`e2e_run`, so that the test can see whether anything of a paused namespace was claimed.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import delta_actors as delta
 from tests.e2e.conftest import ROOT
 from tests.waiting import wait_until
 
+WEB = [sys.executable, "-m", "delta_actors", "web"]
+ANYWHERE = "0.0.0.0"  # noqa: S104 (the binding the console refuses without a token)
 SCRIPT_ID = "<script>alert('x')</script>"
 
 
@@ -152,7 +154,7 @@ def test_read_only_hides_and_refuses_every_action(serve_console, dsn, conn):
 
 
 def test_with_a_token_every_request_needs_it(serve_console, dsn):
-    token = "s3cret-token-of-the-console"
+    token = "s3cret-token-of-the-console"  # noqa: S105 (the test's own token)
     served = serve_console(token=token)
     assert httpx.get(served.url + "/").status_code == 401
     assert httpx.get(served.url + "/live").status_code == 401
@@ -168,7 +170,7 @@ def test_with_a_token_every_request_needs_it(serve_console, dsn):
 
 def test_a_dsn_password_reaches_no_page_and_no_log(serve_console, dsn, caplog):
     # The test server trusts local connections: the password is carried, never checked.
-    secret_dsn = psycopg.conninfo.make_conninfo(dsn, password="pw-never-shown-42")
+    secret_dsn = psycopg.conninfo.make_conninfo(dsn, password="pw-never-shown-42")  # noqa: S106
     caplog.set_level(logging.DEBUG)
     served = serve_console(secret_dsn)
     pages = [httpx.get(served.url + p).text for p in ("/", "/resources", "/jobs", "/informers")]
@@ -227,8 +229,7 @@ def test_the_live_stream_gives_its_subscription_up_when_the_tab_goes(serve_conso
 def test_binding_beyond_loopback_without_a_token_refuses_to_start(dsn):
     env = {k: v for k, v in os.environ.items() if k != "DELTA_WEB_TOKEN"}
     result = subprocess.run(
-        [sys.executable, "-m", "delta_actors", "web", "--host", "0.0.0.0", "--port", "0",
-         "--dsn", dsn],
+        [*WEB, "--host", ANYWHERE, "--port", "0", "--dsn", dsn],
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=env,
     )  # fmt: skip
     assert result.returncode == 2
@@ -238,8 +239,7 @@ def test_binding_beyond_loopback_without_a_token_refuses_to_start(dsn):
 @pytest.mark.parametrize("token", ["short"])
 def test_a_short_token_is_refused(dsn, token):
     result = subprocess.run(
-        [sys.executable, "-m", "delta_actors", "web", "--host", "0.0.0.0", "--port", "0",
-         "--dsn", dsn, "--token", token],
+        [*WEB, "--host", ANYWHERE, "--port", "0", "--dsn", dsn, "--token", token],
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2
