@@ -6,6 +6,7 @@ General layout (docs/architecture.md has it whole). Each room imports only rooms
 it, never one above; tests/unit/test_layout.py holds the package to that:
 
 - ops/: the `delta-actors` command, status and inspect, progress, logs.
+- web/: the web console (`delta-actors web`, `delta_actors.web.create_app`).
 - runtime/: the supervisor, its actor processes and their pipe protocol, the worker,
   metrics.
 - leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).
