@@ -17,8 +17,8 @@ from tests.waiting import wait_until
 class Served:
     """One console server; `url` is its base URL."""
 
-    def __init__(self, dsn: str, **options: object) -> None:
-        self.app = create_app(dsn, **options)  # type: ignore[arg-type]
+    def __init__(self, dsn: str, app: object = None, **options: object) -> None:
+        self.app = app or create_app(dsn, **options)  # type: ignore[arg-type]
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
             timeout_graceful_shutdown=2, log_config=None,
@@ -42,8 +42,8 @@ def serve_console(dsn: str) -> Iterator[Callable[..., Served]]:
     """Start consoles on the test's database with `serve_console(**options)`."""
     started: list[Served] = []
 
-    def start(database: str | None = None, **options: object) -> Served:
-        served = Served(database or dsn, **options)
+    def start(database: str | None = None, app: object = None, **options: object) -> Served:
+        served = Served(database or dsn, app, **options)
         started.append(served)
         return served
 

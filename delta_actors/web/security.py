@@ -96,7 +96,9 @@ class Guard:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             if scope["method"] == "GET" and _same(query.get("token"), self.token):
                 del query["token"]
-                target = (scope.get("root_path") or "") + scope["path"]
+                root, target = scope.get("root_path") or "", scope["path"]
+                if not target.startswith(root):  # servers differ on whether path has it
+                    target = root + target
                 location = target + ("?" + urlencode(query) if query else "")
                 cookie = _cookie(TOKEN_COOKIE, self.token, path)
                 await _respond(send, 303, b"", [(b"location", location.encode()), cookie])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
@@ -244,3 +246,37 @@ def test_a_short_token_is_refused(dsn, token):
     )  # fmt: skip
     assert result.returncode == 2
     assert "at least 16 characters" in result.stderr
+
+
+def test_mounted_in_another_app_its_links_and_redirects_keep_the_mount(serve_console, dsn,
+                                                                       conn):  # fmt: skip
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from delta_actors.web import create_app
+
+    seed(dsn)
+    degrade(conn, ["c1"], "TimeoutError: upstream timed out")
+    console = create_app(dsn)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await console.state.console.close()  # as docs/console.md tells a host app to
+
+    host = Starlette(routes=[Mount("/delta", app=console)], lifespan=lifespan)
+    served = serve_console(app=host)
+    with httpx.Client(base_url=served.url) as browser:
+        page = browser.get("/delta/resources?state=degraded")
+        assert page.status_code == 200
+        assert 'href="/delta/resources/customer/c1"' in page.text
+        assert 'action="/delta/actions/retry"' in page.text
+        csrf = csrf_of(browser, "/delta/")
+        done = browser.post(
+            "/delta/actions/retry",
+            data={"csrf": csrf, "kind": "customer", "id": "c1", "confirm": "yes"},
+        )
+        assert done.status_code == 303
+        assert done.headers["location"].startswith("/delta/resources/customer/c1")
+        assert browser.get("/delta/static/console.js").status_code == 200
+    assert states(conn)["c1"] == "scheduled"
