@@ -36,7 +36,7 @@ from delta_actors.model.page import Page
 from delta_actors.model.resource import Resource, State
 
 EXACT_LIMIT = 200_000  # rows (planner's count) under which resources are counted exactly
-ERROR_SAMPLE = 50_000  # troubled rows read to group errors
+ERROR_SAMPLE = 10_000  # troubled rows read to group errors
 ERROR_GROUPS = 50  # groups shown
 KINDS = 100  # kinds shown on the overview
 CHART_MINUTES = 60
@@ -208,11 +208,17 @@ class FinishedChart:
 
 async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> Overview:
     """Everything the overview shows, in a few bounded statements."""
-    leader = await _one(conn, status_sql.SELECT_LEADER)
-    actors = await _all(conn, status_sql.SELECT_ACTORS)
-    queues = await _all(conn, status_sql.SELECT_QUEUES, {"window": RATE_WINDOW})
-    namespaces = await _all(conn, console_sql.SELECT_NAMESPACES)
-    informers = await _all(conn, status_sql.SELECT_INFORMERS_STATUS)
+    leaders, actors, queues, namespaces, informers = await _pipelined(
+        conn,
+        [
+            (status_sql.SELECT_LEADER, None),
+            (status_sql.SELECT_ACTORS, None),
+            (status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}),
+            (console_sql.SELECT_NAMESPACES, None),
+            (status_sql.SELECT_INFORMERS_STATUS, None),
+        ],
+    )
+    leader = leaders[0] if leaders else None
     chart_start, finished = await chart.read(conn)
     kinds = await count_resources(conn)
     by_name: dict[str, Namespace] = {
@@ -262,16 +268,20 @@ async def count_resources(conn: psycopg.AsyncConnection) -> list[KindCounts]:
         exact.setdefault(kind, {})[state] = int(count)
     for kind, count in await _all(conn, console_sql.COUNT_RUNNING_RESOURCES):
         exact.setdefault(kind, {})["running"] = int(count)
+    pairs = [(kind, state) for kind in kinds for state in ESTIMATED_STATES]
+    plans = await _pipelined(
+        conn, [(console_sql.ESTIMATE_KIND_STATE, {"kind": k, "state": s}) for k, s in pairs]
+    )
+    estimates = {
+        pair: int(rows[0][0][0]["Plan"]["Plan Rows"])
+        for pair, rows in zip(pairs, plans, strict=True)
+    }
     result = []
     for kind in kinds:
         states = dict(exact.get(kind, {}))
         estimated = set()
         for state in ESTIMATED_STATES:
-            cur = await conn.execute(
-                console_sql.ESTIMATE_KIND_STATE, {"kind": kind, "state": state}
-            )
-            plan = (await cur.fetchone() or [[{"Plan": {"Plan Rows": 0}}]])[0]
-            rows = int(plan[0]["Plan"]["Plan Rows"])
+            rows = estimates[kind, state]
             if rows > 1:  # the planner never estimates below one row
                 states[state] = rows
                 estimated.add(state)
@@ -382,6 +392,15 @@ def _last_line(text: str) -> str:
 
 def newest_error(errors: list[JobError]) -> str:
     return errors[-1].error if errors else ""
+
+
+async def _pipelined(
+    conn: psycopg.AsyncConnection, statements: list[tuple[Any, Any]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run independent statements in one pipeline: one round trip, not one each."""
+    async with conn.pipeline():
+        cursors = [await conn.execute(statement, params) for statement, params in statements]
+        return [await cur.fetchall() for cur in cursors]
 
 
 async def _one(
