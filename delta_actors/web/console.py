@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.client import AsyncClient
@@ -38,7 +39,7 @@ class Console:
 
     def __init__(self, dsn: str, *, read_only: bool) -> None:
         self.dsn = dsn
-        self.where = redact_dsn(dsn)
+        self.where = describe_database(dsn)
         self.read_only = read_only
         self.chart = FinishedChart()
         self.templates = _environment()
@@ -76,6 +77,21 @@ class Console:
     def client(self) -> AsyncClient:
         assert self._client is not None, "Console.open() first"
         return self._client
+
+
+def describe_database(dsn: str) -> str:
+    """`dbname on host:port` for the page's header: never the password, nor a local
+    socket's folder; the redacted DSN if it does not parse."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return redact_dsn(dsn)
+    host = str(params.get("host") or "")
+    where = "a local socket" if not host or host.startswith("/") else host
+    port = params.get("port")
+    if port and where != "a local socket":
+        where += f":{port}"
+    return f"{params.get('dbname') or params.get('user') or 'database'} on {where}"
 
 
 def _environment() -> jinja2.Environment:

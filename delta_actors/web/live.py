@@ -19,11 +19,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from delta_actors.errors import DeltaError
-from delta_actors.events import Event
+from delta_actors.events import AsyncSubscription, Event
 from delta_actors.model.names import validate_name
 from delta_actors.web.console import Console
 from delta_actors.web.views import opened
@@ -49,37 +50,46 @@ async def stream(request: Request) -> Response:
 
 async def _events(console: Console, kind: str | None, object_id: str | None) -> AsyncIterator[str]:
     yield f"retry: {RETRY}\n\n"
-    loop = asyncio.get_running_loop()
+    subscription = console.client.subscribe(kinds=[kind] if kind else None)
     try:
-        async with console.client.subscribe(kinds=[kind] if kind else None) as subscription:
-            yield _message("ready", {})
-            last_change, pending = 0.0, False
-            while True:
-                timeout = COALESCE_INTERVAL if pending else TICK_INTERVAL
-                try:
-                    item = await asyncio.wait_for(anext(subscription), timeout)
-                except TimeoutError:
-                    # A change held back by the coalescing goes out now, else a tick.
-                    yield _message("change" if pending else "tick", {})
-                    last_change, pending = loop.time(), False
-                    continue
-                if isinstance(item, Event) and object_id is not None and item.id != object_id:
-                    continue
-                if loop.time() - last_change < COALESCE_INTERVAL:
-                    pending = True
-                    continue
-                last_change, pending = loop.time(), False
-                # A Gap says something changed, not what.
-                data = (
-                    {"kind": item.kind, "id": item.id, "event": item.event.value}
-                    if (isinstance(item, Event))
-                    else {}
-                )
-                yield _message("change", data)
+        await subscription.start()
+        yield _message("ready", {})
+        async for message in _messages(subscription, object_id):
+            yield message
     except DeltaError as exc:
         logger.warning(
             "console live stream ended: %s", exc, extra={"event": "web.live_failed"}
         )  # fmt: skip
+    finally:
+        # The server cancels a stream whose client left, and anyio's cancellation is
+        # delivered at every await of the cancelled scope: shielded, the lease is given
+        # up and the connection closed instead of both being cut off halfway.
+        with anyio.CancelScope(shield=True):
+            await subscription.aclose()
+
+
+async def _messages(subscription: AsyncSubscription, object_id: str | None) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    last_change, pending = 0.0, False
+    while True:
+        timeout = COALESCE_INTERVAL if pending else TICK_INTERVAL
+        try:
+            item = await asyncio.wait_for(anext(subscription), timeout)
+        except TimeoutError:
+            # A change held back by the coalescing goes out now, else a tick.
+            yield _message("change" if pending else "tick", {})
+            last_change, pending = loop.time(), False
+            continue
+        if isinstance(item, Event) and object_id is not None and item.id != object_id:
+            continue
+        if loop.time() - last_change < COALESCE_INTERVAL:
+            pending = True
+            continue
+        last_change, pending = loop.time(), False
+        # A Gap says something changed, not what.
+        data = {"kind": item.kind, "id": item.id, "event": item.event.value} if isinstance(
+            item, Event) else {}  # fmt: skip
+        yield _message("change", data)
 
 
 def _message(event: str, data: Mapping[str, object]) -> str:
