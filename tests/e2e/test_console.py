@@ -176,6 +176,8 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     expect(page.locator("#resources td.state-synced")).to_have_count(6, timeout=30_000)
     # The same document throughout: the rows changed in place, by the live refresh.
     assert page.evaluate("window.notReloaded === true"), "the page was reloaded"
+    assert int(page.evaluate("document.body.dataset.refreshes || '0'")) >= 1
+    expect(page.locator("#live-state.on")).to_have_count(1)  # only the live parts changed
     shoot(page, tmp_path, "resources-after-retry")
 
     # One resource: its error history with the traceback.

@@ -1,4 +1,4 @@
-// The delta console's live updates: a page with data-live on <body> opens an
+// The delta console's live updates: a page with data-live-stream on <body> opens an
 // EventSource on /live; each `change` or `tick` refetches the page and swaps in its
 // [data-live] parts (server-rendered, escaped HTML), at most once per REFRESH_MS.
 // Closing the tab closes the stream. Also: confirm() for buttons with data-confirm.
@@ -15,7 +15,7 @@
     }
   });
 
-  if (body.dataset.live === undefined || !window.EventSource) {
+  if (body.dataset.liveStream === undefined || !window.EventSource) {
     return;
   }
   let timer = null;
@@ -50,7 +50,7 @@
     if (timer === null) { timer = window.setTimeout(refresh, REFRESH_MS); }
   }
 
-  const source = new EventSource(body.dataset.root + "/live" + body.dataset.live);
+  const source = new EventSource(body.dataset.root + "/live" + body.dataset.liveStream);
   source.addEventListener("ready", function () { indicator.classList.add("on"); });
   source.addEventListener("change", schedule);
   source.addEventListener("tick", schedule);
