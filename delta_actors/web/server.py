@@ -1,8 +1,8 @@
 """`delta-actors web`: serve the console with uvicorn until SIGINT/SIGTERM.
 
-The binding is checked before anything else (security.check_binding), then the database
-(the app's lifespan opens the console: a DSN that does not connect or a schema that is
-not migrated stops the start with its DatabaseError). Open live streams are given
+The binding is checked before anything else (security.check_binding), then the database:
+a DSN that does not connect or a schema that is not migrated stops the start with its
+DatabaseError (redacted), exit 2. Open live streams are given
 SHUTDOWN_TIMEOUT seconds when the server stops, then closed. uvicorn's access log shows
 paths, never the DSN; the DSN shown is redacted.
 """
@@ -15,7 +15,8 @@ import signal
 from collections.abc import Iterator
 from types import FrameType
 
-from delta_actors.db.connection import redact_dsn
+from delta_actors.db.connection import connect, redact_dsn, translate_errors
+from delta_actors.db.migrations import check_schema
 from delta_actors.web.app import create_app
 from delta_actors.web.security import check_binding
 
@@ -28,6 +29,10 @@ def serve(
 ) -> None:
     """Serve the console on host:port (blocking)."""
     check_binding(host, token)
+    # The database first, in one line: a DSN that does not connect or a schema that is
+    # not migrated is a DeltaError the command prints, not a traceback from the server.
+    with connect(dsn, action="open the console") as conn, translate_errors("open the console"):
+        check_schema(conn)
     import uvicorn
 
     app = create_app(dsn, read_only=read_only, token=token)

@@ -280,3 +280,15 @@ def test_mounted_in_another_app_its_links_and_redirects_keep_the_mount(serve_con
         assert done.headers["location"].startswith("/delta/resources/customer/c1")
         assert browser.get("/delta/static/console.js").status_code == 200
     assert states(conn)["c1"] == "scheduled"
+
+
+def test_a_dsn_that_does_not_connect_stops_the_start_in_one_redacted_line():
+    dsn = "postgresql://someone:pw-never-printed-7@127.0.0.1:1/nothing"
+    result = subprocess.run(
+        [*WEB, "--port", "0", "--dsn", dsn],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: open the console: cannot use PostgreSQL at ")
+    assert "pw-never-printed-7" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
