@@ -8,6 +8,7 @@ it, never one above; tests/unit/test_layout.py holds the package to that:
 - ops/: the `delta-actors` command, status and inspect, progress, logs.
 - testing/: `delta.testing`, the inline test Runner and the pytest plugin (imported on
   first use of `delta.testing`, so `import delta_actors` never imports pytest).
+- web/: the web console (`delta-actors web`, `delta_actors.web.create_app`).
 - runtime/: the supervisor, its actor processes and their pipe protocol, the worker,
   metrics.
 - leader/: the election and the cluster-wide duties (rescue, expiry, cleanup).

@@ -22,7 +22,12 @@ import uvloop
 
 from delta_actors.testing import DatabaseServer, TemplateDatabases
 
-pytest_plugins = ["tests.roles", "tests.pgbouncer", "tests.spans"]  # `role`, PgBouncer, `spans`
+pytest_plugins = [
+    "tests.roles",
+    "tests.pgbouncer",
+    "tests.spans",
+    "tests.console_server",
+]  # `role`, PgBouncer, `spans`, `serve_console`
 
 
 @pytest.hookimpl(tryfirst=True)

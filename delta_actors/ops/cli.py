@@ -646,3 +646,50 @@ _pause_command(
     resume=False,
 )
 _pause_command("resume", "Let claims of a paused NAMESPACE go on.", resume=True)
+
+
+@main.command()
+@click.option("--dsn", help=f"PostgreSQL URL (default: ${DSN_ENV}, else the embedded database).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=DATA_DIR_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--read-only", is_flag=True, help="Hide every action and refuse each one.")
+@click.option(
+    "--token", envvar="DELTA_WEB_TOKEN", show_envvar=True,
+    help="Token every request must carry (required to listen beyond 127.0.0.1).",
+)  # fmt: skip
+@click.option("--no-access-log", is_flag=True, help="Do not log every request.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def web(  # noqa: PLR0917 (click passes every option)
+    dsn: str | None,
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    read_only: bool,
+    token: str | None,
+    no_access_log: bool,
+    log_format: str,
+) -> None:
+    """Serve the web console: every resource, actions on a filter, live updates.
+
+    Needs the web extra: pip install 'delta-actors[web]'.
+    """
+    from delta_actors.ops.logs import configure_logging
+
+    try:
+        from delta_actors.web.server import serve
+    except ImportError as exc:
+        click.echo(
+            f"error: the console needs the web extra ({exc.name} is missing): "
+            "pip install 'delta-actors[web]'",
+            err=True,
+        )
+        sys.exit(2)
+    configure_logging("info", log_format)
+    with _exit_codes():
+        serve(
+            _dsn_to_read(dsn, data_dir), host=host, port=port, read_only=read_only,
+            token=token or None, access_log=not no_access_log,
+        )  # fmt: skip

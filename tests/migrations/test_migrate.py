@@ -13,6 +13,7 @@ import pytest
 
 from delta_actors.db import (
     actor_sql,
+    console_sql,
     event_sql,
     job_sql,
     leader_sql,
@@ -159,8 +160,8 @@ def test_check_schema_on_an_unmigrated_database_names_the_fix(empty_dsn):
         migrations.check_schema(conn)
 
 
-STATEMENT_MODULES = (actor_sql, event_sql, job_sql, leader_sql, migration_sql, resource_sql,
-                     status_sql)  # fmt: skip
+STATEMENT_MODULES = (actor_sql, console_sql, event_sql, job_sql, leader_sql, migration_sql,
+                     resource_sql, status_sql)  # fmt: skip
 
 
 def _constants() -> dict[str, object]:

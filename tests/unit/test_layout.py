@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "delta_actors"
 ROOMS = [
     ["__main__", "__init__"],
     ["ops", "testing"],
+    ["web"],
     ["runtime"],
     ["leader"],
     ["context"],

@@ -1,0 +1,294 @@
+"""The console over real HTTP (uvicorn) on a real PostgreSQL: pages, safety, actions, live."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import psycopg
+import pytest
+
+import delta_actors as delta
+from tests.e2e.conftest import ROOT
+from tests.waiting import wait_until
+
+WEB = [sys.executable, "-m", "delta_actors", "web"]
+ANYWHERE = "0.0.0.0"  # noqa: S104 (the binding the console refuses without a token)
+SCRIPT_ID = "<script>alert('x')</script>"
+
+
+class Customer(delta.Object, kind="customer"):
+    key: str
+    note: str = ""
+
+    def id(self) -> str:
+        return self.key
+
+
+def seed(dsn: str, n: int = 5) -> None:
+    with delta.Client.connect(dsn) as client:
+        client.inform_many([Customer(key=f"c{i}") for i in range(n)], tags=["eu"])
+        client.inform(Customer(key=SCRIPT_ID, note="<img src=x onerror=alert(1)>"))
+
+
+def degrade(conn: psycopg.Connection, ids: list[str], error: str) -> None:
+    """Make resources degraded with `error` as their newest error, as a work would."""
+    conn.execute(
+        "UPDATE delta_resource SET state = 'degraded', attempt = 3, errors = ARRAY["
+        "jsonb_build_object('at', 1.0, 'attempt', 3, 'error', %s::text, 'trace', "
+        "'Traceback (most recent call last):\n  boom')] WHERE object_id = ANY(%s)",
+        (error, ids),
+    )
+
+
+def csrf_of(client: httpx.Client, url: str) -> str:
+    page = client.get(url)
+    assert page.status_code == 200
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert match
+    return match.group(1)
+
+
+def states(conn: psycopg.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT object_id, state::text FROM delta_resource").fetchall())
+
+
+def test_overview_counts_every_resource_by_kind_and_state(serve_console, dsn):
+    seed(dsn)
+    served = serve_console()
+    page = httpx.get(served.url + "/")
+    assert page.status_code == 200
+    row = re.search(r'<tr data-kind="customer">.*?</tr>', page.text, re.S)
+    assert row, page.text
+    assert '<td class="total">6</td>' in row.group(0)
+    assert 'data-state="scheduled"' in row.group(0)
+
+
+def test_an_object_id_holding_a_script_renders_as_text(serve_console, dsn):
+    seed(dsn)
+    served = serve_console()
+    listing = httpx.get(served.url + "/resources?kind=customer").text
+    one = httpx.get(served.url + "/resources/customer/" + httpx.URL(path=SCRIPT_ID).path)
+    assert one.status_code == 200
+    for html in (listing, one.text):
+        assert "<script>alert" not in html
+        assert "&lt;script&gt;alert(" in html
+    assert "<img src=x" not in one.text and "&lt;img src=x onerror=alert(1)&gt;" in one.text
+
+
+def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(serve_console, dsn, conn):
+    seed(dsn)
+    degrade(conn, ["c1"], "TimeoutError: upstream timed out")
+    served = serve_console()
+    form = {"kind": "customer", "state": "degraded", "confirm": "yes"}
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/resources")
+        assert browser.post("/actions/retry", data=form).status_code == 403
+        assert browser.post("/actions/retry", data={**form, "csrf": "forged"}).status_code == 403
+        assert states(conn)["c1"] == "degraded"
+        # Another browser's token (its own cookie) does not do either.
+        with httpx.Client(base_url=served.url) as other:
+            assert other.post("/actions/retry", data={**form, "csrf": csrf}).status_code == 403
+        done = browser.post("/actions/retry", data={**form, "csrf": csrf})
+        assert done.status_code == 303
+        assert "retried+1" in done.headers["location"]
+    assert states(conn)["c1"] == "scheduled"
+
+
+def test_a_bulk_action_first_shows_how_many_rows_it_will_touch(serve_console, dsn, conn):
+    seed(dsn, 10)
+    degrade(conn, ["c1", "c2", "c3"], "TimeoutError: upstream timed out")
+    degrade(conn, ["c4"], "ValueError: bad card")
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/resources?state=degraded")
+        groups = browser.get("/resources?state=degraded").text
+        assert re.search(r"upstream timed out</code></a></td>\s*<td class=\"count\">3<", groups)
+        assert re.search(r"bad card</code></a></td>\s*<td class=\"count\">1<", groups)
+        form = {"csrf": csrf, "state": "degraded", "error": "timed out"}
+        confirm = browser.post("/actions/retry", data=form)
+        assert confirm.status_code == 200
+        assert "<strong>3</strong> resources" in confirm.text
+        assert states(conn)["c1"] == "degraded"  # nothing yet
+        done = browser.post("/actions/retry", data={**form, "confirm": "yes"})
+        assert done.status_code == 303
+    after = states(conn)
+    assert [after[k] for k in ("c1", "c2", "c3", "c4")] == ["scheduled"] * 3 + ["degraded"]
+
+
+def test_delete_without_a_filter_is_refused_naming_the_fix(serve_console, dsn, conn):
+    seed(dsn)
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/")
+        refused = browser.post("/actions/delete", data={"csrf": csrf, "confirm": "yes"})
+    assert refused.status_code == 400
+    assert "choose a state, tag, error, namespace or id" in refused.text
+    assert "deleting" not in states(conn).values()
+
+
+def test_read_only_hides_and_refuses_every_action(serve_console, dsn, conn):
+    seed(dsn)
+    degrade(conn, ["c1"], "TimeoutError: upstream timed out")
+    served = serve_console(read_only=True)
+    with httpx.Client(base_url=served.url) as browser:
+        for path in ("/", "/resources?state=degraded", "/resources/customer/c1", "/jobs"):
+            page = browser.get(path)
+            assert page.status_code == 200
+            assert 'method="post"' not in page.text, path
+        csrf = csrf_of(browser, "/")
+        for action in ("retry", "invalidate", "delete", "retry-jobs", "cancel-jobs", "pause",
+                       "resume", "run-informer"):  # fmt: skip
+            data = {"csrf": csrf, "kind": "customer", "id": "c1", "namespace": "default",
+                    "confirm": "yes"}  # fmt: skip
+            refused = browser.post(f"/actions/{action}", data=data)
+            assert refused.status_code == 403, action
+            assert "read-only" in refused.text
+    assert states(conn)["c1"] == "degraded"
+    assert conn.execute("SELECT count(*) FROM delta_namespace").fetchone() == (0,)
+
+
+def test_with_a_token_every_request_needs_it(serve_console, dsn):
+    token = "s3cret-token-of-the-console"  # noqa: S105 (the test's own token)
+    served = serve_console(token=token)
+    assert httpx.get(served.url + "/").status_code == 401
+    assert httpx.get(served.url + "/live").status_code == 401
+    assert httpx.get(served.url + "/?token=wrong-token-wrong").status_code == 401
+    bearer = httpx.get(served.url + "/", headers={"authorization": f"Bearer {token}"})
+    assert bearer.status_code == 200
+    with httpx.Client(base_url=served.url) as browser:
+        login = browser.get(f"/resources?kind=customer&token={token}")
+        assert login.status_code == 303
+        assert login.headers["location"] == "/resources?kind=customer"  # the token is dropped
+        assert browser.get("/resources?kind=customer").status_code == 200
+
+
+def test_a_dsn_password_reaches_no_page_and_no_log(serve_console, dsn, caplog):
+    # The test server trusts local connections: the password is carried, never checked.
+    secret_dsn = psycopg.conninfo.make_conninfo(dsn, password="pw-never-shown-42")  # noqa: S106
+    caplog.set_level(logging.DEBUG)
+    served = serve_console(secret_dsn)
+    pages = [httpx.get(served.url + p).text for p in ("/", "/resources", "/jobs", "/informers")]
+    pages.append(httpx.get(served.url + "/resources?state=nope").text)
+    assert all("pw-never-shown-42" not in page for page in pages)
+    assert "pw-never-shown-42" not in caplog.text
+
+
+def test_a_bad_filter_gets_a_page_naming_the_valid_values(serve_console, dsn):
+    served = serve_console()
+    page = httpx.get(served.url + "/resources?state=syncd")
+    assert page.status_code == 400
+    assert "unknown state &#39;syncd&#39; (valid: scheduled, running, synced" in page.text
+    assert httpx.get(served.url + "/resources/customer/nobody").status_code == 404
+
+
+def test_pages_follow_the_keyset_cursor(serve_console, dsn):
+    seed(dsn, 60)
+    served = serve_console()
+    first = httpx.get(served.url + "/resources?kind=customer").text
+    link = re.search(r'id="next-page" href="([^"]+)"', first)
+    assert link
+    second = httpx.get(served.url + link.group(1).replace("&amp;", "&")).text
+    ids = re.findall(r'<tr data-id="([^"]+)">', first) + re.findall(
+        r'<tr data-id="([^"]+)">', second
+    )
+    assert len(ids) == 61 and len(set(ids)) == 61
+
+
+def test_the_live_stream_gives_its_subscription_up_when_the_tab_goes(serve_console, dsn, conn):
+    served = serve_console()
+
+    def subscribers() -> int:
+        row = conn.execute("SELECT count(*) FROM delta_subscriber").fetchone()
+        return int(row[0]) if row else -1
+
+    with (
+        httpx.Client(base_url=served.url, timeout=10) as browser,
+        browser.stream("GET", "/live?kind=customer") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        while next(lines) != "event: ready":
+            pass
+        assert subscribers() == 1
+        seed(dsn, 1)
+        with delta.Client.connect(dsn) as client:
+            client.delete(Customer, "c0")  # a deletion is an event
+        deadline = time.monotonic() + 10  # ticks keep the stream alive: bound the wait
+        while next(lines) != "event: change":
+            assert time.monotonic() < deadline, "no change event for the deletion"
+    wait_until(lambda: subscribers() == 0, 10, "the stream's subscription to end")
+
+
+def test_binding_beyond_loopback_without_a_token_refuses_to_start(dsn):
+    env = {k: v for k, v in os.environ.items() if k != "DELTA_WEB_TOKEN"}
+    result = subprocess.run(
+        [*WEB, "--host", ANYWHERE, "--port", "0", "--dsn", dsn],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "without a token: pass --token or set DELTA_WEB_TOKEN" in result.stderr
+
+
+@pytest.mark.parametrize("token", ["short"])
+def test_a_short_token_is_refused(dsn, token):
+    result = subprocess.run(
+        [*WEB, "--host", ANYWHERE, "--port", "0", "--dsn", dsn, "--token", token],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "at least 16 characters" in result.stderr
+
+
+def test_mounted_in_another_app_its_links_and_redirects_keep_the_mount(serve_console, dsn,
+                                                                       conn):  # fmt: skip
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from delta_actors.web import create_app
+
+    seed(dsn)
+    degrade(conn, ["c1"], "TimeoutError: upstream timed out")
+    console = create_app(dsn)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await console.state.console.close()  # as docs/console.md tells a host app to
+
+    host = Starlette(routes=[Mount("/delta", app=console)], lifespan=lifespan)
+    served = serve_console(app=host)
+    with httpx.Client(base_url=served.url) as browser:
+        page = browser.get("/delta/resources?state=degraded")
+        assert page.status_code == 200
+        assert 'href="/delta/resources/customer/c1"' in page.text
+        assert 'action="/delta/actions/retry"' in page.text
+        csrf = csrf_of(browser, "/delta/")
+        done = browser.post(
+            "/delta/actions/retry",
+            data={"csrf": csrf, "kind": "customer", "id": "c1", "confirm": "yes"},
+        )
+        assert done.status_code == 303
+        assert done.headers["location"].startswith("/delta/resources/customer/c1")
+        assert browser.get("/delta/static/console.js").status_code == 200
+    assert states(conn)["c1"] == "scheduled"
+
+
+def test_a_dsn_that_does_not_connect_stops_the_start_in_one_redacted_line():
+    dsn = "postgresql://someone:pw-never-printed-7@127.0.0.1:1/nothing"
+    result = subprocess.run(
+        [*WEB, "--port", "0", "--dsn", dsn],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: open the console: cannot use PostgreSQL at ")
+    assert "pw-never-printed-7" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
