@@ -4,6 +4,7 @@
     python scripts/chaos.py --seed 1 --duration 40 --resources 2000 --json out.json
     python scripts/chaos.py --faults none --duration 60 --resources 1500   # a clean run
     python scripts/chaos.py --faults kill_conns_lease,kill_leader          # only these
+    python scripts/chaos.py --hosts 3 --faults net_partition --duration 40  # across hosts
 
 What it does:
 
@@ -30,10 +31,16 @@ What it does:
    every 0.2-0.5 s, all backends of one component, picked by the `application_name` its
    connections carry (KILL_CONNS: the leader's pool, the lease connection, a namespace's
    claim connection, its pool (the completer), its LISTEN connection).
+   With `--hosts N` each supervisor runs as a host of its own: a network namespace on a
+   veth pair, TCP to PostgreSQL (chaos_hosts.py), and the deck adds network faults on one
+   host at a time, one host always left whole: a partition past the rescue TTL, a one-way
+   partition, 200 ms +/- 50 ms latency with 5 % loss, a flapping link.
 4. Stops faulting, lets the system settle, and checks:
    - every accepted change was worked (a successful run) with its generation or a newer
      one, and every resource ends synced with its newest generation worked;
-   - no two runs of one resource overlapped in time;
+   - no two runs of one resource overlapped in time (a run lasts from its start to the
+     latest of its end, its record's arrival in PostgreSQL and its journal line: runs
+     whose record never arrived, from the journal each process keeps, count too);
    - no successful run of an older generation came after one of a newer generation;
    - after every kill or pause, the victim's claims left `running` within the rescue TTL
      plus one rescue interval (max and p99 reported);
@@ -50,13 +57,14 @@ Prints a report, writes it as JSON with --json, and exits 1 if an invariant brok
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
 import os
 import random
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -76,22 +84,17 @@ from chaos_app import (
     app,
     make_object,
 )  # fmt: skip
-from chaos_checks import KILL_CONNS, Fault, HarnessChecks
+from chaos_checks import Fault, HarnessChecks
+from chaos_faults import FaultInjection
+from chaos_hosts import SERVER_TIMEOUTS, Hosts, unavailable
 from chaos_liveness import Liveness
 
 import delta_actors as delta
 
-KILL_BACKENDS = (
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND application_name = %s"
-    " AND pid <> pg_backend_pid()"
-)
-
-
 # ------------------------------------------------------------------------ the harness
 
 
-class Harness(HarnessChecks):
+class Harness(FaultInjection, HarnessChecks):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
@@ -109,6 +112,10 @@ class Harness(HarnessChecks):
         self.bursts: list[threading.Thread] = []
         self.stop_workload = threading.Event()
         self.lock = threading.Lock()
+        # --hosts: each supervisor in a network namespace of its own, over TCP (chaos_hosts)
+        self.hosts: Hosts | None = None
+        self.journal = self.log_dir / f"journal-{os.getpid()}"
+        self.journal.mkdir(exist_ok=True)
 
     # -- setup / teardown
 
@@ -119,12 +126,16 @@ class Harness(HarnessChecks):
             from delta_actors.local.cluster import throwaway_cluster
 
             self.cluster = throwaway_cluster()
+            if self.args.hosts:
+                self.start_hosts()
             with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
                 # The throwaway cluster acknowledges commits before their WAL is written;
                 # an immediate shutdown then loses commits that the workload saw succeed.
                 # That is PostgreSQL's documented trade, not ours to test: commit for real
                 # (fsync stays off: the OS does not crash here, only PostgreSQL).
                 conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+                # Rescue waiting on a lock held by a cut-off host's session shows in the log.
+                conn.execute("ALTER SYSTEM SET log_lock_waits = on")
                 conn.execute("SELECT pg_reload_conf()")
                 conn.execute("CREATE DATABASE chaos")
             self.dsn = self.cluster.dsn("chaos")
@@ -136,11 +147,41 @@ class Harness(HarnessChecks):
             for table in PROBE_TABLES:
                 conn.execute(table)  # type: ignore[arg-type]
 
+    def start_hosts(self) -> None:
+        """Make the namespaced hosts and let PostgreSQL listen on their links too."""
+        self.hosts = Hosts(self.args.hosts, self.log_dir)
+        atexit.register(self.hosts.remove)  # also when the run fails before `finally`
+        self.hosts.create()
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
+            addresses = ",".join(["localhost", *self.hosts.listen_addresses()])
+            conn.execute(f"ALTER SYSTEM SET listen_addresses = '{addresses}'")  # type: ignore[arg-type]
+            if self.args.server_timeouts:
+                # A cut-off host's session can hold row locks in an open transaction, and
+                # PostgreSQL keeps it until TCP gives up (hours): rescue, and every other
+                # writer of those rows, waits for the partition to heal. These end such
+                # sessions within the rescue TTL (docs/reliability.md, docs/operations.md).
+                for name, value in SERVER_TIMEOUTS.items():
+                    conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # type: ignore[arg-type]
+        with (self.cluster.data_dir / "pg_hba.conf").open("a") as hba:
+            hba.write(self.hosts.hba_line() + "\n")
+        self.cluster.restart("fast")
+
+    def host_dsn(self, slot: int) -> str:
+        """The DSN supervisor `slot` uses: over TCP from its host, or the Unix socket."""
+        if self.hosts is None:
+            return self.dsn
+        host = self.hosts.hosts[slot]
+        return psycopg.conninfo.make_conninfo(
+            self.dsn, host=host.server_address, port=str(self.cluster.port)
+        )
+
     def start_supervisor(self, slot: int) -> None:
         env = {
             **os.environ,
-            "DELTA_DATABASE_URL": self.dsn,
+            "DELTA_DATABASE_URL": self.host_dsn(slot),
             "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+            "CHAOS_HOST": "" if self.hosts is None else str(slot),
+            "CHAOS_JOURNAL": str(self.journal),
         }
         argv = [
             sys.executable, "-m", "delta_actors", "supervise", "--app", "chaos_app:app",
@@ -148,6 +189,8 @@ class Harness(HarnessChecks):
             "--rescue-ttl", str(RESCUE_TTL), "--lease-ttl", str(LEASE_TTL),
             "--shutdown-timeout", "5", "--log-format", "json",
         ]  # fmt: skip
+        if self.hosts is not None:
+            argv = self.hosts.command(self.hosts.hosts[slot], argv)
         log = (self.log_dir / f"supervisor-{slot}.log").open("ab")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
         log.close()
@@ -172,7 +215,11 @@ class Harness(HarnessChecks):
                 proc.wait()
 
     def remove_database(self) -> None:
+        if self.hosts is not None:
+            self.hosts.remove()
         if self.cluster is not None:
+            with contextlib.suppress(OSError):  # the server's log, kept with the others
+                shutil.copy(self.cluster.log_file, self.log_dir / "postgresql.log")
             self.cluster.remove()
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -242,177 +289,6 @@ class Harness(HarnessChecks):
                             self.accepted[key] = max(self.accepted.get(key, 0), resource.generation)
                 break
 
-    # -- faults
-
-    def actors(self) -> list[tuple[int, int, str, str]]:
-        """(actor id, pid, namespace, role) of live registered actors on this host."""
-        rows = self.query(
-            "SELECT id, pid, namespace, role FROM delta_actor WHERE host = %s ORDER BY id",
-            (socket.gethostname(),),
-        )
-        return [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows if _alive(int(r[1]))]
-
-    def claims_of(self, actor_ids: list[int]) -> list[int]:
-        rows = self.query(
-            "SELECT id FROM delta_job WHERE state = 'running' AND claimed_by = ANY(%s)",
-            (actor_ids,),
-        )
-        return [int(r[0]) for r in rows]
-
-    def inject(self, kind: str) -> Fault | None:
-        now = time.time()
-        match kind:
-            case "kill_actor" | "pause_actor":
-                workers = [a for a in self.actors() if a[3] == "worker" and a[1] not in self.paused]
-                if not workers:
-                    return None
-                actor_id, pid, namespace, _ = self.rng.choice(workers)
-                claims = self.claims_of([actor_id])
-                if kind == "kill_actor":
-                    os.kill(pid, signal.SIGKILL)
-                    detail = f"SIGKILL worker {namespace} pid {pid}"
-                else:
-                    os.kill(pid, signal.SIGSTOP)
-                    self.paused.add(pid)
-                    pause = self.rng.uniform(RESCUE_TTL + 1, RESCUE_TTL + 3)
-                    threading.Timer(pause, self._resume, (pid,)).start()
-                    detail = f"SIGSTOP worker {namespace} pid {pid} for {pause:.1f}s"
-                    return Fault(
-                        kind, now, detail, claims, [actor_id], pids={pid}, until=now + pause
-                    )
-                return Fault(kind, now, detail, claims, [actor_id])
-            case "kill_leader":
-                rows = self.query("SELECT actor_id, pid FROM delta_leader")
-                if not rows or not _alive(int(rows[0][1])):
-                    return None
-                actor_id, pid = int(rows[0][0]), int(rows[0][1])
-                os.kill(pid, signal.SIGKILL)
-                return Fault(
-                    kind, now, f"SIGKILL leader pid {pid}", [], [actor_id], stops_leader=True
-                )
-            case "kill_supervisor":
-                live = [(i, p) for i, p in enumerate(self.supervisors) if p and p.poll() is None]
-                if len(live) < 2:
-                    return None  # keep one running: restarts are the point, not an outage
-                slot, proc = self.rng.choice(live)
-                children = _children(proc.pid)
-                victims = [a[0] for a in self.actors() if a[1] in children]
-                claims = self.claims_of(victims)
-                leader = {int(r[0]) for r in self.query("SELECT pid FROM delta_leader")}
-                proc.kill()
-                proc.wait()
-                self.supervisors[slot] = None  # ours to restart, below
-                delay = self.rng.uniform(0.5, 3.0)
-                threading.Timer(delay, self.start_supervisor, (slot,)).start()
-                detail = f"SIGKILL supervisor {slot} pid {proc.pid}, restart in {delay:.1f}s"
-                if leader & children:
-                    detail += " (the leader's)"
-                fault = Fault(kind, now, detail, claims, victims, pids=children)
-                fault.stops_leader = bool(leader & children)
-                return fault
-            case "pg_restart_fast" | "pg_restart_immediate":
-                mode = kind.rsplit("_", 1)[1]
-                self.cluster.restart(mode)
-                down = time.time() - now
-                detail = f"PostgreSQL restarted ({mode}, {down:.1f}s)"
-                return Fault(kind, now, detail, downtime=down, stops_leader=True)
-            case "terminate_backends":
-                rows = self.query(
-                    "SELECT count(pg_terminate_backend(pid)) FROM ("
-                    " SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() ORDER BY random() LIMIT 8) t"
-                )
-                return Fault(kind, now, f"terminated {rows[0][0]} backends")
-            case _ if kind in KILL_CONNS:
-                return self.start_burst(kind, now)
-        raise AssertionError(kind)
-
-    def start_burst(self, kind: str, now: float) -> Fault:
-        """Kill one component's backends again and again for a few seconds, in a thread."""
-        name = KILL_CONNS[kind].format(namespace=self.rng.choice(sorted(app.namespaces)))
-        length, every = self.rng.uniform(2.0, 6.0), self.rng.uniform(0.2, 0.5)
-        detail = f"pg_terminate_backend of {name} every {every:.2f}s for {length:.1f}s"
-        fault = Fault(kind, now, detail, until=now + length)
-        burst = threading.Thread(target=self._burst, args=(fault, name, every), daemon=True)
-        burst.start()
-        self.bursts.append(burst)
-        return fault
-
-    def _burst(self, fault: Fault, application_name: str, every: float) -> None:
-        while time.time() < fault.until:
-            with contextlib.suppress(psycopg.OperationalError):
-                fault.killed += self.query(KILL_BACKENDS, (application_name,))[0][0]
-            time.sleep(every)
-
-    def _resume(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        self.paused.discard(pid)
-
-    def fault_kinds(self) -> list[str]:
-        """The deck: every fault kind once (those --faults selects)."""
-        kinds = ["kill_actor", "kill_leader", "kill_supervisor", "pause_actor"]
-        kinds += ["terminate_backends", *KILL_CONNS]
-        if self.cluster is not None:
-            kinds += ["pg_restart_fast", "pg_restart_immediate"]
-        if self.args.faults is not None:
-            kinds = [kind for kind in kinds if kind in self.args.faults]
-        return kinds
-
-    def run_faults(self, duration: float) -> None:
-        deck: list[str] = []
-        end = time.monotonic() + duration
-        while time.monotonic() < end:
-            time.sleep(self.rng.uniform(1.0, 3.0))
-            self.restart_exited()
-            if not deck:
-                deck = self.fault_kinds()
-                self.rng.shuffle(deck)
-            if not deck:
-                continue  # --faults none: a clean run
-            kind = deck.pop()
-            try:
-                fault = self.inject(kind)
-            except psycopg.OperationalError as exc:
-                print(f"  could not inject {kind}: {exc}", flush=True)
-                continue
-            if fault is not None:
-                self.faults.append(fault)
-                print(f"  {time.strftime('%H:%M:%S')} {fault.detail}", flush=True)
-
-    def restart_exited(self) -> None:
-        """A supervisor that exited by itself is started again, as systemd would.
-
-        `supervise` refuses to start while PostgreSQL is unreachable (exit 2); a restart
-        fault right at its start does that. Any exit is reported with its code.
-        """
-        for slot, proc in enumerate(self.supervisors):
-            if proc is not None and proc.poll() is not None:
-                self.supervisor_exits.append(proc.returncode)
-                print(f"  supervisor {slot} exited with {proc.returncode}; restarting it")
-                self.start_supervisor(slot)
-
-    def watch_rescues(self) -> None:
-        """Time until each victim's claims left `running` under the victim."""
-        while not self.stop_workload.is_set() or any(self._pending()):
-            for fault in self._pending():
-                with contextlib.suppress(psycopg.OperationalError):
-                    rows = self.query(
-                        "SELECT count(*) FROM delta_job WHERE id = ANY(%s)"
-                        " AND state = 'running' AND claimed_by = ANY(%s)",
-                        (fault.claims, fault.victims),
-                    )
-                    if rows[0][0] == 0:
-                        fault.rescued_after = time.time() - fault.at
-            time.sleep(0.05)
-
-    def _pending(self) -> list[Fault]:
-        return [
-            f
-            for f in self.faults
-            if f.claims and f.rescued_after is None and time.time() - f.at < 120
-        ]
-
     # -- settle and check
 
     def settle(self, timeout: float) -> float:
@@ -433,28 +309,6 @@ class Harness(HarnessChecks):
                     return time.monotonic() - started
             time.sleep(0.5)
         return -1.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -485,7 +339,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
     parser.add_argument("--resources", type=int, default=20_000)
     parser.add_argument("--supervisors", type=int, default=2, choices=[2, 3])
+    parser.add_argument(
+        "--hosts", type=int, default=0, choices=[0, 2, 3, 4],
+        help="run the supervisors as this many separate hosts (network namespaces, TCP to "
+        "PostgreSQL) and add the network faults; 0 (default): one host, Unix socket",
+    )  # fmt: skip
     parser.add_argument("--settle-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--server-timeouts", choices=["on", "off"], default="on",
+        help="with --hosts: end a cut-off host's sessions within the TTL (default on)",
+    )  # fmt: skip
     parser.add_argument("--dsn", help="an external database (no PostgreSQL restarts then)")
     parser.add_argument("--log-dir", help="where supervisor logs go (default ./.chaos)")
     parser.add_argument("--json", type=Path, help="write the report here too")
@@ -498,22 +361,36 @@ def main() -> int:
         help="only these fault kinds, comma-separated; 'none' for a clean run (default: all)",
     )
     args = parser.parse_args()
+    if args.hosts:
+        if args.dsn:
+            parser.error("--hosts needs PostgreSQL of its own (it listens on the hosts' links)")
+        reason = unavailable()
+        if reason:
+            print(f"chaos: cannot make hosts here: {reason}", file=sys.stderr)
+            return 3
+        args.supervisors = args.hosts
+    args.server_timeouts = args.server_timeouts == "on"
     # The harness's own client reconnects through every fault; its pool's warnings are noise.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
+    # A SIGTERM (a test's timeout, say) unwinds through `finally`: supervisors stopped,
+    # namespaces and the cluster removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     harness = Harness(args)
-    harness.start_database()
     try:
+        harness.start_database()
         for slot in range(args.supervisors):
             harness.start_supervisor(slot)
         workload = threading.Thread(target=harness.workload, daemon=True)
         watcher = threading.Thread(target=harness.watch_rescues, daemon=True)
         liveness = Liveness(harness.dsn)
-        print(f"chaos: seed {args.seed}, {args.resources} resources, {args.duration:g}s of faults")
+        where = f", {args.hosts} hosts" if args.hosts else ""
+        print(f"chaos: seed {args.seed}, {args.resources} resources{where}, {args.duration:g}s")
         workload.start()
         watcher.start()
         liveness.start()
         harness.run_faults(args.duration)
+        harness.wait_healed()
         harness.stop_workload.set()
         workload.join()
         for burst in harness.bursts:

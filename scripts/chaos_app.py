@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import threading
@@ -29,6 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -47,12 +49,17 @@ CREATE TABLE IF NOT EXISTS chaos_run (
     pid integer NOT NULL,
     started_at double precision NOT NULL,
     ended_at double precision NOT NULL,
-    ok boolean NOT NULL
+    ok boolean NOT NULL,
+    host text NOT NULL,  -- $CHAOS_HOST of the supervisor that ran it ('' on this host)
+    -- When the record itself reached PostgreSQL (its clock: this machine's): a side
+    -- effect of the work, so a record that lands late (a host cut off, then healed) is
+    -- part of its run for the overlap check.
+    recorded_at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 )
 """
 RECORD_RUN = (
-    "INSERT INTO chaos_run (run, kind, object_id, generation, pid, started_at, ended_at, ok) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING"
+    "INSERT INTO chaos_run (run, kind, object_id, generation, pid, started_at, ended_at, ok,"
+    " host) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run) DO NOTHING"
 )
 # The liveness probes: when each informer run started, and when each probe job was due
 # and when it started (time.time() of the process that ran it; one host).
@@ -117,6 +124,39 @@ class Ticket(Versioned, kind="ticket"):
 
 def _dsn() -> str:
     return os.environ["DELTA_DATABASE_URL"]
+
+
+def _host() -> str:
+    return os.environ.get("CHAOS_HOST", "")
+
+
+_journal_lock = threading.Lock()
+_journal: Any = None
+
+
+def journal_run(
+    run: uuid.UUID, resource: delta.Resource[Any], started: float, ended: float, how: str
+) -> None:
+    """Append one run to this process's journal in $CHAOS_JOURNAL (when set).
+
+    Written whatever became of the run (`how`: recorded, failed to record, cancelled), so
+    that the overlap check also sees runs whose record never reached PostgreSQL: a host
+    cut off from it cancels its works, or its record waits, and the process may die first.
+    """
+    folder = os.environ.get("CHAOS_JOURNAL")
+    if not folder:
+        return
+    global _journal  # noqa: PLW0603 (one file per process, opened on first use)
+    line = json.dumps(
+        [run.hex, resource.kind, resource.object_id, resource.generation, os.getpid(),
+         _host(), started, ended, how]
+    )  # fmt: skip
+    with _journal_lock:
+        if _journal is None or _journal[0] != os.getpid():  # a forked actor: its own file
+            path = Path(folder) / f"runs-{os.getpid()}.jsonl"
+            _journal = (os.getpid(), path.open("a", encoding="utf-8"))
+        _journal[1].write(line + "\n")
+        _journal[1].flush()
 
 
 def _work_seconds(resource: delta.Resource[Any]) -> float:
@@ -204,12 +244,16 @@ def _make_effects(resource: delta.Resource[Any], run: uuid.UUID) -> None:
 
 
 async def _run_async(resource: delta.Resource[Any], fail: bool) -> None:
-    started = time.time()
-    await asyncio.sleep(_work_seconds(resource))
-    run = uuid.uuid4()
-    _make_effects(resource, run)
-    row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
-    await _recorder.record((*row, started, time.time(), not fail))
+    started, run, how = time.time(), uuid.uuid4(), "cancelled"
+    try:
+        await asyncio.sleep(_work_seconds(resource))
+        _make_effects(resource, run)
+        row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
+        how = "unrecorded"
+        await _recorder.record((*row, started, time.time(), not fail, _host()))
+        how = "recorded"
+    finally:
+        journal_run(run, resource, started, time.time(), how)
     if fail:
         raise RuntimeError(f"first attempts of {resource.object_id} fail, by design")
 
@@ -236,12 +280,16 @@ class TicketController(delta.Controller[Ticket]):
     max_attempts = 25
 
     def work(self, resource: delta.Resource[Ticket]) -> None:
-        started = time.time()
-        time.sleep(_work_seconds(resource))
-        run = uuid.uuid4()
-        _make_effects(resource, run)  # in the work's thread: it has the task's context
-        row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
-        _record_sync((*row, started, time.time(), True))
+        started, run, how = time.time(), uuid.uuid4(), "cancelled"
+        try:
+            time.sleep(_work_seconds(resource))
+            _make_effects(resource, run)  # in the work's thread: it has the task's context
+            row = (run, resource.kind, resource.object_id, resource.generation, os.getpid())
+            how = "unrecorded"
+            _record_sync((*row, started, time.time(), True, _host()))
+            how = "recorded"
+        finally:
+            journal_run(run, resource, started, time.time(), how)
 
 
 class Beacon(delta.Object, kind="beacon"):

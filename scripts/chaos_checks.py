@@ -8,13 +8,17 @@ in scripts/chaos.py's docstring and docs/reliability.md.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chaos_app import LEASE_TTL, RESCUE_BOUND, RESCUE_INTERVAL, RESCUE_TTL, makes_effects
+from chaos_app import HEARTBEAT, LEASE_TTL, RESCUE_BOUND, RESCUE_INTERVAL, RESCUE_TTL, makes_effects
+from chaos_hosts import SESSION_END_BOUND
 
 if TYPE_CHECKING:
     from chaos_liveness import Liveness
@@ -64,6 +68,7 @@ class Fault:
     until: float = 0.0  # a pause: when SIGCONT is due; a burst: when it ends
     stops_leader: bool = False  # the leader's process or its database was the victim
     killed: int = 0  # a burst: backends terminated
+    host: int | None = None  # a network fault: the host it cut off or slowed
 
     @property
     def end(self) -> float:
@@ -85,11 +90,10 @@ class HarnessChecks:
                 " WHERE kind <> 'receipt'"
             )
         }
+        records = self.run_records()
         runs: dict[tuple[str, str], list[Run]] = {}
-        for kind, object_id, generation, pid, started, ended, ok in self.query(
-            "SELECT kind, object_id, generation, pid, started_at, ended_at, ok FROM chaos_run"
-        ):
-            runs.setdefault((kind, object_id), []).append(Run(started, ended, generation, ok, pid))
+        for kind, object_id, run in records.values():
+            runs.setdefault((kind, object_id), []).append(run)
         violations += self._check_worked(resources, runs)
         order = _check_order(runs, self.frozen_windows())
         violations += order.pop("violations")
@@ -112,6 +116,9 @@ class HarnessChecks:
             "seed": self.args.seed,
             "duration": self.args.duration,
             "supervisors": self.args.supervisors,
+            "hosts": self.args.hosts,
+            "link_shaper": self.hosts.shaper if self.hosts is not None else None,
+            "server_timeouts": bool(self.hosts is not None and self.args.server_timeouts),
             "resources": len(resources),
             "accepted_changes": len(self.accepted),
             "informed_objects": self.informs,
@@ -133,6 +140,8 @@ class HarnessChecks:
             },
             "backends_killed": killed,
             "settled_in_s": round(settled_in, 1),
+            "journal_only_runs": sum(1 for _, _, r in records.values() if r.journal_only),
+            **({"network": self.network_figures(records)} if self.hosts is not None else {}),
             "effects": effects,
             "liveness": live,
             "violations": violations,
@@ -209,9 +218,106 @@ class HarnessChecks:
                 continue
             if other.downtime:
                 bound += other.downtime + 1.0
-            elif other.kind in ("kill_leader", "kill_supervisor"):
+            elif other.kind in ("kill_leader", "kill_supervisor") or (
+                other.host is not None and other.stops_leader
+            ):
                 bound += LEASE_TTL + RESCUE_INTERVAL
+        if fault.host is not None and fault.stops_leader:
+            bound += LEASE_TTL + RESCUE_INTERVAL  # the leader cut off too: a failover first
+        if fault.host is not None and self.args.server_timeouts:
+            bound += SESSION_END_BOUND  # its sessions' row locks, until the server ends them
+        if fault.kind == "net_oneway":
+            # What the host sends still arrives: a heartbeat sent in the first interval
+            # after the cut commits, and the TTL counts from there.
+            bound += HEARTBEAT + max(HEARTBEAT, 1.0)
         return bound
+
+    def run_records(self) -> dict[str, tuple[str, str, Run]]:
+        """Run id -> (kind, object id, Run): the records in PostgreSQL and the journals.
+
+        A recorded run ends at the latest of its own end, its record's arrival and its
+        journal line; a run only in a journal (its record never arrived) counts for the
+        overlap check, as a run that did not succeed.
+        """
+        records = {}
+        for run, kind, object_id, generation, pid, host, started, ended, ok, recorded in self.query(
+            "SELECT run, kind, object_id, generation, pid, host, started_at, ended_at, ok,"
+            " recorded_at FROM chaos_run"
+        ):
+            records[run.hex] = (
+                kind,
+                object_id,
+                Run(started, max(ended, recorded), generation, ok, pid, host),
+            )
+        for path in sorted(self.journal.glob("runs-*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    run, kind, object_id, generation, pid, host, started, ended, _ = json.loads(
+                        line
+                    )
+                except ValueError:
+                    continue  # a line cut short by a SIGKILL
+                if run in records:
+                    known = records[run][2]
+                    known.ended = max(known.ended, ended)
+                else:
+                    entry = Run(started, ended, generation, False, pid, host, journal_only=True)
+                    records[run] = (kind, object_id, entry)
+        return records
+
+    def network_figures(self, records: dict[str, tuple[str, str, Run]]) -> dict[str, Any]:
+        """Per network fault kind: what the cut-off host did, and how soon it worked again.
+
+        `runs_started_during`: runs the host started while the fault lasted (it runs on:
+        a partition is not a crash); `last_start_after_s`: the latest of those, from the
+        fault's start (when it stopped claiming); `recovery_s`: from the fault's end to the
+        first run the host started after it; `actor_exits`: the host's actors that ended
+        in the fault or the second after it, by how (its supervisor's log).
+        """
+        figures: dict[str, Any] = {}
+        for fault in self.faults:
+            if fault.host is None:
+                continue
+            host = str(fault.host)
+            starts = sorted(r.started for _, _, r in records.values() if r.host == host)
+            during = [t for t in starts if fault.at <= t < fault.end]
+            after = [t for t in starts if t >= fault.end]
+            entry = figures.setdefault(fault.kind, {
+                "count": 0, "runs_started_during": 0, "last_start_after_s": [],
+                "recovery_s": [], "actor_exits": Counter(),
+            })  # fmt: skip
+            entry["count"] += 1
+            entry["runs_started_during"] += len(during)
+            if during:
+                entry["last_start_after_s"].append(during[-1] - fault.at)
+            if after:
+                entry["recovery_s"].append(after[0] - fault.end)
+            entry["actor_exits"].update(self._actor_exits(fault))
+        for entry in figures.values():
+            for name in ("last_start_after_s", "recovery_s"):
+                values = sorted(entry.pop(name))
+                spread = {k.lstrip("_"): v for k, v in _spread("", values).items()}
+                entry[name.removesuffix("_s")] = {**spread, "n": len(values)}
+            entry["actor_exits"] = dict(entry["actor_exits"])
+        return figures
+
+    def _actor_exits(self, fault: Fault) -> Counter[str]:
+        """How the actors of the fault's host ended during it (its supervisor's JSON log)."""
+        found: Counter[str] = Counter()
+        log = self.log_dir / f"supervisor-{fault.host}.log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if '"actor.exited"' not in line and '"actor.crash_loop"' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError):
+                entry = json.loads(line)
+                at = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+                if fault.at <= at <= fault.end + 1.0:
+                    message = entry["msg"]
+                    how = "hung (killed by its supervisor)" if "hung" in message else (
+                        "killed" if "SIGKILL" in message else "exited by itself"
+                    )  # fmt: skip
+                    found[how] += 1
+        return found
 
     def _check_rescues(self) -> list[str]:
         found = [
@@ -235,6 +341,8 @@ class Run:
     generation: int
     ok: bool
     pid: int
+    host: str = ""  # $CHAOS_HOST of the run's supervisor ('' without --hosts)
+    journal_only: bool = False  # its record never reached PostgreSQL
 
 
 def _check_order(
