@@ -222,8 +222,11 @@ class HarnessChecks:
                 other.host is not None and other.stops_leader
             ):
                 bound += LEASE_TTL + RESCUE_INTERVAL
-        if fault.host is not None and fault.stops_leader:
-            bound += LEASE_TTL + RESCUE_INTERVAL  # the leader cut off too: a failover first
+        if fault.stops_leader and fault.kind != "kill_leader":
+            # It took the leader with it (its supervisor killed, its host cut off): rescue
+            # that needs a leader waits for a failover first. (A killed leader holds no
+            # claims of its own to rescue.)
+            bound += LEASE_TTL + RESCUE_INTERVAL
         if fault.host is not None and self.args.server_timeouts:
             bound += SESSION_END_BOUND  # its sessions' row locks, until the server ends them
         if fault.kind == "net_oneway":
