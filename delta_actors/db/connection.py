@@ -179,14 +179,27 @@ async def _configure_async(conn: psycopg.AsyncConnection) -> None:
 
 
 CONNECT_TIMEOUT = 10  # seconds; a black-holed server fails a connect instead of hanging it
+# TCP keepalives (libpq's, on the client's socket): a connection whose server went away
+# without a word reaching us (it ended the session while the network was down, say) is
+# found dead within idle + interval x count seconds instead of the system's two hours.
+# Without them a component waiting for a reply on such a connection waits forever, while
+# the actor's heartbeat, on another connection, tells rescue that all is well.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,  # seconds
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 def component_conninfo(dsn: str, component: str) -> str:
-    """`dsn` for one of our components: named in `pg_stat_activity`, with a connect timeout.
+    """`dsn` for one of our components: named in `pg_stat_activity`, with timeouts.
 
     The name (`application_name`, e.g. `delta-claim-billing`) lets an operator, or the
-    fault-injection harness, tell the components' connections apart. Options the DSN sets
-    itself win. The pool mode (`target(dsn).pool_mode`) is not part of the result.
+    fault-injection harness, tell the components' connections apart; a connect timeout
+    and TCP keepalives (KEEPALIVES) bound how long a silent server can hold a component.
+    Options the DSN sets itself win. Unix-socket connections ignore the keepalives. The
+    pool mode (`target(dsn).pool_mode`) is not part of the result.
     """
     conninfo = target(dsn).conninfo
     given = psycopg.conninfo.conninfo_to_dict(conninfo)
@@ -195,6 +208,7 @@ def component_conninfo(dsn: str, component: str) -> str:
         options["application_name"] = component[:63]
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
+    options |= {key: value for key, value in KEEPALIVES.items() if key not in given}
     return psycopg.conninfo.make_conninfo(conninfo, **options)
 
 

@@ -52,44 +52,76 @@ async def heartbeat(
     has reached the database for `fence` seconds: past the rescue TTL another actor may
     hold our claims, so we stop (cancelling our works) before that can happen. Any other
     failure is logged and the next heartbeat tries again.
+
+    Each attempt runs as a task of its own that the loop waits for at most
+    max(interval, 1 s) and then gives up, without waiting for it to end: psycopg answers
+    the cancellation of a query by cancelling it on the server and waiting for it to end
+    (up to 5 s each), and a server the network cut off answers neither, so waiting would
+    let the fence fire seconds past the TTL. A given-up attempt is not replaced until it
+    has ended, so attempts never pile up.
     """
     last_ok = time.monotonic()
-    while True:
-        raise_if_cancelling()
-        await asyncio.sleep(interval)
-        attempt_at = time.monotonic()
-        limit = max(interval, 1.0)
-        try:
-            params = {"actor": actor_id, "health": _health_encoder.encode(health()).decode()}
-            try:
-                async with asyncio.timeout(limit):
-                    async with pool.connection() as conn:
-                        cur = await conn.execute(actor_sql.HEARTBEAT_ACTOR, params)
-                        alive = cur.rowcount == 1
-            except TimeoutError as exc:
-                # asyncio's own timeout says nothing; say what did not happen in time.
-                raise TimeoutError(
-                    f"no connection or no answer from PostgreSQL within {limit:g}s"
-                ) from exc
-        except Exception as exc:
-            silent = time.monotonic() - last_ok
-            log_failure(
-                logger,
-                f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last one that "
-                "got through)", exc, "actor.heartbeat_failed",
-            )  # fmt: skip
-            if fence is not None and silent > fence:
+    attempt: asyncio.Task[bool] | None = None
+    attempt_at = last_ok
+    timeout = max(interval, 1.0)
+    try:
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(interval)
+            if attempt is None or attempt.done():
+                attempt_at = time.monotonic()
+                attempt = asyncio.create_task(
+                    _beat(pool, actor_id, health), name=f"actor:{actor_id}:heartbeat"
+                )
+                attempt.add_done_callback(_retrieve)
+            done, _ = await asyncio.wait({attempt}, timeout=timeout)
+            error: BaseException | None
+            if not done or attempt.cancelled():
+                attempt.cancel()
+                error = TimeoutError(
+                    f"no connection or no answer from PostgreSQL within {timeout:g}s"
+                )
+            else:
+                error = attempt.exception()
+            if error is not None:
+                silent = time.monotonic() - last_ok
+                log_failure(
+                    logger,
+                    f"heartbeat of actor {actor_id} failed ({silent:.1f}s since the last one "
+                    "that got through)", error, "actor.heartbeat_failed",
+                )  # fmt: skip
+                if fence is not None and silent > fence:
+                    raise ActorLostError(
+                        f"actor {actor_id} could not heartbeat for {silent:.1f}s; stopping "
+                        "before rescue hands its works to another actor"
+                    ) from error
+                continue
+            if not attempt.result():
                 raise ActorLostError(
-                    f"actor {actor_id} could not heartbeat for {silent:.1f}s; stopping "
-                    "before rescue hands its works to another actor"
-                ) from exc
-            continue
-        if not alive:
-            raise ActorLostError(
-                f"actor {actor_id} was declared dead by rescue (a pause longer than the "
-                "heartbeat TTL?); stopping so that it restarts"
-            )
-        last_ok = attempt_at
+                    f"actor {actor_id} was declared dead by rescue (a pause longer than the "
+                    "heartbeat TTL?); stopping so that it restarts"
+                )
+            last_ok = attempt_at
+    finally:
+        if attempt is not None:
+            attempt.cancel()  # not awaited, for the same reason; _retrieve owns its end
+
+
+async def _beat(
+    pool: AsyncConnectionPool, actor_id: int, health: Callable[[], list[ComponentHealth]]
+) -> bool:
+    """One heartbeat: whether the row was still there."""
+    params = {"actor": actor_id, "health": _health_encoder.encode(health()).decode()}
+    async with pool.connection() as conn:
+        cur = await conn.execute(actor_sql.HEARTBEAT_ACTOR, params)
+        return cur.rowcount == 1
+
+
+def _retrieve(task: asyncio.Task[bool]) -> None:
+    # The loop reads the outcome of the attempts it waited for; this marks the outcome of
+    # a given-up one as seen (its failure was logged as the timeout already).
+    if not task.cancelled():
+        task.exception()
 
 
 async def unregister_actor(pool: AsyncConnectionPool, actor_id: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 
@@ -10,6 +12,8 @@ import psycopg
 import pytest
 
 import delta_actors as delta
+from delta_actors.db.connection import component_conninfo
+from tests.blackhole import Blackhole
 from tests.integration.job_table import get_job, is_state, job_states
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until, wait_until_async
@@ -276,3 +280,65 @@ async def test_a_worker_cut_off_from_postgres_cancels_its_jobs_and_fails(dsn):
                 await conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
     finally:
         await worker.stop(timeout=1)
+
+
+async def test_a_worker_behind_a_silent_network_fences_itself_within_the_ttl(dsn):
+    """PostgreSQL stops answering (a partition): the works are cancelled before the TTL.
+
+    Not a refused connection but silence: psycopg answers the cancellation of a query by
+    cancelling it on the server and waiting, seconds each, and a heartbeat that waited
+    for that fenced the worker long after the leader could have rescued its claims.
+    """
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def nap(job: Nap) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    app = delta.App(jobs={Nap: nap})
+    async with Blackhole(dsn) as hole:
+        worker = delta.Worker(
+            app, hole.dsn, heartbeat_interval=0.2, rescue_ttl=3.0, poll_interval=0.2
+        )
+        await worker.start()
+        try:
+            async with await delta.AsyncClient.connect(dsn) as client:
+                await client.enqueue(Nap())
+            await asyncio.wait_for(started.wait(), 10)
+            hole.swallow()
+            cut_at = time.monotonic()
+            await asyncio.wait_for(cancelled.wait(), 10)
+            assert time.monotonic() - cut_at < 3.0  # the rescue TTL
+            hole.release()  # healed: what the worker's components wait for comes back
+            with pytest.raises(delta.ActorLostError, match="could not heartbeat"):
+                await asyncio.wait_for(worker.wait_stopped(), 30)
+        finally:
+            await worker.stop(timeout=1)
+
+
+async def test_component_connections_find_a_silent_server_dead_within_seconds(dsn):
+    """A component's TCP connection probes a silent server (keepalives) within seconds.
+
+    When the server ends a session while the network is down, its goodbye is lost; a
+    component then waits for a reply on that connection for the system's two hours.
+    """
+    async with (
+        Blackhole(dsn) as hole,
+        await psycopg.AsyncConnection.connect(component_conninfo(hole.dsn, "delta-test")) as conn,
+    ):
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            count = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        finally:
+            sock.close()
+        assert idle + interval * count <= 15, (idle, interval, count)
+        # The DSN's own choice wins.
+        given = component_conninfo(hole.dsn + " keepalives_idle=30", "delta-test")
+        assert psycopg.conninfo.conninfo_to_dict(given)["keepalives_idle"] == "30"
