@@ -198,24 +198,38 @@ SELECT f.id, (SELECT n FROM notified) FROM finished AS f
 # psycopg's jsonb loader (json.loads).
 #
 # Phase 1 of an inform: what is stored for these identities (the object only for kinds
-# whose change detection needs it, compare()). `= ANY` on both columns of the identity
-# index keeps this one index pass whatever the statistics say (a join against unnest
-# became a nested loop of sequential scans on a freshly truncated table); the caller
-# drops rows whose (kind, object_id) pair it did not ask for.
+# whose change detection needs it, compare()). Each identity is one probe of the identity
+# index, whatever the statistics say: the subquery fenced by OFFSET 0 is never flattened
+# into a join, so it runs once per identity with both columns bound. (`kind = ANY(...)
+# AND object_id = ANY(...)` was planned as a sequential scan of the table once it held a
+# few hundred thousand rows, and a join against unnest as a hash join over one.)
 SELECT_STORED_RESOURCES: LiteralString = (
     """
 SELECT """
     + RESOURCE_COLUMNS
     + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END AS object
-FROM delta_resource AS r
-WHERE r.kind = ANY(%(kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
+FROM unnest(%(kinds)b::text[], %(object_ids)b::text[]) AS wanted(kind, object_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM delta_resource AS r
+    WHERE r.kind = wanted.kind AND r.object_id = wanted.object_id
+    OFFSET 0
+) AS r
 """
 )
 
-# Phase 1 again, for identities that lost a race: lock them (in id order, like every
-# resource write) so that this round cannot lose again.
+# Phase 1 again, for identities that lost a race (few): lock them, in id order like every
+# resource write, so that this round cannot lose again. `= ANY` on both columns of the
+# identity index; the caller drops rows whose (kind, object_id) pair it did not ask for.
 SELECT_STORED_RESOURCES_FOR_UPDATE: LiteralString = (
-    SELECT_STORED_RESOURCES.rstrip() + "\nORDER BY r.id\nFOR UPDATE OF r\n"
+    """
+SELECT """
+    + RESOURCE_COLUMNS
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END AS object
+FROM delta_resource AS r
+WHERE r.kind = ANY(%(distinct_kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
+ORDER BY r.id
+FOR UPDATE OF r
+"""
 )
 
 # Array parameters of informs go in binary (`%b`): psycopg dumps large text and bytea
@@ -251,9 +265,12 @@ inserted AS (
     + resource_columns("'scheduled'").replace("array_to_json(r.errors)::text", "'[]'")
     + """
 ),
+-- The ids through an InitPlan, not the parameter: for a batch of new objects the
+-- parameter is an array of NULLs, which the planner costs as matching nothing and reads
+-- with a sequential scan of the whole table, once per batch (the slope of new informs).
 locked AS (
     SELECT r.id FROM delta_resource AS r
-    WHERE r.id = ANY(%(ids)b::bigint[])
+    WHERE r.id = ANY(ARRAY(SELECT i.id FROM input AS i WHERE i.id IS NOT NULL))
     ORDER BY r.id
     FOR UPDATE
 ),
