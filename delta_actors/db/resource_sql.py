@@ -460,17 +460,23 @@ DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
 # The filters of `client.list`, `retry` and `delete` (and their CLI), on resources `r`:
 # each parameter NULL matches everything. Statements that use them run unprepared, so
 # every plan is made for its values and the NULL tests fold away; a state of failed or
-# degraded then reads delta_resource_troubled_idx, anything else the identity index, both
-# in the (kind, object id) order that pages go in. A state filter matches the stored
-# state; `running` (a resource whose work runs) is a flag of its own, so that each folds.
-# `error` is a case-insensitive part of the newest error.
+# degraded then reads delta_resource_troubled_idx, an error filter
+# delta_resource_erred_idx (migration 15: resources with an error history, so
+# `r.errors <> '{}'` is spelled out for the planner to match its predicate), anything
+# else the identity index, all in the (kind, object id) order that pages go in. A state
+# filter matches the stored state; `running` (a resource whose work runs) is a flag of
+# its own, so that each folds: its resources come from the running works (few, bounded
+# by the slots) through an InitPlan, not from a probe per resource of the kind. `error`
+# is a case-insensitive part of the newest error.
 _RESOURCE_FILTER: LiteralString = """
 (%(kind)s::text IS NULL OR r.kind = %(kind)s::text)
 AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s::text)
 AND (%(state)s::delta_resource_state IS NULL OR r.state = %(state)s::delta_resource_state)
-AND (NOT %(running)s::boolean OR EXISTS (
-        SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running'))
+AND (NOT %(running)s::boolean OR r.id = ANY(ARRAY(
+        SELECT w.resource_id FROM delta_job AS w
+        WHERE w.state = 'running' AND w.resource_id IS NOT NULL)))
 AND (%(tags)s::text[] IS NULL OR r.tags @> %(tags)s::text[])
+AND (%(error)s::text IS NULL OR r.errors <> '{}')
 AND (%(error)s::text IS NULL OR strpos(
         lower(r.errors[cardinality(r.errors)]->>'error'), lower(%(error)s::text)) > 0)
 AND (%(ids)s::text[] IS NULL OR r.object_id = ANY(%(ids)s::text[]))
