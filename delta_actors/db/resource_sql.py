@@ -467,7 +467,10 @@ DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
 # filter matches the stored state; `running` (a resource whose work runs) is a flag of
 # its own, so that each folds: its resources come from the running works (few, bounded
 # by the slots) through an InitPlan, not from a probe per resource of the kind. `error`
-# is a case-insensitive part of the newest error.
+# is a case-insensitive part of the newest error. A page after a cursor of the kind
+# filtered on also says `object_id > after`: with `kind =` the index starts from the
+# kind's first entry for the row comparison alone, and walked up to the cursor (0.3 s
+# three quarters into a million).
 _RESOURCE_FILTER: LiteralString = """
 (%(kind)s::text IS NULL OR r.kind = %(kind)s::text)
 AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s::text)
@@ -482,6 +485,8 @@ AND (%(error)s::text IS NULL OR strpos(
 AND (%(ids)s::text[] IS NULL OR r.object_id = ANY(%(ids)s::text[]))
 AND (%(after_kind)s::text IS NULL
      OR (r.kind, r.object_id) > (%(after_kind)s::text, %(after_id)s::text))
+AND (%(after_kind)s::text IS NULL OR %(kind)s::text IS DISTINCT FROM %(after_kind)s::text
+     OR r.object_id > %(after_id)s::text)
 """
 
 LIST_RESOURCES: LiteralString = (

@@ -143,12 +143,19 @@ UNION ALL
 ORDER BY at DESC LIMIT %(limit)s
 """
 
-# The partial unique indexes on resource_id cover exactly these states.
+# The partial unique indexes on resource_id cover exactly these states, one each: a
+# condition on all four states implies neither predicate, and was a sequential scan of
+# delta_job (0.9 s with a million queued works).
 SELECT_LIVE_WORKS_OF_RESOURCE: LiteralString = """
-SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
-       finalized_at
-FROM delta_job
-WHERE resource_id = %s AND state IN ('available', 'scheduled', 'retryable', 'running')
+(SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
+        finalized_at
+ FROM delta_job
+ WHERE resource_id = %(id)s AND state IN ('available', 'scheduled', 'retryable'))
+UNION ALL
+(SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
+        finalized_at
+ FROM delta_job
+ WHERE resource_id = %(id)s AND state = 'running')
 ORDER BY id DESC
 """
 

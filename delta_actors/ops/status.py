@@ -301,7 +301,7 @@ def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> Res
         if row is None:
             raise NotFoundError(_not_found(conn, kind, object_id))
         found = StoredRow(*row)
-        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (found.id,)).fetchall()
+        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, {"id": found.id}).fetchall()
     stored = found.resource(msgspec.Raw(bytes(found.object)))
     return ResourceDetail(
         stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,
