@@ -20,7 +20,8 @@ SELECT id, host, pid, namespace, role, started_at,
 FROM delta_actor ORDER BY namespace, role, id
 """
 
-# The one full read of delta_resource: a status that counts every resource. As in
+# The one full read of delta_resource: a status that counts every resource (of a table
+# small enough; ops/status.py estimates the counts of a larger one). As in
 # RESOURCE_COLUMNS, a resource whose work runs counts as `running`, not as its stored
 # state; running works are few (bounded by the slots), so that correction is cheap.
 COUNT_RESOURCES_BY_STATE: LiteralString = """
