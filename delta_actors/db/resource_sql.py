@@ -198,24 +198,38 @@ SELECT f.id, (SELECT n FROM notified) FROM finished AS f
 # psycopg's jsonb loader (json.loads).
 #
 # Phase 1 of an inform: what is stored for these identities (the object only for kinds
-# whose change detection needs it, compare()). `= ANY` on both columns of the identity
-# index keeps this one index pass whatever the statistics say (a join against unnest
-# became a nested loop of sequential scans on a freshly truncated table); the caller
-# drops rows whose (kind, object_id) pair it did not ask for.
+# whose change detection needs it, compare()). Each identity is one probe of the identity
+# index, whatever the statistics say: the subquery fenced by OFFSET 0 is never flattened
+# into a join, so it runs once per identity with both columns bound. (`kind = ANY(...)
+# AND object_id = ANY(...)` was planned as a sequential scan of the table once it held a
+# few hundred thousand rows, and a join against unnest as a hash join over one.)
 SELECT_STORED_RESOURCES: LiteralString = (
     """
 SELECT """
     + RESOURCE_COLUMNS
     + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END AS object
-FROM delta_resource AS r
-WHERE r.kind = ANY(%(kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
+FROM unnest(%(kinds)b::text[], %(object_ids)b::text[]) AS wanted(kind, object_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM delta_resource AS r
+    WHERE r.kind = wanted.kind AND r.object_id = wanted.object_id
+    OFFSET 0
+) AS r
 """
 )
 
-# Phase 1 again, for identities that lost a race: lock them (in id order, like every
-# resource write) so that this round cannot lose again.
+# Phase 1 again, for identities that lost a race (few): lock them, in id order like every
+# resource write, so that this round cannot lose again. `= ANY` on both columns of the
+# identity index; the caller drops rows whose (kind, object_id) pair it did not ask for.
 SELECT_STORED_RESOURCES_FOR_UPDATE: LiteralString = (
-    SELECT_STORED_RESOURCES.rstrip() + "\nORDER BY r.id\nFOR UPDATE OF r\n"
+    """
+SELECT """
+    + RESOURCE_COLUMNS
+    + """, r.hash, CASE WHEN r.kind = ANY(%(compare_kinds)b::text[]) THEN r.object END AS object
+FROM delta_resource AS r
+WHERE r.kind = ANY(%(distinct_kinds)b::text[]) AND r.object_id = ANY(%(object_ids)b::text[])
+ORDER BY r.id
+FOR UPDATE OF r
+"""
 )
 
 # Array parameters of informs go in binary (`%b`): psycopg dumps large text and bytea
@@ -253,9 +267,12 @@ inserted AS (
     + resource_columns("'scheduled'").replace("array_to_json(r.errors)::text", "'[]'")
     + """
 ),
+-- The ids through an InitPlan, not the parameter: for a batch of new objects the
+-- parameter is an array of NULLs, which the planner costs as matching nothing and reads
+-- with a sequential scan of the whole table, once per batch (the slope of new informs).
 locked AS (
     SELECT r.id FROM delta_resource AS r
-    WHERE r.id = ANY(%(ids)b::bigint[])
+    WHERE r.id = ANY(ARRAY(SELECT i.id FROM input AS i WHERE i.id IS NOT NULL))
     ORDER BY r.id
     FOR UPDATE
 ),
@@ -449,22 +466,33 @@ DELETE FROM delta_resource AS r USING old WHERE r.id = old.id
 # The filters of `client.list`, `retry` and `delete` (and their CLI), on resources `r`:
 # each parameter NULL matches everything. Statements that use them run unprepared, so
 # every plan is made for its values and the NULL tests fold away; a state of failed or
-# degraded then reads delta_resource_troubled_idx, anything else the identity index, both
-# in the (kind, object id) order that pages go in. A state filter matches the stored
-# state; `running` (a resource whose work runs) is a flag of its own, so that each folds.
-# `error` is a case-insensitive part of the newest error.
+# degraded then reads delta_resource_troubled_idx, an error filter
+# delta_resource_erred_idx (migration 17: resources with an error history, so
+# `r.errors <> '{}'` is spelled out for the planner to match its predicate), anything
+# else the identity index, all in the (kind, object id) order that pages go in. A state
+# filter matches the stored state; `running` (a resource whose work runs) is a flag of
+# its own, so that each folds: its resources come from the running works (few, bounded
+# by the slots) through an InitPlan, not from a probe per resource of the kind. `error`
+# is a case-insensitive part of the newest error. A page after a cursor of the kind
+# filtered on also says `object_id > after`: with `kind =` the index starts from the
+# kind's first entry for the row comparison alone, and walked up to the cursor (0.3 s
+# three quarters into a million).
 _RESOURCE_FILTER: LiteralString = """
 (%(kind)s::text IS NULL OR r.kind = %(kind)s::text)
 AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s::text)
 AND (%(state)s::delta_resource_state IS NULL OR r.state = %(state)s::delta_resource_state)
-AND (NOT %(running)s::boolean OR EXISTS (
-        SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running'))
+AND (NOT %(running)s::boolean OR r.id = ANY(ARRAY(
+        SELECT w.resource_id FROM delta_job AS w
+        WHERE w.state = 'running' AND w.resource_id IS NOT NULL)))
 AND (%(tags)s::text[] IS NULL OR r.tags @> %(tags)s::text[])
+AND (%(error)s::text IS NULL OR r.errors <> '{}')
 AND (%(error)s::text IS NULL OR strpos(
         lower(r.errors[cardinality(r.errors)]->>'error'), lower(%(error)s::text)) > 0)
 AND (%(ids)s::text[] IS NULL OR r.object_id = ANY(%(ids)s::text[]))
 AND (%(after_kind)s::text IS NULL
      OR (r.kind, r.object_id) > (%(after_kind)s::text, %(after_id)s::text))
+AND (%(after_kind)s::text IS NULL OR %(kind)s::text IS DISTINCT FROM %(after_kind)s::text
+     OR r.object_id > %(after_id)s::text)
 """
 
 LIST_RESOURCES: LiteralString = (

@@ -1,7 +1,8 @@
 """Read-only statements of `delta-actors status` and `inspect`, across the tables.
 
 Ages come from the database's clock. Queue counts go through the partial indexes of each
-state.
+state. Resource counts are exact on small tables and estimated from the planner's
+statistics on large ones (ops/status.py decides).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ SELECT id, host, pid, namespace, role, started_at,
 FROM delta_actor ORDER BY namespace, role, id
 """
 
-# The one full read of delta_resource: a status that counts every resource. As in
+# The one full read of delta_resource: a status that counts every resource (of a table
+# small enough; ops/status.py estimates the counts of a larger one). As in
 # RESOURCE_COLUMNS, a resource whose work runs counts as `running`, not as its stored
 # state; running works are few (bounded by the slots), so that correction is cheap.
 COUNT_RESOURCES_BY_STATE: LiteralString = """
@@ -41,6 +43,52 @@ FROM (
 GROUP BY kind, state
 HAVING sum(n) > 0
 ORDER BY kind, state
+"""
+
+# How many rows delta_resource holds, as the planner reckons it: the row density of its
+# last VACUUM or ANALYZE times the pages it has now (-1 before the first ANALYZE).
+ESTIMATE_RESOURCE_ROWS: LiteralString = """
+SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN c.reltuples
+            ELSE c.reltuples / c.relpages
+                 * (pg_relation_size(c.oid) / current_setting('block_size')::float8) END
+FROM pg_class AS c WHERE c.oid = 'delta_resource'::regclass
+"""
+
+# The share of each (kind, state) pair among the rows ANALYZE sampled: the most common
+# combinations of migration 16's statistics object. Readable by the table's owner only
+# (PostgreSQL hides other roles' extended statistics); others get no rows.
+SELECT_RESOURCE_SHARES: LiteralString = """
+SELECT s.most_common_vals[i][1], s.most_common_vals[i][2], s.most_common_freqs[i]
+FROM pg_stats_ext AS s, generate_subscripts(s.most_common_freqs, 1) AS i
+WHERE s.tablename = 'delta_resource' AND s.statistics_name = 'delta_resource_kind_state_stats'
+  AND s.schemaname = current_schema()
+"""
+
+# The same from the two columns' own statistics (readable with SELECT on the table),
+# taking kind and state as independent: coarser, for roles that do not own the table.
+SELECT_RESOURCE_SHARES_BY_COLUMN: LiteralString = """
+WITH columns AS (
+    SELECT s.attname, v.value, v.freq
+    FROM pg_stats AS s,
+         unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS v(value, freq)
+    WHERE s.tablename = 'delta_resource' AND s.attname IN ('kind', 'state')
+      AND s.schemaname = current_schema() AND NOT s.inherited
+)
+SELECT k.value, t.value, k.freq * t.freq
+FROM columns AS k, columns AS t WHERE k.attname = 'kind' AND t.attname = 'state'
+"""
+
+# What an estimate must not miss, counted exactly: the failed and degraded resources
+# (delta_resource_troubled_idx) and those whose work runs (bounded by the slots), as in
+# COUNT_RESOURCES_BY_STATE.
+COUNT_TROUBLED_AND_RUNNING: LiteralString = """
+SELECT kind, state::text, count(*) FROM delta_resource
+WHERE state IN ('failed', 'degraded') GROUP BY 1, 2
+UNION ALL
+SELECT r.kind, 'running:' || r.state::text, count(*)
+FROM delta_job AS j JOIN delta_resource AS r ON r.id = j.resource_id
+WHERE j.state = 'running'
+GROUP BY 1, 2
 """
 
 SELECT_QUEUES: LiteralString = """
@@ -96,12 +144,19 @@ UNION ALL
 ORDER BY at DESC LIMIT %(limit)s
 """
 
-# The partial unique indexes on resource_id cover exactly these states.
+# The partial unique indexes on resource_id cover exactly these states, one each: a
+# condition on all four states implies neither predicate, and was a sequential scan of
+# delta_job (0.9 s with a million queued works).
 SELECT_LIVE_WORKS_OF_RESOURCE: LiteralString = """
-SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
-       finalized_at
-FROM delta_job
-WHERE resource_id = %s AND state IN ('available', 'scheduled', 'retryable', 'running')
+(SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
+        finalized_at
+ FROM delta_job
+ WHERE resource_id = %(id)s AND state IN ('available', 'scheduled', 'retryable'))
+UNION ALL
+(SELECT id, state::text, attempt, claimed_by, created_at, scheduled_at, attempted_at,
+        finalized_at
+ FROM delta_job
+ WHERE resource_id = %(id)s AND state = 'running')
 ORDER BY id DESC
 """
 
@@ -109,8 +164,15 @@ SELECT_KIND_EXISTS: LiteralString = """
 SELECT EXISTS (SELECT 1 FROM delta_resource WHERE kind = %s)
 """
 
+# A skip scan of the identity index (one descent per kind), not a read of every entry.
 SELECT_RESOURCE_KINDS: LiteralString = """
-SELECT DISTINCT kind FROM delta_resource ORDER BY kind LIMIT 50
+WITH RECURSIVE kinds AS (
+    (SELECT kind FROM delta_resource ORDER BY kind LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.kind FROM delta_resource AS r WHERE r.kind > k.kind ORDER BY r.kind LIMIT 1)
+    FROM kinds AS k WHERE k.kind IS NOT NULL
+)
+SELECT kind FROM kinds WHERE kind IS NOT NULL LIMIT 50
 """
 
 # One row per informer, in the order of ops.status.InformerStatus's fields.

@@ -7,6 +7,11 @@ Unix socket only (`listen_addresses = ''`) in a short directory, since socket pa
 stay under 107 bytes. PostgreSQL refuses to run as root, so when we are root the server
 runs as an unprivileged user (`nobody` by default) that owns the data and socket
 directories.
+
+Memory and WAL settings (`tuned_settings`) follow the machine's memory: the embedded
+cluster gets them when it is created, and a throwaway cluster can ask for them
+(`throwaway_cluster(tuned=True)`) so that a benchmark measures what users get.
+docs/operations.md says why each one is set and what to choose on a server of your own.
 """
 
 from __future__ import annotations
@@ -32,10 +37,45 @@ _THROWAWAY_SETTINGS = {
     "max_connections": "300",
     "shared_buffers": "128MB",
 }
+# With tuned_settings() on top, which sets shared_buffers and the WAL.
 _DURABLE_SETTINGS = {
     "max_connections": "200",
-    "shared_buffers": "256MB",
 }
+_MB = 1024 * 1024
+# The embedded server shares its machine with the app and its actors: an eighth of the
+# memory for PostgreSQL's own cache (a dedicated server would give a quarter), at least
+# PostgreSQL's default and at most enough for a few million resources and their works.
+_SHARED_BUFFERS_SHARE = 8
+_SHARED_BUFFERS_MIN = 128 * _MB
+_SHARED_BUFFERS_MAX = 2048 * _MB
+
+
+def machine_memory() -> int:
+    """Return the bytes of memory this process may use: the machine's, or its cgroup's."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+    except OSError:
+        return int(total)
+    return int(total) if not limit.isdigit() else min(int(total), int(limit))
+
+
+def tuned_settings(memory: int | None = None) -> dict[str, str]:
+    """Memory and WAL settings for a machine of `memory` bytes (default: this one's)."""
+    memory = machine_memory() if memory is None else memory
+    shared = min(max(memory // _SHARED_BUFFERS_SHARE, _SHARED_BUFFERS_MIN), _SHARED_BUFFERS_MAX)
+    return {
+        "shared_buffers": f"{shared // _MB}MB",
+        # A planner hint, nothing is allocated: what the OS page cache holds besides.
+        "effective_cache_size": f"{max(memory // 2, shared) // _MB}MB",
+        "maintenance_work_mem": f"{min(max(memory // 64, 64 * _MB), 512 * _MB) // _MB}MB",
+        # Full-page images after each checkpoint are most of the WAL of random index
+        # inserts: compress them, and checkpoint less often than every 5 min / 1 GB.
+        "wal_compression": "on",
+        "checkpoint_timeout": "15min",
+        "max_wal_size": "2GB",
+        "checkpoint_completion_target": "0.9",
+    }
 
 
 def find_bindir() -> Path:
@@ -144,6 +184,8 @@ class PostgresCluster:
             ]
         )  # fmt: skip
         settings = dict(_DURABLE_SETTINGS if self.durable else _THROWAWAY_SETTINGS)
+        if self.durable:
+            settings.update(tuned_settings())
         settings.update(self.settings)
         settings.update({"listen_addresses": "''", "unix_socket_permissions": "0777"})
         lines = [f"{key} = {value}" for key, value in settings.items()]
@@ -229,11 +271,19 @@ class PostgresCluster:
         return result
 
 
-def throwaway_cluster() -> PostgresCluster:
-    """Create and start a fast, non-durable cluster in fresh temporary directories."""
+def throwaway_cluster(*, tuned: bool = False) -> PostgresCluster:
+    """Create and start a fast, non-durable cluster in fresh temporary directories.
+
+    With `tuned`, the memory and WAL settings of the embedded cluster (`tuned_settings`);
+    else PostgreSQL's defaults (128 MB of shared buffers), which the tests use.
+    """
     base = Path(tempfile.mkdtemp(prefix="delta-pg-"))
     cluster = PostgresCluster(
-        data_dir=base / "data", socket_dir=short_socket_dir(), durable=False, scratch_root=base
+        data_dir=base / "data",
+        socket_dir=short_socket_dir(),
+        durable=False,
+        scratch_root=base,
+        settings=tuned_settings() if tuned else {},
     )
     try:
         cluster._hand_over(base, recursive=False)  # the server must reach data/

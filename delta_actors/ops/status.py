@@ -4,7 +4,10 @@ Everything here is read-only, runs on a caller's connection, and returns msgspec
 that the CLI renders as a table or encodes as JSON. Times come from the database's clock
 (ages are computed in SQL), so a client with a skewed clock still reports true ages.
 Each statement is bounded: counts use the partial indexes of the queue's states, lists
-have a LIMIT; only the resource count by kind and state reads the whole resource table.
+have a LIMIT. Counting resources by kind and state would read the whole resource table
+(about a second per million rows): below `EXACT_RESOURCES_BELOW` rows it does, past it
+the counts are estimates (`ResourceCount.estimated`) from the planner's statistics
+(`_count_resources`), except the failed, degraded and running ones, which stay exact.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from delta_actors.model.job_row import JobError
 from delta_actors.model.names import validate_name
 
 RECENT_FAILURES = 10
+# Rows of delta_resource (as the planner reckons) from which status estimates its counts.
+EXACT_RESOURCES_BELOW = 100_000
+# States whose counts an estimate would blur, counted exactly (a partial index, the slots).
+_EXACT_STATES = ("failed", "degraded", "running")
 RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
 
 
@@ -59,11 +66,14 @@ class ActorStatus(msgspec.Struct, frozen=True):
 
 
 class ResourceCount(msgspec.Struct, frozen=True):
-    """How many resources of one kind are in one state."""
+    """How many resources of one kind are in one state (`estimated`: from statistics)."""
 
     kind: str
     state: str
     count: int
+    # From the planner's statistics (row count times the pair's share of ANALYZE's
+    # sample): a large table, whose exact count would read every row.
+    estimated: bool = False
 
 
 class QueueStatus(msgspec.Struct, frozen=True):
@@ -179,14 +189,17 @@ class NotFoundError(LookupError):
 _error_decoder = msgspec.json.Decoder(JobError)
 
 
-def read_status(conn: psycopg.Connection) -> Status:
-    """Read the cluster's state (a few read-only statements, none holding locks)."""
+def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCES_BELOW) -> Status:
+    """Read the cluster's state (a few read-only statements, none holding locks).
+
+    Resources are counted exactly while the table holds fewer than `exact_below` rows.
+    """
     with translate_errors("read status"):
         check_schema(conn)
         version = conn.execute(migration_sql.SELECT_SCHEMA_VERSION).fetchone()
         leader = conn.execute(status_sql.SELECT_LEADER).fetchone()
         actors = conn.execute(status_sql.SELECT_ACTORS).fetchall()
-        resources = conn.execute(status_sql.COUNT_RESOURCES_BY_STATE).fetchall()
+        resources = count_resources(conn, exact_below)
         queues = conn.execute(status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}).fetchall()
         paused: dict[str, datetime] = dict(
             conn.execute(job_sql.SELECT_PAUSED_NAMESPACES).fetchall()
@@ -212,7 +225,7 @@ def read_status(conn: psycopg.Connection) -> Status:
             )
             for id_, host, pid, ns, role, started, age, health in actors
         ],
-        resources=[ResourceCount(*row) for row in resources],
+        resources=resources,
         queues=[
             QueueStatus(
                 ns,
@@ -238,6 +251,47 @@ def read_status(conn: psycopg.Connection) -> Status:
     )
 
 
+def count_resources(
+    conn: psycopg.Connection, exact_below: float = EXACT_RESOURCES_BELOW
+) -> list[ResourceCount]:
+    """Resources by kind and state: exact on a small table, else estimated (see above)."""
+    row = conn.execute(status_sql.ESTIMATE_RESOURCE_ROWS).fetchone()
+    rows = float(row[0]) if row and row[0] is not None else -1.0
+    if rows < 0 or rows < exact_below:  # never analyzed, or small: count them
+        exact = conn.execute(status_sql.COUNT_RESOURCES_BY_STATE).fetchall()
+        return [ResourceCount(kind, state, int(n)) for kind, state, n in exact]
+    shares = conn.execute(status_sql.SELECT_RESOURCE_SHARES).fetchall()
+    if not shares:
+        shares = conn.execute(status_sql.SELECT_RESOURCE_SHARES_BY_COLUMN).fetchall()
+    if not shares:  # statistics not gathered yet
+        exact = conn.execute(status_sql.COUNT_RESOURCES_BY_STATE).fetchall()
+        return [ResourceCount(kind, state, int(n)) for kind, state, n in exact]
+    counts: dict[tuple[str, str], float] = {}
+    for kind, state, share in shares:
+        if state not in _EXACT_STATES:
+            counts[(kind, state)] = counts.get((kind, state), 0.0) + float(share) * rows
+    exact_counts: dict[tuple[str, str], int] = {}
+    troubled = conn.execute(status_sql.COUNT_TROUBLED_AND_RUNNING).fetchall()
+    # Stored states first, so that a running one's stored count exists to subtract from.
+    for kind, state, n in sorted(troubled, key=lambda r: str(r[1]).startswith("running:")):
+        stored, _, running_from = str(state).partition("running:")
+        if running_from:  # counted as running, not as its stored state
+            exact_counts[(kind, "running")] = exact_counts.get((kind, "running"), 0) + int(n)
+            key = (kind, running_from)
+            if key in exact_counts:
+                exact_counts[key] -= int(n)
+            elif key in counts:
+                counts[key] -= int(n)
+        else:
+            exact_counts[(kind, stored)] = exact_counts.get((kind, stored), 0) + int(n)
+    found = [
+        ResourceCount(kind, state, round(n), estimated=True)
+        for (kind, state), n in counts.items()
+        if round(n) > 0
+    ] + [ResourceCount(kind, state, n) for (kind, state), n in exact_counts.items() if n > 0]
+    return sorted(found, key=lambda c: (c.kind, c.state))
+
+
 def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> ResourceDetail:
     """Read one resource and its latest works; raise NotFoundError naming what exists."""
     validate_name(kind, "kind")
@@ -247,7 +301,7 @@ def inspect_resource(conn: psycopg.Connection, kind: str, object_id: str) -> Res
         if row is None:
             raise NotFoundError(_not_found(conn, kind, object_id))
         found = StoredRow(*row)
-        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (found.id,)).fetchall()
+        works = conn.execute(status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, {"id": found.id}).fetchall()
     stored = found.resource(msgspec.Raw(bytes(found.object)))
     return ResourceDetail(
         stored.id, stored.kind, stored.object_id, stored.namespace, stored.state.value,

@@ -181,13 +181,25 @@ def _resources(status: Status) -> str:
         return "none stored"
     states = [s.value for s in State]
     by_kind: dict[str, dict[str, int]] = {}
+    estimated: set[tuple[str, str]] = set()
     for count in status.resources:
         by_kind.setdefault(count.kind, {})[count.state] = count.count
+        if count.estimated:
+            estimated.add((count.kind, count.state))
+
+    def cell(kind: str, state: str, n: int) -> int | str:
+        return f"~{n}" if (kind, state) in estimated else n
+
     rows = [
-        (kind, *(counts.get(s, 0) for s in states), sum(counts.values()))
+        (kind, *(cell(kind, s, counts.get(s, 0)) for s in states),
+         cell(kind, next((s for s in states if (kind, s) in estimated), ""),
+              sum(counts.values())))
         for kind, counts in sorted(by_kind.items())
-    ]
-    return table(("KIND", *(s.upper() for s in states), "TOTAL"), rows)
+    ]  # fmt: skip
+    rendered = table(("KIND", *(s.upper() for s in states), "TOTAL"), rows)
+    if estimated:
+        rendered += "\n~: estimated from the planner's statistics (a large table)"
+    return rendered
 
 
 def render_resource(detail: ResourceDetail) -> str:

@@ -262,7 +262,8 @@ def _select_stored(items: list[_Item], indexes: list[int], *, lock: bool) -> Sta
         else resource_sql.SELECT_STORED_RESOURCES
     )
     return query, {
-        "kinds": sorted({items[i].kind for i in indexes}),
+        "kinds": [items[i].kind for i in indexes],
+        "distinct_kinds": sorted({items[i].kind for i in indexes}),
         "object_ids": [items[i].object_id for i in indexes],
         "compare_kinds": sorted({items[i].kind for i in indexes if items[i].compares}),
     }

@@ -37,7 +37,8 @@ def test_status_shows_the_running_supervisor(supervise, e2e_dsn):
     with delta.Client.connect(e2e_dsn) as client:
         client.inform_many([Task(key=f"t{i}") for i in range(20)])
     wait_until(
-        lambda: status(e2e_dsn)["resources"] == [{"kind": "task", "state": "synced", "count": 20}],
+        lambda: status(e2e_dsn)["resources"]
+        == [{"kind": "task", "state": "synced", "count": 20, "estimated": False}],
         30, "twenty synced tasks",
     )  # fmt: skip
     found = status(e2e_dsn)

@@ -253,3 +253,84 @@ def test_status_and_inspect_of_an_unmigrated_database_name_migrate(empty_dsn):
             read_status(conn)
         with pytest.raises(SchemaError, match="delta-actors migrate"):
             inspect_resource(conn, "good", "g1")
+
+
+def _estimated_table(dsn: str) -> None:
+    """3,000 good resources (scheduled), 40 of them degraded, one parked; analyzed."""
+    with delta.Client.connect(dsn, app=APP) as client:
+        client.inform_many([Good(key=f"g{i:05d}") for i in range(3000)])
+        client.inform(Parked(key="p"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE delta_resource SET state = 'degraded'"
+            " WHERE kind = 'good' AND object_id < 'g00040'"
+        )
+        conn.execute("ANALYZE delta_resource")
+
+
+def test_status_of_a_large_table_estimates_counts_and_says_so(dsn):
+    """Past `exact_below` rows: scheduled counts come from statistics, marked estimated
+    (`~` in the text); degraded ones are still counted exactly."""
+    _estimated_table(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exact = read_status(conn).resources
+        estimated = read_status(conn, exact_below=1000).resources
+        # One more degraded after ANALYZE: the exact part sees it, the estimate does not.
+        conn.execute("UPDATE delta_resource SET state = 'degraded' WHERE object_id = 'g00040'")
+        later = read_status(conn, exact_below=1000)
+    assert {(c.kind, c.state, c.count, c.estimated) for c in exact} == {
+        ("good", "degraded", 40, False),
+        ("good", "scheduled", 2960, False),
+        ("parked", "scheduled", 1, False),
+    }
+    # ANALYZE sampled every row of so small a table: the shares are exact too.
+    assert {(c.kind, c.state, c.count, c.estimated) for c in estimated} == {
+        ("good", "degraded", 40, False),
+        ("good", "scheduled", 2960, True),
+        ("parked", "scheduled", 1, True),
+    }
+    counts = {(c.kind, c.state): c.count for c in later.resources}
+    assert counts[("good", "degraded")] == 41
+    text = render_status(later)
+    assert "~2960" in text and "estimated from the planner's statistics" in text
+    encoded = msgspec.json.decode(msgspec.json.encode(later))
+    assert {"kind": "good", "state": "scheduled", "count": 2960, "estimated": True} in (
+        encoded["resources"]
+    )
+
+
+def test_status_estimates_for_a_role_that_does_not_own_the_table(dsn):
+    """A role with SELECT only cannot read the extended statistics: the estimate falls
+    back to the columns' own statistics, still marked estimated."""
+    _estimated_table(dsn)
+    role = f"reader_{os.getpid()}_{abs(hash(dsn)) % 100000}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        try:
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+            conn.execute(f"SET ROLE {role}")
+            shares = conn.execute(
+                "SELECT count(*) FROM pg_stats_ext WHERE tablename = 'delta_resource'"
+            ).fetchone()
+            status = read_status(conn, exact_below=1000)
+            conn.execute("RESET ROLE")
+        finally:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+    assert shares == (0,)
+    counts = {(c.kind, c.state): (c.count, c.estimated) for c in status.resources}
+    assert counts[("good", "degraded")] == (40, False)
+    # kind and state taken as independent: 3000/3001 good times 2960/3001 scheduled.
+    assert counts[("good", "scheduled")][1] is True
+    assert abs(counts[("good", "scheduled")][0] - 2960) <= 2
+
+
+def test_status_counts_exactly_before_the_first_analyze(dsn):
+    """No statistics yet (never analyzed): counted, not guessed."""
+    with delta.Client.connect(dsn, app=APP) as client:
+        client.inform_many([Good(key=f"g{i}") for i in range(10)])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        resources = read_status(conn, exact_below=0).resources
+    assert [(c.kind, c.state, c.count, c.estimated) for c in resources] == [
+        ("good", "scheduled", 10, False)
+    ]
