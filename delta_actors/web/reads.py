@@ -339,7 +339,7 @@ async def read_resource(
     stored = StoredRow(*row)
     resource = stored.resource(None)
     works = [Work(*w) for w in await _all(
-        conn, status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, (stored.id,))]  # fmt: skip
+        conn, status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, {"id": stored.id})]  # fmt: skip
     try:
         pretty = msgspec.json.format(bytes(stored.object), indent=2).decode()
     except (msgspec.DecodeError, UnicodeDecodeError):
