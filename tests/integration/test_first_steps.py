@@ -132,9 +132,15 @@ class Ping(delta.Job, kind="first-steps-ping"):
 
 
 async def test_every_tx_method_refuses_a_connection_of_the_wrong_kind_naming_the_fix(dsn):
+    import contextlib
     import sqlite3
 
-    with delta.Client.connect(dsn) as client, psycopg.connect(dsn) as sync_conn:
+    # Closed at the end: Python 3.13 warns of an unclosed sqlite3 connection.
+    with (
+        delta.Client.connect(dsn) as client,
+        psycopg.connect(dsn) as sync_conn,
+        contextlib.closing(sqlite3.connect(":memory:")) as sqlite,
+    ):
         async_conn = await psycopg.AsyncConnection.connect(dsn)
         async with await delta.AsyncClient.connect(dsn) as aclient:
             try:
@@ -142,7 +148,7 @@ async def test_every_tx_method_refuses_a_connection_of_the_wrong_kind_naming_the
                     with pytest.raises(delta.ConfigError, match=rf"use delta\.AsyncClient\.{name}"):
                         call(client, async_conn)
                     with pytest.raises(delta.ConfigError, match=r"takes the psycopg\.Connection"):
-                        call(client, sqlite3.connect(":memory:"))
+                        call(client, sqlite)
                     with pytest.raises(delta.ConfigError, match=rf"use delta\.Client\.{name}"):
                         await call(aclient, sync_conn)
                     with pytest.raises(delta.ConfigError, match=r"got builtins\.NoneType"):
