@@ -29,8 +29,8 @@ at its floor (one index descent) and never sees the dead entries below it.
   (coalescing); a row handed back or rescued, or enqueued with a scheduled_at in the
   past, which keeps its old time. So:
   - when a resource work's result is written here, the floor of its priority moves down
-    to that work's scheduled_at less the margin (`rewind`): a follow-up work queued
-    while it ran was informed after it was claimed, so it lies above that point;
+    to where that work's claim read from (`rewind`): a follow-up work queued while it
+    ran was informed after it was claimed, so it lies above that point;
   - the sweep (`Sweeper`, a component of the worker) reads, every `sweep_interval`
     (1 s) on a pooled connection, the oldest claimable row of each priority, and sets
     the floor to it (down or up), or, with none, to the sweep's time less the margin.
@@ -103,21 +103,24 @@ class Floors:
         shapes = list(self._floors.values()) or [self.of()]
         return [min(floors[i] for floors in shapes) for i in range(len(PRIORITIES))]
 
-    def claimed(self, shape: str, rows: Sequence[tuple[int, datetime]]) -> None:
-        """Raise the floors of `shape` past what a claim took: (priority, scheduled_at)."""
+    def claimed(self, shape: str, rows: Sequence[tuple[int, datetime | None]]) -> None:
+        """Raise the floors of `shape` past what a claim took: (priority, scheduled_at),
+        the time given on the oldest row of each priority only (None on the others)."""
         floors = self.of(shape)
         oldest: dict[int, datetime] = {}
         for priority, scheduled_at in rows:
+            if scheduled_at is None:
+                continue
             if priority not in oldest or scheduled_at < oldest[priority]:
                 oldest[priority] = scheduled_at
         for priority, scheduled_at in oldest.items():
             i = priority - 1
             floors[i] = max(floors[i], scheduled_at - self._margin)
 
-    def rewind(self, shape: str, priority: int, scheduled_at: datetime) -> None:
-        """Lower the floor of `priority` in `shape` to `scheduled_at` less the margin."""
+    def rewind(self, shape: str, priority: int, floor_at: datetime) -> None:
+        """Lower the floor of `priority` in `shape` to `floor_at`, where a claim read from."""
         floors = self.of(shape)
-        floors[priority - 1] = min(floors[priority - 1], scheduled_at - self._margin)
+        floors[priority - 1] = min(floors[priority - 1], floor_at)
 
     def swept(self, shape: str, priority: int, oldest: datetime | None, now: datetime) -> bool:
         """Set a floor from a sweep: to the oldest claimable row, or with none to `now`

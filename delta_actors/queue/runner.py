@@ -68,10 +68,13 @@ class Claim:
     max_attempts: int
     resource_id: int | None
     priority: int
-    scheduled_at: datetime  # where the claim found it (queue/floors.py)
+    # The oldest scheduled_at the claim took of its priority, on that claim only (else
+    # None), and the floor the claim read from (queue/floors.py).
+    scheduled_at: datetime | None
     resource: StoredRow | None  # a resource work's resource, with its object
     namespace: str = DEFAULT_NAMESPACE
     metadata: str | None = None  # the row's metadata (JSON text): what queued it, traced
+    floor_at: datetime | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False

@@ -401,15 +401,23 @@ class Worker:
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}
         started = time.time_ns() if tracing.ENABLED else 0
-        if self._app.limits:
-            rows = await self._claimer.claim_limited(params, self._app.limits)
+        limits = self._app.limits
+        # Where this claim reads from: a resource work's follow-up lies above it.
+        floors = {shape: list(self._floors.of(shape)) for shape in [UNLIMITED, *limits]}
+        if limits:
+            rows = await self._claimer.claim_limited(params, limits)
         else:
             rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
         if rows and tracing.ENABLED:
             tracing.record_claim(self.namespace, limit, len(rows), started)
-        return [Claim.from_row(row) for row in rows]
+        claims = [Claim.from_row(row) for row in rows]
+        for claim in claims:
+            if claim.resource_id is not None:
+                shape = claim.kind if claim.kind in limits else UNLIMITED
+                claim.floor_at = floors[shape][claim.priority - 1]
+        return claims
 
     async def _hand_back_unknown_claims(self) -> None:
         """Hand back the claims the table gives this actor but this process never saw."""
@@ -481,7 +489,8 @@ class Worker:
                 claim = self._unwritten_works.pop(result.id, None)
                 if claim is not None:
                     shape = claim.kind if claim.kind in self._app.limits else UNLIMITED
-                    self._floors.rewind(shape, claim.priority, claim.scheduled_at)
+                    if claim.floor_at is not None:
+                        self._floors.rewind(shape, claim.priority, claim.floor_at)
                     rewound = True
             if rewound:
                 self._notified()
