@@ -44,6 +44,11 @@ class ResourceFilter:
     namespace: str | None = None
     ids: tuple[str, ...] | None = None
 
+    @property
+    def is_whole_kind(self) -> bool:
+        """Whether it names at most a kind: acting on it takes every resource (of the kind)."""
+        return self == ResourceFilter(kind=self.kind)
+
     def params(self, after: str | None = None) -> dict[str, Any]:
         after_kind, after_id = _resource_cursor(after)
         running = self.state is State.RUNNING

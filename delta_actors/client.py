@@ -258,7 +258,7 @@ def _bulk_delete(
     app: App | None,
     where: bulk.ResourceFilter,
 ) -> Generator[Statement, Rows, int]:
-    if where == bulk.ResourceFilter(kind=where.kind):
+    if where.is_whole_kind:
         raise ConfigError(
             f"delete({object_type.__qualname__}) with neither an id nor a filter would delete "
             "every resource of the kind: pass an id, or a filter (state=, tags=, error=, "

@@ -107,6 +107,14 @@ _AVAILABLE_IN_QUEUE: LiteralString = (
 )
 
 
+# Not the queued work of a resource whose previous work still runs (coalescing: runs of
+# one resource never overlap), as `j`: what the claim takes and the sweep looks for.
+_NOT_BUSY: LiteralString = (
+    "(j.resource_id IS NULL OR NOT EXISTS (SELECT 1 FROM delta_job AS busy"
+    " WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))"
+)
+
+
 # The claim reads each priority from its floor up (queue/floors.py: why, and what keeps
 # it from skipping a job), one index descent per priority, priority 1 first, until it
 # has its rows: the outer LIMIT stops pulling, so no priority is read (or locked) past
@@ -147,9 +155,9 @@ WITH """
         + """
           AND NOT EXISTS (SELECT 1 FROM delta_namespace AS n
                           WHERE n.name = %(namespace)s AND n.paused_at IS NOT NULL)
-          AND (j.resource_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM delta_job AS busy
-                WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+          AND """
+        + _NOT_BUSY
+        + """
         ORDER BY j.scheduled_at, j.id
         LIMIT """
         + limit
@@ -257,9 +265,9 @@ SELECT f.priority, (
       AND j.priority = f.priority
       AND (%(kind)s::text IS NULL OR j.kind = %(kind)s)
       AND j.kind <> ALL(%(limited)s::text[])
-      AND (j.resource_id IS NULL OR NOT EXISTS (
-            SELECT 1 FROM delta_job AS busy
-            WHERE busy.resource_id = j.resource_id AND busy.state = 'running'))
+      AND """
+    + _NOT_BUSY
+    + """
     ORDER BY j.scheduled_at, j.id
     LIMIT 1
 ), statement_timestamp()

@@ -61,7 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
@@ -82,6 +82,11 @@ _START = datetime(1, 1, 2, tzinfo=UTC)  # before any scheduled_at (a day spare f
 
 # The floors of the other kinds' claim (an app without limits has only this set).
 UNLIMITED = ""
+
+
+def shape_of(kind: str, limited: Collection[str]) -> str:
+    """The claim shape whose floors a job of `kind` is claimed from."""
+    return kind if kind in limited else UNLIMITED
 
 
 class Floors:

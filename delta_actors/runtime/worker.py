@@ -65,7 +65,14 @@ from delta_actors.queue import results
 from delta_actors.queue.actors import heartbeat, register_actor, unregister_actor
 from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer
-from delta_actors.queue.floors import FLOOR_MARGIN, SWEEP_INTERVAL, UNLIMITED, Floors, Sweeper
+from delta_actors.queue.floors import (
+    FLOOR_MARGIN,
+    SWEEP_INTERVAL,
+    UNLIMITED,
+    Floors,
+    Sweeper,
+    shape_of,
+)
 from delta_actors.queue.listener import Listener
 from delta_actors.queue.promoter import Promoter
 from delta_actors.queue.results import Result
@@ -415,8 +422,7 @@ class Worker:
         claims = [Claim.from_row(row) for row in rows]
         for claim in claims:
             if claim.resource_id is not None:
-                shape = claim.kind if claim.kind in limits else UNLIMITED
-                claim.floor_at = floors[shape][claim.priority - 1]
+                claim.floor_at = floors[shape_of(claim.kind, limits)][claim.priority - 1]
         return claims
 
     async def _hand_back_unknown_claims(self) -> None:
@@ -488,8 +494,8 @@ class Worker:
             for result in results:
                 claim = self._unwritten_works.pop(result.id, None)
                 if claim is not None:
-                    shape = claim.kind if claim.kind in self._app.limits else UNLIMITED
                     if claim.floor_at is not None:
+                        shape = shape_of(claim.kind, self._app.limits)
                         self._floors.rewind(shape, claim.priority, claim.floor_at)
                     rewound = True
             if rewound:

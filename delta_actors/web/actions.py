@@ -61,7 +61,7 @@ async def on_resources(request: Request) -> Response:
     action = request.url.path.rsplit("/", 1)[1]
     form = form_of(request)
     where = resource_filter(form)
-    if action == "delete" and where == bulk.ResourceFilter(kind=where.kind):
+    if action == "delete" and where.is_whole_kind:
         raise ConfigError(
             "delete with no filter would delete every resource"
             + (f" of kind {where.kind!r}" if where.kind else "")

@@ -37,6 +37,7 @@ NOT_PREPARED = {
     "JOB_COLUMNS": "a column list spliced into statements",
     "_AVAILABLE_IN_QUEUE": "a condition spliced into statements",
     "_FLOORS": "a function scan (the claim floors) spliced into statements",
+    "_NOT_BUSY": "a condition spliced into statements",
     "_RESOURCE_FILTER": "a condition spliced into statements",
     "_JOB_FILTER": "a condition spliced into statements",
     "_PICKED_JOBS": "the first CTE spliced into statements",
