@@ -76,6 +76,14 @@ RECORD_PROBE_RUN = (
     " ON CONFLICT (run) DO NOTHING"
 )
 
+# How the works' record connections connect. A TCP user timeout bounds how long what a
+# work sent can wait in its kernel's socket (a flapping link; the process may be gone):
+# it lands within a second of being sent or never. The worker fences itself with a
+# second of the rescue TTL to spare (runtime/worker.py), so a record lands before rescue
+# can hand its work to another actor; docs/operations.md asks the same of a controller's
+# own connections.
+RECORD_CONNECT = {"autocommit": True, "connect_timeout": 5, "tcp_user_timeout": 1000}
+
 # The share of parent resources whose works make effects (see makes_effects).
 EFFECTS_ONE_IN = 4
 
@@ -178,9 +186,7 @@ class _Recorder:
             try:
                 async with self._lock:
                     if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            _dsn(), autocommit=True, connect_timeout=5
-                        )
+                        self._conn = await psycopg.AsyncConnection.connect(_dsn(), **RECORD_CONNECT)
                     await self._conn.execute(statement, row)  # type: ignore[arg-type]
             except (psycopg.OperationalError, OSError):
                 if self._conn is not None:
@@ -203,7 +209,7 @@ def _record_sync(row: tuple[Any, ...]) -> None:
         conn = getattr(_thread_conns, "conn", None)
         try:
             if conn is None or conn.closed:
-                conn = psycopg.connect(_dsn(), autocommit=True, connect_timeout=5)
+                conn = psycopg.connect(_dsn(), **RECORD_CONNECT)
                 _thread_conns.conn = conn
             conn.execute(RECORD_RUN, row)
         except (psycopg.OperationalError, OSError):

@@ -68,6 +68,7 @@ class Fault:
     until: float = 0.0  # a pause: when SIGCONT is due; a burst: when it ends
     stops_leader: bool = False  # the leader's process or its database was the victim
     killed: int = 0  # a burst: backends terminated
+    retried: bool = False  # a burst: looked at once ended (run_faults), again if it killed none
     host: int | None = None  # a network fault: the host it cut off or slowed
 
     @property

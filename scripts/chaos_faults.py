@@ -198,14 +198,23 @@ class FaultInjection:
         """Inject faults for `duration` seconds, and past it (up to three times as long)
         until each kind of the first deck got in: a fault that found no target (no live
         actor, no free host) goes back into the deck, so a slow machine, where faults
-        take longer, still runs every kind it was asked for."""
+        take longer, still runs every kind it was asked for. A burst finds out only as it
+        ends: one that killed no backend (its component was between connections all
+        along, or gone with a leader just killed) goes back too, and the run waits for
+        the bursts of kinds that have killed nothing yet."""
         deck: list[str] = []
         first_deck_left: set[str] | None = None
         start = time.monotonic()
         end, cap = start + duration, start + 3 * duration
-        while time.monotonic() < end or (first_deck_left and time.monotonic() < cap):
+        while time.monotonic() < cap and (
+            time.monotonic() < end or first_deck_left or self._bursts_in_doubt()
+        ):
             time.sleep(self.rng.uniform(1.0, 3.0))
             self.restart_exited()
+            for kind in self._bursts_without_victims():
+                deck.insert(0, kind)
+                if first_deck_left is not None:
+                    first_deck_left.add(kind)
             if not deck:
                 deck = self.fault_kinds()
                 self.rng.shuffle(deck)
@@ -228,6 +237,28 @@ class FaultInjection:
             print(f"  {time.strftime('%H:%M:%S')} {fault.detail}", flush=True)
         if first_deck_left:
             print(f"  not injected in {3 * duration:.0f}s: {sorted(first_deck_left)}", flush=True)
+
+    def _bursts_in_doubt(self) -> bool:
+        """A burst still on whose kind has killed no backend in this run so far."""
+        killed = {f.kind for f in self.faults if f.kind in KILL_CONNS and f.killed}
+        return any(
+            f.kind in KILL_CONNS and f.kind not in killed and time.time() <= f.until + 0.5
+            for f in self.faults
+        )
+
+    def _bursts_without_victims(self) -> list[str]:
+        """Kinds of bursts that ended having killed nothing, each reported once, unless
+        another burst of the kind killed something."""
+        killed = {f.kind for f in self.faults if f.kind in KILL_CONNS and f.killed}
+        kinds = []
+        for fault in self.faults:
+            if fault.kind not in KILL_CONNS or fault.retried or time.time() <= fault.until + 0.5:
+                continue
+            fault.retried = True
+            if fault.kind not in killed:
+                print(f"  {fault.detail}: no backend to kill; it comes again", flush=True)
+                kinds.append(fault.kind)
+        return kinds
 
     def restart_exited(self) -> None:
         """A supervisor that exited by itself is started again, as systemd would.

@@ -7,7 +7,19 @@ Lifecycle, in the child the supervisor forked:
        │                     ▼                                │ or the pipe closes
        │                 Failed, exit 1                       ▼ (supervisor gone)
        │                                          stop: finish or hand back ─► Stopped, exit 0
-       └─ the body fails while running (a bug, rescue declared us dead) ─► Failed, exit 1
+       ├─ the body fails while running (a bug) ─► Failed, exit 1
+       └─ a worker's claims are lost (ActorLostError: no heartbeat got through for most
+          of the rescue TTL, or rescue declared us dead) ─► Failed, os._exit(1) at once
+
+The last is immediate, with no stop: its claims are, or are about to be, another actor's,
+and a plain def's thread cannot be stopped but by the end of its process. A stop over a
+network that is gone would take seconds (psycopg waits on the server for every query it
+cancels) while the thread runs on past the rescue TTL, and a write it makes when the link
+comes back would overlap the rescued run (docs/reliability.md).
+
+The Heartbeat frames say the loop lives; their queue depth is read from the database
+for at most half an interval, and the last one read goes out when that read is slow, so
+an actor cut off from PostgreSQL is not mistaken for a hung one.
 
 An error that no task's owner handled (asyncio's "Task exception was never retrieved")
 is logged at error as `actor.unhandled_error`: every task has an owner, so it is a bug.
@@ -25,6 +37,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +45,7 @@ from typing import Any, Protocol
 import uvloop
 
 from delta_actors.app import App
-from delta_actors.errors import ProtocolError
+from delta_actors.errors import ActorLostError, ProtocolError
 from delta_actors.health import describe
 from delta_actors.leader.duties import Leader
 from delta_actors.runtime import protocol
@@ -90,6 +103,8 @@ class _Actor:
         self._stop_requested = asyncio.Event()
         self._body: _Body
         self._worker: Worker | None = None
+        self._depth = (0, 0.0)  # the worker's queue depth and lag, as last read
+        self._depth_read: asyncio.Task[tuple[int, float]] | None = None
         if spec.role == "leader":
             self._body = Leader(
                 app,
@@ -109,6 +124,7 @@ class _Actor:
                 rescue_ttl=spec.rescue_ttl,
                 poll_interval=spec.poll_interval,
                 listen_dsn=spec.listen_dsn,
+                on_lost=self._exit_lost,
             )
             self._body = self._worker
 
@@ -140,6 +156,8 @@ class _Actor:
         for task in (reader, beats, body, stop):
             task.cancel()
         await asyncio.gather(reader, beats, body, stop, return_exceptions=True)
+        if self._depth_read is not None:
+            self._depth_read.cancel()  # not awaited: over a cut network that takes seconds
         if failure is not None:
             with contextlib.suppress(Exception):
                 await self._body.stop(timeout=0)
@@ -205,9 +223,7 @@ class _Actor:
                 informers=[protocol.InformerTally(*run) for run in leader.informer_runs()],
                 cluster=leader.gauges.gauges if leader.is_leader else None,
             )  # fmt: skip
-        depth, lag = 0, 0.0
-        with contextlib.suppress(Exception):
-            depth, lag = await worker.queue_depth()
+        depth, lag = await self._queue_depth(worker)
         stats = worker.stats
         return protocol.Heartbeat(
             running=len(worker._running), claimed=stats.claimed, completed=stats.completed,
@@ -216,20 +232,61 @@ class _Actor:
             health=worker.health(),
         )  # fmt: skip
 
+    async def _queue_depth(self, worker: Worker) -> tuple[int, float]:
+        """The worker's queue depth: read for at most half an interval, else the last read.
+
+        A read still going on is waited for by the next frame, not started again; run()
+        cancels the last one with the frames' task."""
+        read = self._depth_read
+        if read is None or read.done():
+            read = self._depth_read = asyncio.create_task(
+                worker.queue_depth(), name="actor:queue-depth"
+            )
+            # Its outcome is read below, or, once given up, seen here (a failed read
+            # leaves the last depth in place, as a slow one does).
+            read.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            done, _ = await asyncio.wait({read}, timeout=self._spec.heartbeat_interval / 2)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if done and not read.cancelled() and read.exception() is None:
+            self._depth = read.result()
+        return self._depth
+
     async def _send(self, message: protocol.Message) -> None:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError):  # the supervisor is gone; nobody to tell
             await loop.sock_sendall(self._pipe, protocol.encode(message))
 
     async def _report_failure(self, exc: BaseException) -> None:
+        await self._send(self._failed(exc))
+
+    def _failed(self, exc: BaseException) -> protocol.Failed:
         logger.error(
             "actor %s/%s failed: %s", self._spec.role, self._spec.namespace, describe(exc),
             extra={"event": "actor.failed", "namespace": self._spec.namespace},
         )  # fmt: skip
-        await self._send(
-            protocol.Failed(
-                error_type=type(exc).__qualname__,
-                message=str(exc).strip() or "(no message)",
-                traceback="".join(traceback.format_exception(exc))[-8000:],
-            )
+        return protocol.Failed(
+            error_type=type(exc).__qualname__,
+            message=str(exc).strip() or "(no message)",
+            traceback="".join(traceback.format_exception(exc))[-8000:],
         )
+
+    def _exit_lost(self, exc: ActorLostError) -> None:
+        """The worker's claims are lost: say so to the supervisor and end the process now.
+
+        From inside the heartbeat's task, before anything is cancelled: no await, so no
+        other task (and no more of a work) runs on this loop meanwhile; the threads of
+        plain defs end with the process.
+        """
+        frame = protocol.encode(self._failed(exc))
+        with contextlib.suppress(OSError):
+            self._pipe.settimeout(1.0)  # a supervisor that does not read: exit anyway
+            self._pipe.sendall(frame)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

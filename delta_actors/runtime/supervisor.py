@@ -17,7 +17,11 @@ Invariants:
   deadline.
 - An actor that exits without a clean Stopped has its claims rescued at once (its process
   is known dead: waitpid reaped it), counted as a failed attempt; while PostgreSQL cannot
-  be reached the rescue is retried every half tick, not left to the leader's TTL.
+  be reached the rescue is retried every half tick, not left to the leader's TTL. Except
+  an actor that ended because its claims were lost (ActorLostError: it fenced itself,
+  its heartbeats failing): what its works wrote just before its end may still be on the
+  way (a flapping link; the kernel sends what a dead process's sockets hold), so its
+  claims are left to the leader, at the rescue TTL from its last heartbeat that arrived.
 - Restarts back off exponentially (0.5 s doubling to 30 s) per slot; the count resets once
   an actor has lived a minute. Five quick failures in a row are logged as a crash loop.
 - Health is progress: a leader actor that holds the lease while one of its duties made
@@ -61,7 +65,7 @@ from delta_actors.db.connection import (
 )
 from delta_actors.db.migrations import check_schema
 from delta_actors.db.pooler import listen_dsn_of, target
-from delta_actors.errors import ConfigError, ProtocolError
+from delta_actors.errors import ActorLostError, ConfigError, ProtocolError
 from delta_actors.health import describe
 from delta_actors.leader.rescue import rescue_actors
 from delta_actors.runtime import protocol
@@ -105,6 +109,7 @@ class Child:
     stopped_cleanly: bool = False
     kill_at: float | None = None  # a restart was asked for: killed if not gone by then
     last_failure: str = ""
+    lost: bool = False  # it reported ActorLostError: the leader rescues its claims
     heartbeat: protocol.Heartbeat | None = None
 
 
@@ -364,6 +369,7 @@ class Supervisor:
                 )  # fmt: skip
             case protocol.Failed(error_type=error_type, message=text, traceback=trace):
                 child.last_failure = f"{error_type}: {text}"
+                child.lost = error_type == ActorLostError.__qualname__
                 logger.error(
                     "actor %s (pid %d) failed: %s: %s\n%s", child.slot.name, child.pid,
                     error_type, text, trace, extra={"event": "actor.failed"},
@@ -435,7 +441,7 @@ class Supervisor:
         self.metrics.actor_ended(child.slot.name)
         code = os.waitstatus_to_exitcode(status)
         clean = child.stopped_cleanly and code == 0
-        if not clean and child.actor_id:
+        if not clean and child.actor_id and not child.lost:
             self._rescue(child)
         if self._stop_deadline is not None:
             return

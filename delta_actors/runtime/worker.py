@@ -12,7 +12,10 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
   when the row is gone (rescued) or no heartbeat got through for most of the rescue TTL,
   it cancels every running job and fails the worker: its claims are, or soon will be,
-  another actor's, and two runs of one resource must never overlap;
+  another actor's, and two runs of one resource must never overlap. A plain def's thread
+  cannot be cancelled, so `on_lost` is called first: under `supervise` it ends the
+  actor's process there and then (runtime/actor.py), not after a stop that a cut network
+  would stretch past the rescue TTL;
 - deadline watch: cancels runs that exceed their kind's timeout (a failed attempt).
 Job runs are tasks outside the group: a job failing is an outcome, not a worker failure.
 Each resource work runs in a `work_context()` whose effects go to the completer with its
@@ -132,6 +135,9 @@ class Worker:
         listen_dsn: a direct connection (or a session pooler's) for LISTEN, when `dsn`
             goes through a pooler in transaction mode; default: LISTEN on `dsn` itself,
             or, behind a transaction pooler, no LISTEN (polling).
+        on_lost: called with the ActorLostError the moment the heartbeat raises it,
+            before the running jobs are cancelled; it may end the process (os._exit),
+            the one way to stop a plain def's thread. None: the threads run on.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class Worker:
         sweep_interval: float = SWEEP_INTERVAL,
         floor_margin: float = FLOOR_MARGIN,
         listen_dsn: str | None = None,
+        on_lost: Callable[[ActorLostError], None] | None = None,
     ) -> None:
         listen_dsn = listen_dsn_of(dsn, listen_dsn)
         if poll_interval is None:
@@ -162,6 +169,7 @@ class Worker:
         self.actor_id = actor_id
         self._owns_actor = actor_id is None
         self._heartbeat_interval = heartbeat_interval
+        self._on_lost = on_lost
         # Detection takes up to an interval plus an attempt's timeout; keep a second spare.
         fence = rescue_ttl - heartbeat_interval - max(heartbeat_interval, 1.0) - 1.0
         self._fence = max(fence, heartbeat_interval)
@@ -352,9 +360,11 @@ class Worker:
                 self._pool, self.actor_id, self._heartbeat_interval, fence=self._fence,
                 health=self.health,
             )  # fmt: skip
-        except ActorLostError:
+        except ActorLostError as exc:
             # Our claims are, or are about to be, someone else's: not one more moment of them.
             self._claiming = False
+            if self._on_lost is not None:
+                self._on_lost(exc)
             for claim in self._running.values():
                 if claim.task is not None:
                     claim.task.cancel()

@@ -25,10 +25,19 @@ UNHANDLED = re.compile(r"never retrieved|unhandled error in the event loop")
 class Supervise:
     """One `delta-actors supervise` process; its log is kept in a file."""
 
-    def __init__(self, dsn: str, log_dir: Path, *args: str, app: str = "tests.e2e.apps:app"):
+    def __init__(
+        self,
+        dsn: str,
+        log_dir: Path,
+        *args: str,
+        app: str = "tests.e2e.apps:app",
+        runtime_dsn: str | None = None,
+    ):
+        """`runtime_dsn`: what the supervisor and its actors connect to, when not `dsn`
+        (a proxy in front of it); the test's own reads go to `dsn`."""
         self.dsn = dsn
         self.log_path = log_dir / f"supervise-{time.monotonic_ns()}.log"
-        env = {**os.environ, "DELTA_DATABASE_URL": dsn, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "DELTA_DATABASE_URL": runtime_dsn or dsn, "PYTHONPATH": str(ROOT)}
         argv = [
             sys.executable, "-c", "from delta_actors.ops.cli import main; main()", "supervise",
             "--app", app, "--heartbeat-interval", "0.5", "--hang-timeout", "3",

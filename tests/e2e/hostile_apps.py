@@ -1,5 +1,6 @@
 """An app for the hostile-runtime tests: a work that floods the log, a job that sends a
-truncated frame, and the e2e app's controllers (runs recorded in `e2e_run`)."""
+truncated frame, a plain def that runs until told to stop, and the e2e app's controllers
+(runs recorded in `e2e_run`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,25 @@ class FloodController(delta.Controller[Flood]):
         logger.warning("flood done after %d lines", lines)
 
 
+class Stuck(delta.Object, kind="stuck"):
+    """A plain def that appends its time to `path` every 50 ms until `path`.done exists."""
+
+    key: str
+    path: str
+
+    def id(self) -> str:
+        return self.key
+
+
+class StuckController(delta.Controller[Stuck]):
+    def work(self, resource: delta.Resource[Stuck]) -> None:
+        path = resource.object.path
+        while not os.path.exists(path + ".done"):
+            with open(path, "a") as ticks:  # a side effect that needs no network
+                ticks.write(f"{time.time()}\n")
+            time.sleep(0.05)
+
+
 class Truncate(delta.Job, kind="truncate"):
     """Sends the start of a frame that announces MAX_FRAME bytes and never finishes it."""
 
@@ -56,7 +76,7 @@ def truncate(job: Truncate) -> None:
 
 
 app = delta.App(
-    controllers=[TaskController(), ReportController(), FloodController()],
+    controllers=[TaskController(), ReportController(), FloodController(), StuckController()],
     jobs={Truncate: truncate},
     namespaces={
         "default": delta.Namespace(max_workers=20),
