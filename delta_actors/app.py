@@ -83,6 +83,7 @@ class App:
         # Checked first: a mistake in it is one of the whole app, not of a handler.
         own = check_middleware(middleware)
         self.middleware: tuple[Wrap, ...] = (*tracing.middleware(), *own)
+        self._untraced = own
         self.namespaces: dict[str, Namespace] = {}
         for name, namespace in (namespaces or {DEFAULT_NAMESPACE: Namespace()}).items():
             validate_name(name, "namespace")
@@ -194,6 +195,12 @@ class App:
             timeout=job_type.timeout,
             decoder=msgspec.json.Decoder(job_type),
         )
+
+    def chain(self, traced: bool) -> tuple[Wrap, ...]:
+        """The middleware of a run: without the work span unless `traced` (a tracer
+        provider records: tracing.recording(), asked once per claim), so an installed
+        but unconfigured OpenTelemetry costs a run nothing."""
+        return self.middleware if traced else self._untraced
 
     def namespace(self, name: str) -> Namespace:
         """Return the configuration of namespace `name`, or raise UnknownNamespaceError."""

@@ -299,7 +299,7 @@ async def _async_conn(conn: Any, method: str) -> psycopg.AsyncConnection:
 
 def _traced(items: list[Any]) -> AbstractContextManager[Any]:
     """The inform's span (tracing.py), or nothing without the `otel` extra."""
-    return tracing.inform_span(items) if tracing.ENABLED else nullcontext()
+    return tracing.inform_span(items) if tracing.recording() else nullcontext()
 
 
 def insert_options(

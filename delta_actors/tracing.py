@@ -13,8 +13,12 @@ Spans (instrumentation scope "delta_actors"; attributes prefixed `delta.`):
 Invariants:
 - Without the extra, `ENABLED` is False, decided once at import: every call site reads
   that flag before doing anything else, the work middleware is not installed, and no
-  byte is added to any row. With it installed but no SDK configured, spans are
-  OpenTelemetry's no-op ones and nothing is written either.
+  byte is added to any row. With it installed but no SDK configured (OpenTelemetry's
+  global tracer provider still its proxy or a no-op one), `recording()` is False: runs
+  leave the work middleware out of their chain (App.chain) and claims make no span: what
+  is left is that check, once per claim statement (it costs 2 us, OpenTelemetry's lookup
+  reading the environment); informs make no span either. Configured later (an app sets
+  its provider after importing us), spans start with the next claim.
 - The trace context of an inform crosses processes in the queued work's row: when the
   inform runs inside a recording span, WRITE_RESOURCES stores that span's W3C context
   (`traceparent`, `tracestate`, through the global propagator) in `delta_job.metadata`
@@ -45,6 +49,7 @@ except ImportError:  # the extra is not installed: everything below stays unused
 else:
     ENABLED = True
     _tracer = trace.get_tracer("delta_actors")
+    _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 _FAILED = frozenset({"failed", "timeout", "degraded", "discarded"})
 
@@ -53,6 +58,13 @@ class _Identified(Protocol):
     kind: str
     object_id: str
     namespace: str
+
+
+def recording() -> bool:
+    """Whether spans can record now: the extra is installed and a tracer provider other
+    than OpenTelemetry's proxy or no-op one is set (an SDK's). About 2 us (the lookup
+    reads the environment until a provider is set): asked per claim, never per run."""
+    return ENABLED and not isinstance(trace.get_tracer_provider(), _NO_SDK)
 
 
 def middleware() -> tuple[Wrap, ...]:

@@ -9,9 +9,11 @@ alternated `--runs` times (the order rotated every run; medians reported):
 - sdk: the SDK configured in the worker, every span recorded (ALWAYS_ON) and handed to a
   BatchSpanProcessor whose exporter drops them; the works' informs recorded too (their
   rows carry the trace context, their work spans are children of the inform spans);
-- baseline (with `--baseline DIR`): as absent, but the worker runs the delta_actors of DIR
-  (e.g. `git archive` of the commit before tracing, unpacked): what the change costs an
-  application without the extra. The schema is this tree's (a column more, unused there).
+- baseline (with `--baseline DIR`): as absent, but everything runs the delta_actors of DIR
+  (a checkout of the commit before tracing): a database of its own, migrated by DIR's
+  migrations, filled by DIR's client and drained by DIR's worker, each in a process
+  started in DIR (checked: the worker says which package it imported). What the change
+  costs an application without the extra.
 For each: jobs/s from the worker's first claim to its last result written (as in
 bench_queue.py), and the worker's CPU per job; for works also the inform rate of the
 benchmark process (spans recorded in the sdk mode only). Every drain checks from the
@@ -104,11 +106,13 @@ def worker_main(dsn: str, mode: str, workload: str, count: int) -> None:
         jobs={Noop: _noop}, controllers=[ItemController()] if workload == "works" else []
     )
 
+    package = str(Path(delta.__file__).resolve().parent)
+
     async def main() -> dict[str, object]:
         worker = delta.Worker(app, dsn, max_workers=CONCURRENCY, poll_interval=0.5)
         await worker.start()
         await worker.wait_listening()
-        print(json.dumps({"ready": True}), flush=True)
+        print(json.dumps({"ready": True, "package": package}), flush=True)
         started = None
         cpu_started = time.process_time()
         while worker.stats.completed < count or worker._completer.backlog:
@@ -137,20 +141,71 @@ def start_worker(
     argv = [sys.executable, "-c", ABSENT_PRELUDE, *args] if mode in ("absent", "baseline") else [
         sys.executable, *args
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    # `-c` puts the working directory first on sys.path: the baseline's, so that its
+    # delta_actors is the one imported (the ready line says which was).
+    cwd = baseline if mode == "baseline" else None
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line or not json.loads(line).get("ready"):
         proc.kill()
         raise RuntimeError("benchmark worker did not start")
+    imported = Path(json.loads(line)["package"])
+    expected = Path(baseline).resolve() if mode == "baseline" else Path(delta.__file__).parent
+    if not imported.is_relative_to(expected):
+        proc.kill()
+        raise RuntimeError(f"the {mode} worker imported {imported}, not {expected}")
     return proc
 
 
 # ---------------------------------------------------------------- measurements
 
 
+def prepare_main(dsn: str, workload: str, count: int) -> None:
+    """In the baseline's tree: migrate, empty and fill its database; print the inform rate."""
+    from delta_actors.db import migrations
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrations.migrate(conn)
+    reset(dsn)
+    figures = fill(dsn, workload, count)
+    print(json.dumps(figures), flush=True)
+
+
+def fill(dsn: str, workload: str, count: int, sampler: Any = None) -> dict[str, float]:
+    """Queue `count` no-op works (informs of new objects) or plain jobs."""
+    figures: dict[str, float] = {}
+    with delta.Client.connect(dsn) as client:
+        if workload == "works":
+            if sampler is not None:
+                sampler.on = True
+            started = time.perf_counter()
+            try:
+                for first in range(0, count, INFORM_BATCH):
+                    client.inform_many(
+                        [Item(key=f"i{n}") for n in range(first, min(first + INFORM_BATCH, count))]
+                    )
+            finally:
+                if sampler is not None:
+                    sampler.on = False
+            figures["inform_per_s"] = count / (time.perf_counter() - started)
+        else:
+            client.enqueue_many([Noop() for _ in range(count)])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE delta_job")
+    return figures
+
+
+def fill_baseline(dsn: str, baseline: str, workload: str, count: int) -> dict[str, float]:
+    argv = [sys.executable, "-c", ABSENT_PRELUDE, __file__, "_prepare", dsn, workload, str(count)]
+    done = subprocess.run(argv, cwd=baseline, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"filling the baseline's database failed:\n{done.stderr[-3000:]}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def bench_drain(
-    client: delta.Client,
     dsn: str,
     sampler: Any,
     *,
@@ -160,28 +215,21 @@ def bench_drain(
     baseline: str | None = None,
 ) -> dict[str, float]:
     """Queue `count` works or jobs, drain them in a worker of `mode`; return the figures."""
-    reset(dsn)
-    figures: dict[str, float] = {}
-    if workload == "works":
-        sampler.on = mode == "sdk"
-        started = time.perf_counter()
-        try:
-            for first in range(0, count, INFORM_BATCH):
-                client.inform_many(
-                    [Item(key=f"i{n}") for n in range(first, min(first + INFORM_BATCH, count))]
-                )
-        finally:
-            sampler.on = False
-        figures["inform_per_s"] = count / (time.perf_counter() - started)
+    if mode == "baseline":
+        assert baseline is not None
+        figures = fill_baseline(dsn, baseline, workload, count)
     else:
-        client.enqueue_many([Noop() for _ in range(count)])
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ANALYZE delta_job")
+        reset(dsn)
+        figures = fill(dsn, workload, count, sampler if mode == "sdk" else None)
     result = finish_worker(start_worker(dsn, mode, workload, count, baseline))
     with psycopg.connect(dsn, autocommit=True) as conn:
+        traced_rows = (
+            "0" if mode == "baseline" else "count(*) FILTER (WHERE metadata ? 'traceparent')"
+        )
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE state = 'completed'), count(*),"
-            " count(*) FILTER (WHERE metadata ? 'traceparent') FROM delta_job"
+            "SELECT count(*) FILTER (WHERE state = 'completed'), count(*), "  # type: ignore[arg-type]
+            + traced_rows
+            + " FROM delta_job"
         ).fetchone()
     traced = count if mode == "sdk" and workload == "works" else 0
     assert row == (count, count, traced), f"completed, all, traced: {row}"
@@ -202,14 +250,19 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {
         f"{mode}/{workload}": [] for workload in ("works", "jobs") for mode in modes
     }
-    with migrated_cluster() as dsn, delta.Client.connect(dsn) as client:
+    with migrated_cluster() as dsn:
+        baseline_dsn = None
+        if args.baseline:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE baseline")
+            baseline_dsn = psycopg.conninfo.make_conninfo(dsn, dbname="baseline")
         for run in range(args.runs):
             order = modes[run % len(modes) :] + modes[: run % len(modes)]
             for workload in ("works", "jobs"):
                 for mode in order:
                     figures = bench_drain(
-                        client, dsn, sampler, mode=mode, workload=workload, count=args.count,
-                        baseline=args.baseline,
+                        baseline_dsn if mode == "baseline" else dsn, sampler,
+                        mode=mode, workload=workload, count=args.count, baseline=args.baseline,
                     )  # fmt: skip
                     runs[f"{mode}/{workload}"].append(figures)
                     print(f"run {run + 1} {mode:>6} {workload}: {figures}", flush=True)
@@ -241,5 +294,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_worker"]:
         worker_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif sys.argv[1:2] == ["_prepare"]:
+        prepare_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         main()

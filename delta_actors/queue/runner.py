@@ -79,14 +79,17 @@ class Claim:
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False
     cancel_requested: bool = False  # an operator asked it to stop (cancel_jobs)
+    # Its run has the work span (App.chain): tracing.recording(), asked once per claim
+    # statement, since OpenTelemetry's lookup costs microseconds, a no-op job's tenth.
+    traced: bool = False
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Claim:
+    def from_row(cls, row: tuple[Any, ...], traced: bool = False) -> Claim:
         """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
         resource = StoredRow(*row[10:]) if row[5] is not None else None
         return cls(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource,
-            row[8], row[9],
+            row[8], row[9], traced=traced,
         )  # fmt: skip
 
 
@@ -232,7 +235,7 @@ class JobRunner(ClaimRunner):
                 f"{registration.type.__qualname__}: {exc}"
             )
             return self._failed(claim, exc, message)
-        chain = self._app.middleware
+        chain = self._app.chain(claim.traced)
         call = (
             Call("job", claim.kind, claim.namespace, claim.attempt, job=job, job_id=claim.id,
                  trace_context=trace_context(claim.metadata))

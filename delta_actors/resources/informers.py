@@ -165,7 +165,7 @@ class InformerScheduler:
                 extra={"event": "informer.requested", "kind": kind},
             )  # fmt: skip
         run = _Run(kind, run_id, full, started_at)
-        with tracing.informer_span(kind, full) if tracing.ENABLED else nullcontext() as span:
+        with tracing.informer_span(kind, full) if tracing.recording() else nullcontext() as span:
             return await self._run(registration, run, cursor, fence, span)
 
     async def _run(

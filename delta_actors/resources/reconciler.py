@@ -95,7 +95,7 @@ class Reconciler(ClaimRunner):
         """Run `work` (or `finalize`, when `deleting`) and map its outcome."""
         generation, attempt = resource.generation, resource.attempt
         controller = registration.controller
-        chain = self._app.middleware
+        chain = self._app.chain(claim.traced)
         call = (
             Call("finalize" if deleting else "work", claim.kind, resource.namespace,
                  attempt + 1, resource=resource, job_id=claim.id,

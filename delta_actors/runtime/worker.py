@@ -417,7 +417,8 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}
-        started = time.time_ns() if tracing.ENABLED else 0
+        traced = tracing.recording()
+        started = time.time_ns() if traced else 0
         limits = self._app.limits
         # Where this claim reads from: a resource work's follow-up lies above it.
         floors = {shape: list(self._floors.of(shape)) for shape in [UNLIMITED, *limits]}
@@ -427,9 +428,9 @@ class Worker:
             rows = await self._claimer.claim(params)
         self.stats.claims += 1
         self.stats.claimed += len(rows)
-        if rows and tracing.ENABLED:
+        if rows and traced:
             tracing.record_claim(self.namespace, limit, len(rows), started)
-        claims = [Claim.from_row(row) for row in rows]
+        claims = [Claim.from_row(row, traced) for row in rows]
         for claim in claims:
             if claim.resource_id is not None:
                 claim.floor_at = floors[shape_of(claim.kind, limits)][claim.priority - 1]

@@ -53,6 +53,7 @@ import msgspec
 import psycopg
 import uvloop
 
+from delta_actors import tracing
 from delta_actors.app import App
 from delta_actors.client import AsyncClient, Client
 from delta_actors.controller import runs_informer
@@ -338,7 +339,8 @@ class _Session:
                 rows = await self._claimer.claim_limited(params, self._app.limits)
             else:
                 rows = await self._claimer.claim(params)
-        return [Claim.from_row(row) for row in rows]
+        traced = tracing.recording()
+        return [Claim.from_row(row, traced) for row in rows]
 
     async def _run(self, claim: Claim, results: Results) -> None:
         task = asyncio.create_task(self._run_claim(claim), name=f"test-runner:job:{claim.id}")
