@@ -79,3 +79,20 @@ def test_inspect_reads_a_resources_works_through_their_indexes(large):
     plan = _plan(large, status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, {"id": 12345})
     assert "Seq Scan" not in plan
     assert "delta_job_resource_queued_idx" in plan and "delta_job_resource_running_idx" in plan
+
+
+def test_a_namespace_alone_enters_its_resources_in_list_order(large):
+    """A namespace whose kind sorts after every other: its page does not walk the rest."""
+    large.execute(
+        """INSERT INTO delta_resource (kind, object_id, namespace, object, hash, max_attempts)
+           SELECT 'zeta', 'zeta-' || i, 'other', '\\x', '\\x', 10
+           FROM generate_series(0, 999) AS i"""
+    )
+    large.execute("ANALYZE delta_resource")
+    where = ResourceFilter(namespace="other")
+    plan = _plan(large, resource_sql.LIST_RESOURCES, {**where.params(None), "limit": 100})
+    assert "delta_resource_namespace_idx" in plan, plan
+    rows = large.execute(
+        resource_sql.LIST_RESOURCES, {**where.params(None), "limit": 100}, prepare=False
+    ).fetchall()
+    assert len(rows) == 100
