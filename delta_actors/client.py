@@ -54,6 +54,7 @@ from delta_actors.model.object import Object
 from delta_actors.model.page import Page
 from delta_actors.model.resource import InformResult, Resource, State
 from delta_actors.queue.insert import (
+    InsertBatch,
     InsertOptions,
     JobSpec,
     build_batch,
@@ -302,6 +303,29 @@ def _traced(items: list[Any]) -> AbstractContextManager[Any]:
     return tracing.inform_span(items) if tracing.recording() else nullcontext()
 
 
+def _insert(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
+    """insert_jobs, in an `enqueue` span whose trace context the jobs carry, when tracing
+    records (tracing.py); else just insert_jobs."""
+    if not tracing.recording():
+        return insert_jobs(conn, batch)
+    with tracing.enqueue_span(batch.kinds, batch.namespaces) as span:
+        batch.metadata = tracing.carrier()
+        jobs = insert_jobs(conn, batch)
+        tracing.enqueue_done(span, jobs)
+        return jobs
+
+
+async def _insert_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
+    """Async twin of _insert."""
+    if not tracing.recording():
+        return await insert_jobs_async(conn, batch)
+    with tracing.enqueue_span(batch.kinds, batch.namespaces) as span:
+        batch.metadata = tracing.carrier()
+        jobs = await insert_jobs_async(conn, batch)
+        tracing.enqueue_done(span, jobs)
+        return jobs
+
+
 def insert_options(
     namespace: str | None,
     priority: int,
@@ -381,7 +405,7 @@ class Client:
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"), self._pool.connection() as conn:
-            return insert_jobs(conn, batch)[0]
+            return _insert(conn, batch)[0]
 
     def enqueue_tx(
         self,
@@ -399,7 +423,7 @@ class Client:
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
-            return insert_jobs(conn, batch)[0]
+            return _insert(conn, batch)[0]
 
     def enqueue_many(
         self,
@@ -414,7 +438,7 @@ class Client:
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"), self._pool.connection() as conn:
-            return insert_jobs(conn, batch)
+            return _insert(conn, batch)
 
     def enqueue_many_tx(
         self,
@@ -431,7 +455,7 @@ class Client:
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
-            return insert_jobs(conn, batch)
+            return _insert(conn, batch)
 
     def get_job(self, job_id: int) -> JobRow | None:
         """Return the job with id `job_id`, or None."""
@@ -822,7 +846,7 @@ class AsyncClient:
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
             async with self._pool.connection() as conn:
-                return (await insert_jobs_async(conn, batch))[0]
+                return (await _insert_async(conn, batch))[0]
 
     async def enqueue_tx(
         self,
@@ -840,7 +864,7 @@ class AsyncClient:
         options = insert_options(namespace, priority, scheduled_at, unique_key, max_attempts)
         batch = build_batch([job], options, self.app)
         with translate_errors("enqueue"):
-            return (await insert_jobs_async(conn, batch))[0]
+            return (await _insert_async(conn, batch))[0]
 
     async def enqueue_many(
         self,
@@ -856,7 +880,7 @@ class AsyncClient:
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
             async with self._pool.connection() as conn:
-                return await insert_jobs_async(conn, batch)
+                return await _insert_async(conn, batch)
 
     async def enqueue_many_tx(
         self,
@@ -873,7 +897,7 @@ class AsyncClient:
         options = insert_options(namespace, priority, scheduled_at, None, max_attempts)
         batch = build_batch(jobs, options, self.app)
         with translate_errors("enqueue"):
-            return await insert_jobs_async(conn, batch)
+            return await _insert_async(conn, batch)
 
     async def get_job(self, job_id: int) -> JobRow | None:
         """Return the job with id `job_id`, or None."""

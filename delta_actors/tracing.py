@@ -4,6 +4,8 @@ Spans (instrumentation scope "delta_actors"; attributes prefixed `delta.`):
 
     inform KIND       PRODUCER  an inform or inform_many call (`_tx` too): kind, namespace,
                                 count, id and outcome (one object) or outcome counts
+    enqueue KIND      PRODUCER  an enqueue or enqueue_many call (`_tx` too): kind,
+                                namespace, count, the job's id (one), duplicates
     work KIND         CONSUMER  one run of a work, finalize or plain job (`finalize KIND`,
     finalize KIND               `job KIND`): kind, id, namespace, generation, attempt,
     job KIND                    handler and outcome; a child of the span that queued it
@@ -24,7 +26,8 @@ Invariants:
   (`traceparent`, `tracestate`, through the global propagator) in `delta_job.metadata`
   (migration 15), and the run, claimed in any process, starts its span as that span's
   child. A work folded into a queued one takes the newer inform's context. Informer runs
-  are parents of the works they queue the same way.
+  are parents of the works they queue the same way, and an enqueue's span of the jobs it
+  queues (every insert path: one row, unnest, COPY).
 - The work span is a middleware (middleware.py), the first of the App's, so it sees
   every outcome, the user's middleware included.
 """
@@ -38,6 +41,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from delta_actors.middleware import Call, Proceed, Wrap
+from delta_actors.model.job_row import EnqueuedJob
 from delta_actors.model.resource import InformResult
 from delta_actors.outcomes import Cancel, Delete, PermanentError, Requeue
 
@@ -85,17 +89,42 @@ def carrier() -> str | None:
 def inform_span(items: Sequence[_Identified]) -> Iterator[Span]:
     """The span of one inform call (only with ENABLED); see `inform_done`."""
     first = items[0]
-    kinds = {item.kind for item in items}
-    kind = first.kind if len(kinds) == 1 else ",".join(sorted(kinds))
-    attributes: dict[str, Any] = {
-        "delta.kind": kind, "delta.namespace": first.namespace, "delta.count": len(items),
-    }  # fmt: skip
-    if len(items) == 1:
-        attributes["delta.id"] = first.object_id
-    with _tracer.start_as_current_span(
-        f"inform {kind}", kind=SpanKind.PRODUCER, attributes=attributes
+    one = {"delta.id": first.object_id} if len(items) == 1 else {}
+    with _producer_span(
+        "inform", [item.kind for item in items], first.namespace, len(items), one
     ) as span:
         yield span
+
+
+@contextmanager
+def enqueue_span(kinds: Sequence[str], namespaces: Sequence[str]) -> Iterator[Span]:
+    """The span of one enqueue call (only with ENABLED); see `enqueue_done`."""
+    with _producer_span("enqueue", kinds, namespaces[0], len(kinds), {}) as span:
+        yield span
+
+
+@contextmanager
+def _producer_span(
+    verb: str, kinds: Sequence[str], namespace: str, count: int, extra: dict[str, Any]
+) -> Iterator[Span]:
+    distinct = set(kinds)
+    kind = kinds[0] if len(distinct) == 1 else ",".join(sorted(distinct))
+    attributes: dict[str, Any] = {
+        "delta.kind": kind, "delta.namespace": namespace, "delta.count": count, **extra,
+    }  # fmt: skip
+    with _tracer.start_as_current_span(
+        f"{verb} {kind}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def enqueue_done(span: Span, jobs: Sequence[EnqueuedJob]) -> None:
+    """Record what the enqueue did on its span: the job's id (one), duplicates."""
+    if len(jobs) == 1:
+        span.set_attribute("delta.id", jobs[0].id)
+    duplicates = sum(job.duplicate for job in jobs)
+    if duplicates:
+        span.set_attribute("delta.duplicates", duplicates)
 
 
 def inform_done(span: Span | None, results: Sequence[InformResult[Any]]) -> None:

@@ -15,8 +15,8 @@ enqueued and not yet started); for delta_actors also the dead row versions of de
 then. delta_actors' lag comes from its rows (attempted_at - created_at, the server's one
 clock); pgqueuer's from the enqueue time carried in each job.
 
-Usage: python scripts/bench_snapshot.py [--minutes 30] [--rate 1500] [--works]
-       [--systems delta,pgqueuer] [--out bench-results/snapshot.json]
+Usage: python scripts/bench_snapshot.py [--minutes 30] [--baseline-minutes N] [--rate 1500]
+       [--works] [--systems delta,pgqueuer] [--out bench-results/snapshot.json]
 """
 
 from __future__ import annotations
@@ -215,6 +215,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rate", type=float, default=1500.0)
+    parser.add_argument(
+        "--baseline-minutes", type=int, default=None,
+        help="minutes of the runs without a held snapshot (default: --minutes)",
+    )  # fmt: skip
     parser.add_argument("--works", action="store_true", help="resource works, not plain jobs")
     parser.add_argument("--systems", default="delta,pgqueuer")
     parser.add_argument("--out", default="bench-results/snapshot.json")
@@ -233,13 +237,14 @@ def main() -> None:
                 with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                     conn.execute(f'CREATE DATABASE "{dbname}"')
                 dsn = cluster.dsn(dbname)
-                print(f"{name}: {args.minutes} min at {args.rate:.0f}/s", flush=True)
+                minutes = args.minutes if held else (args.baseline_minutes or args.minutes)
+                print(f"{name}: {minutes} min at {args.rate:.0f}/s", flush=True)
                 if system == "delta":
                     with psycopg.connect(dsn, autocommit=True) as conn:
                         migrations.migrate(conn)
-                    run = run_delta(dsn, args.minutes, args.rate, held, args.works)
+                    run = run_delta(dsn, minutes, args.rate, held, args.works)
                 else:
-                    run = run_pgqueuer(dsn, args.minutes, args.rate, held)
+                    run = run_pgqueuer(dsn, minutes, args.rate, held)
                 results[name] = {**run, "summary": summary(run)}
                 for m in run["per_minute"]:
                     print(

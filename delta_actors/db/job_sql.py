@@ -25,13 +25,15 @@ class InsertedJob(msgspec.Struct, frozen=True):
 # The one LISTEN/NOTIFY channel; the payload is the queue (namespace) that has work.
 JOB_CHANNEL: Final = "delta_jobs"
 
+# The last parameter is the batch's metadata (the enqueue's trace context: tracing.py), one
+# for every row, or NULL.
 _INSERTED_JOBS: LiteralString = """
 INSERT INTO delta_job
-    (kind, namespace, args, priority, max_attempts, unique_key, state, scheduled_at)
+    (kind, namespace, args, priority, max_attempts, unique_key, state, scheduled_at, metadata)
 SELECT u.kind, u.namespace, u.args, u.priority, u.max_attempts, u.unique_key,
        CASE WHEN u.scheduled_at IS NULL OR u.scheduled_at <= now()
             THEN 'available' ELSE 'scheduled' END::delta_job_state,
-       coalesce(u.scheduled_at, now())
+       coalesce(u.scheduled_at, now()), %s::jsonb
 FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::smallint[], %s::smallint[],
             %s::text[], %s::timestamptz[])
      AS u(kind, namespace, args, priority, max_attempts, unique_key, scheduled_at)
@@ -62,12 +64,13 @@ ORDER BY i.id
 # INSERT_JOBS, but a plain VALUES insert plans in a third of the time (0.2 against
 # 0.5 ms a call, half of it planning), which is enqueue-to-start latency.
 INSERT_ONE_JOB: LiteralString = """
-INSERT INTO delta_job (kind, namespace, args, priority, max_attempts, state, scheduled_at)
+INSERT INTO delta_job
+    (kind, namespace, args, priority, max_attempts, state, scheduled_at, metadata)
 VALUES (%(kind)s, %(namespace)s, %(args)s, %(priority)s, %(max_attempts)s,
         CASE WHEN %(scheduled_at)s::timestamptz IS NULL
                   OR %(scheduled_at)s::timestamptz <= now()
              THEN 'available' ELSE 'scheduled' END::delta_job_state,
-        coalesce(%(scheduled_at)s::timestamptz, now()))
+        coalesce(%(scheduled_at)s::timestamptz, now()), %(metadata)s::jsonb)
 RETURNING id, kind, namespace, state::text, unique_key,
           CASE WHEN state = 'available' THEN pg_notify('delta_jobs', namespace) END
 """
@@ -86,6 +89,12 @@ FROM STDIN (FORMAT BINARY)
 
 COPY_DUE_JOBS: LiteralString = """
 COPY delta_job (id, kind, namespace, args, priority, max_attempts) FROM STDIN (FORMAT BINARY)
+"""
+
+# The same with the batch's metadata (a traced enqueue) in every row.
+COPY_TRACED_JOBS: LiteralString = """
+COPY delta_job (id, kind, namespace, args, priority, max_attempts, state, scheduled_at, metadata)
+FROM STDIN (FORMAT BINARY)
 """
 
 NOTIFY_QUEUES: LiteralString = """
@@ -186,9 +195,10 @@ resources AS MATERIALIZED (
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
 SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.priority,
-       -- Only where the floor of its priority goes (queue/floors.py): a timestamp costs
-       -- the claimer more to read than the rest of a plain job's row.
-       CASE WHEN c.scheduled_at = min(c.scheduled_at) OVER (PARTITION BY c.priority)
+       -- On one row per priority, its oldest (the floor goes there: queue/floors.py): a
+       -- timestamp costs the claimer more to read than the rest of a plain job's row,
+       -- and the jobs of one bulk enqueue all share theirs.
+       CASE WHEN row_number() OVER (PARTITION BY c.priority ORDER BY c.scheduled_at) = 1
             THEN c.scheduled_at END,
        c.namespace, c.metadata, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id

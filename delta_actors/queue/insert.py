@@ -12,6 +12,7 @@ I/O calls.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 import msgspec
 import psycopg
+from psycopg.types.json import Jsonb
 
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.db import job_sql
@@ -78,13 +80,17 @@ class InsertBatch:
     max_attempts: list[int] = field(default_factory=list)
     unique_keys: list[str | None] = field(default_factory=list)
     scheduled_at: list[datetime | None] = field(default_factory=list)
+    # What every job of the batch carries in `delta_job.metadata` (JSON text): the trace
+    # context of a traced enqueue (tracing.py), else None.
+    metadata: str | None = None
 
     def __len__(self) -> int:
         return len(self.kinds)
 
-    def params(self, start: int, stop: int) -> tuple[list[Any], ...]:
+    def params(self, start: int, stop: int) -> tuple[Any, ...]:
         """Return the statement parameters for rows start..stop."""
         return (
+            self.metadata,
             self.kinds[start:stop],
             self.namespaces[start:stop],
             self.args[start:stop],
@@ -292,6 +298,7 @@ def _use_copy(batch: InsertBatch) -> bool:
 # binary form an enum receives.
 _COPY_TYPES = ["int8", "text", "text", "bytea", "int2", "int2", "text", "timestamptz"]
 _COPY_DUE_TYPES = _COPY_TYPES[:6]
+_COPY_TRACED_TYPES = [*_COPY_TYPES, "jsonb"]
 
 
 def _copy_plan(
@@ -303,10 +310,14 @@ def _copy_plan(
     'available' and the clock of the transaction that reserved the ids.
     """
     columns = (ids, batch.kinds, batch.namespaces, batch.args, batch.priorities, batch.max_attempts)
-    if all(at is None for at in batch.scheduled_at):
+    if batch.metadata is None and all(at is None for at in batch.scheduled_at):
         return job_sql.COPY_DUE_JOBS, _COPY_DUE_TYPES, zip(*columns, strict=True)
     states = [_state(at, now).value for at in batch.scheduled_at]
     times = [at or now for at in batch.scheduled_at]
+    if batch.metadata is not None:
+        metadata = [Jsonb(json.loads(batch.metadata))] * len(batch)
+        rows = zip(*columns, states, times, metadata, strict=True)
+        return job_sql.COPY_TRACED_JOBS, _COPY_TRACED_TYPES, rows
     return job_sql.COPY_JOBS, _COPY_TYPES, zip(*columns, states, times, strict=True)
 
 
@@ -370,6 +381,7 @@ def _one_job(batch: InsertBatch) -> dict[str, Any] | None:
         "priority": batch.priorities[0],
         "max_attempts": batch.max_attempts[0],
         "scheduled_at": batch.scheduled_at[0],
+        "metadata": batch.metadata,
     }
 
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,52 @@ async def test_plain_jobs_get_run_spans_and_informer_runs_parent_their_works(dsn
             await wait_until_async(lambda: len(spans.named("job ")) >= 1)
     (work,) = spans.named("work ")
     assert work.parent is not None and work.parent.span_id == informer.context.span_id
+    (enqueue,) = spans.named("enqueue ")
+    assert enqueue.parent is None  # a root: the enqueue ran in no span of the caller's
     (run,) = spans.named("job ")
-    assert run.name == "job tr-label" and run.parent is None  # enqueue carries no context
+    assert run.name == "job tr-label"
+    assert run.parent is not None and run.parent.span_id == enqueue.context.span_id
     assert dict(run.attributes or {}) == {
         "delta.kind": "tr-label", "delta.id": str(job.id), "delta.namespace": "default",
         "delta.attempt": 1, "delta.handler": "job", "delta.outcome": "completed",
     }  # fmt: skip
+
+
+async def test_a_job_continues_the_trace_of_its_enqueue_on_every_insert_path(dsn, spans):
+    """One job (a VALUES insert), a unique-keyed one (the unnest insert) and a bulk batch
+    (COPY, some scheduled): each row carries the context of its call's enqueue span."""
+    tracer = trace.get_tracer("tests")
+    later = datetime.now(UTC) + timedelta(milliseconds=300)
+    async with await delta.AsyncClient.connect(dsn) as client:
+        with tracer.start_as_current_span("POST /labels") as request:
+            one = await client.enqueue(Label(n=1))
+            keyed = await client.enqueue(Label(n=2), unique_key="label-2")
+            again = await client.enqueue(Label(n=2), unique_key="label-2")
+            bulk = await client.enqueue_many(
+                [delta.JobSpec(Label(n=n), scheduled_at=later if n % 2 else None)
+                 for n in range(3, 303)]
+            )  # fmt: skip
+    assert again.duplicate and again.id == keyed.id
+    assert all(set(metadata) == {"traceparent"} for metadata in _metadata(dsn))
+    async with running_worker(_app(), dsn):
+        await wait_until_async(lambda: len(spans.named("job ")) >= 302)
+    first, second, third, many = spans.named("enqueue ")
+    for span in (first, second, third, many):
+        assert span.kind is SpanKind.PRODUCER
+        assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+    assert dict(first.attributes or {}) == {
+        "delta.kind": "tr-label", "delta.namespace": "default", "delta.count": 1,
+        "delta.id": one.id,
+    }  # fmt: skip
+    assert (third.attributes or {})["delta.duplicates"] == 1
+    assert (many.attributes or {})["delta.count"] == 300
+    parent_of = {
+        (span.attributes or {})["delta.id"]: span.parent.span_id
+        for span in spans.named("job ") if span.parent is not None
+    }  # fmt: skip
+    assert parent_of[str(one.id)] == first.context.span_id
+    assert parent_of[str(keyed.id)] == second.context.span_id
+    assert {parent_of[str(job.id)] for job in bulk} == {many.context.span_id}
 
 
 async def test_without_a_recording_span_no_context_is_written(dsn):
