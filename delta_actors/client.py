@@ -306,7 +306,7 @@ def _traced(items: list[Any]) -> AbstractContextManager[Any]:
 def _insert(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
     """insert_jobs, in an `enqueue` span whose trace context the jobs carry, when tracing
     records (tracing.py); else just insert_jobs."""
-    if not tracing.recording():
+    if not batch or not tracing.recording():
         return insert_jobs(conn, batch)
     with tracing.enqueue_span(batch.kinds, batch.namespaces) as span:
         batch.metadata = tracing.carrier()
@@ -317,7 +317,7 @@ def _insert(conn: psycopg.Connection, batch: InsertBatch) -> list[EnqueuedJob]:
 
 async def _insert_async(conn: psycopg.AsyncConnection, batch: InsertBatch) -> list[EnqueuedJob]:
     """Async twin of _insert."""
-    if not tracing.recording():
+    if not batch or not tracing.recording():
         return await insert_jobs_async(conn, batch)
     with tracing.enqueue_span(batch.kinds, batch.namespaces) as span:
         batch.metadata = tracing.carrier()

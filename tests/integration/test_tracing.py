@@ -144,6 +144,7 @@ async def test_a_job_continues_the_trace_of_its_enqueue_on_every_insert_path(dsn
                 [delta.JobSpec(Label(n=n), scheduled_at=later if n % 2 else None)
                  for n in range(3, 303)]
             )  # fmt: skip
+        assert await client.enqueue_many([]) == []  # nothing queued: no span either
     assert again.duplicate and again.id == keyed.id
     assert all(set(metadata) == {"traceparent"} for metadata in _metadata(dsn))
     async with running_worker(_app(), dsn):
