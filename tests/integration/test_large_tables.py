@@ -14,7 +14,7 @@ import pytest
 
 import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
-from delta_actors.db import resource_sql, status_sql
+from delta_actors.db import job_sql, resource_sql, status_sql
 from delta_actors.resources.store import InformParams, inform, prepare
 
 ROWS = 200_000
@@ -96,3 +96,23 @@ def test_a_namespace_alone_enters_its_resources_in_list_order(large):
         resource_sql.LIST_RESOURCES, {**where.params(None), "limit": 100}, prepare=False
     ).fetchall()
     assert len(rows) == 100
+
+
+def test_a_workers_look_for_cancel_requests_skips_the_jobs_it_claimed(dsn):
+    """200,000 jobs the worker claimed and finished: its look reads none of them."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        actor = conn.execute(
+            "INSERT INTO delta_actor (host, pid, namespace, role)"
+            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
+        ).fetchone()
+        assert actor is not None
+        conn.execute(
+            """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
+                                      claimed_by, attempted_at)
+               SELECT 'noop', 'default', '\\x', 'running', 1, 5, %s, now()
+               FROM generate_series(1, %s)""",
+            (actor[0], ROWS),
+        )
+        conn.execute("ANALYZE delta_job")
+        plan = _plan(conn, job_sql.SELECT_CANCEL_REQUESTS, {"actor": actor[0]})
+    assert "delta_job_cancel_requested_idx" in plan, plan
