@@ -31,12 +31,18 @@ UPDATE delta_actor SET heartbeat_at = now(), health = %(health)s::jsonb WHERE id
 
 UNREGISTER_ACTOR: LiteralString = "DELETE FROM delta_actor WHERE id = %s"
 
-# Actors whose heartbeat is older than the TTL, and claims held by actors that have no
-# row at all (unregistered, or rescued before): both are dead for rescue's purposes.
-SELECT_DEAD_ACTORS: LiteralString = """
+# Actors whose heartbeat is older than the TTL: dead for rescue's purposes.
+SELECT_EXPIRED_ACTORS: LiteralString = """
 SELECT id FROM delta_actor
 WHERE heartbeat_at < now() - make_interval(secs => %(ttl)s)
-UNION
+LIMIT %(limit)s
+"""
+
+# Claims held by actors that have no row at all (unregistered, or rescued before, with
+# claims left over): dead too. This reads every entry of the running index, and while a
+# transaction holds an old snapshot that is every job claimed since (vacuum may remove
+# none), so rescue asks it far less often than the above (leader/maintenance.py).
+SELECT_ORPHANED_CLAIMERS: LiteralString = """
 SELECT DISTINCT j.claimed_by FROM delta_job AS j
 WHERE j.state = 'running'
   AND NOT EXISTS (SELECT 1 FROM delta_actor AS a WHERE a.id = j.claimed_by)

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 CLEANUP_BATCH = 5000  # rows per cleanup statement: fewer round trips, locks still bounded
 EVENT_BATCHES_PER_RUN = 1000  # at 1,000 rows each: 1M events a run, ~16k/s at 60 s
+ORPHAN_INTERVAL = 60.0  # seconds between looks for claims of actors without a row
 
 
 async def run_periodically(
@@ -62,18 +63,37 @@ async def run_periodically(
 
 
 class Rescuer:
-    """Finds dead actors and returns their claims to work."""
+    """Finds dead actors and returns their claims to work.
 
-    def __init__(self, pool: AsyncConnectionPool, *, ttl: float, interval: float = 1.0) -> None:
+    Actors past the TTL are looked for every `interval`; claims of actors without a row
+    (a safety net: rescue deletes the row and returns the claims in one transaction)
+    every `orphan_interval`, and on the first run: that look reads the whole running
+    index, which a held snapshot fills with every claim since (actor_sql.py).
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        ttl: float,
+        interval: float = 1.0,
+        orphan_interval: float = ORPHAN_INTERVAL,
+    ) -> None:
         self._pool = pool
         self.ttl = ttl  # seconds without a heartbeat after which an actor is dead
         self.interval = interval
+        self.orphan_interval = orphan_interval
+        self._orphans_at = 0.0  # loop time of the next look for claims without an actor
         self.rescued_claims = 0  # since this process started (a metric)
 
     async def run_once(self) -> dict[str, int]:
         """Rescue once; return how many actors were dead and claims rescued."""
+        now = asyncio.get_running_loop().time()
+        orphans = now >= self._orphans_at
         async with self._pool.connection() as conn:
-            dead = await drive_async(conn, find_dead_actors(self.ttl))
+            dead = await drive_async(conn, find_dead_actors(self.ttl, orphans))
+            if orphans:
+                self._orphans_at = now + self.orphan_interval
             if not dead:
                 return {"actors": 0, "claims": 0}
             async with conn.transaction():

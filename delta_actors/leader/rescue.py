@@ -95,7 +95,12 @@ def _error(claim: ClaimOfActor, message: str) -> str:
     return error_entry(claim.attempt, None, message)
 
 
-def find_dead_actors(ttl: float) -> Generator[Statement, Rows, list[int]]:
-    """Return actors whose heartbeat is older than `ttl` seconds, or that have no row."""
-    rows = yield actor_sql.SELECT_DEAD_ACTORS, {"ttl": ttl, "limit": 100}
-    return [int(row[0]) for row in rows if row[0] is not None]
+def find_dead_actors(ttl: float, orphans: bool = True) -> Generator[Statement, Rows, list[int]]:
+    """Return actors whose heartbeat is older than `ttl` seconds, and with `orphans` those
+    that hold claims but have no row."""
+    rows = yield actor_sql.SELECT_EXPIRED_ACTORS, {"ttl": ttl, "limit": 100}
+    dead = [int(row[0]) for row in rows]
+    if orphans:
+        rows = yield actor_sql.SELECT_ORPHANED_CLAIMERS, {"limit": 100}
+        dead += [int(row[0]) for row in rows if row[0] is not None and row[0] not in dead]
+    return dead

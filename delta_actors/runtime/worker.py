@@ -217,6 +217,7 @@ class Worker:
         self._cancelling = False
         self._handed_back: list[Claim] = []
         self._replies_lost = False  # a claim failed: its rows may be ours without our knowing
+        self._claims_left = False  # a stop could not hand back or finish some claims
         self._main: asyncio.Task[None] | None = None
         self._producer: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -297,6 +298,7 @@ class Worker:
         # Results get a little time past the deadline: dropping them would only make
         # rescue run the jobs again.
         if not await self._completer.flush(max(deadline - loop.time(), 5.0)):
+            self._claims_left = True
             logger.error(
                 "stopped with %d job results unwritten; rescue will run them again",
                 self._completer.backlog, extra={"event": "worker.results_lost"},
@@ -586,6 +588,7 @@ class Worker:
                 [c.id for c in claims], [c.attempt for c in claims]
             )
         except (psycopg.Error, OSError) as exc:
+            self._claims_left = True
             logger.error(
                 "handing back %d claims failed, rescue will return them: %s", len(claims),
                 describe(exc),
@@ -615,6 +618,15 @@ class Worker:
         return (int(row[0]), float(row[1] or 0.0)) if row else (0, 0.0)
 
     async def _unregister(self) -> None:
+        if self._claims_left:
+            # The row stays: rescue finds it by its heartbeat's age (the TTL) and returns
+            # the claims we could not; without a row only its rarer look for claims of
+            # no actor would (leader/maintenance.py).
+            logger.warning(
+                "claims left behind: keeping actor %s's row for rescue", self.actor_id,
+                extra={"event": "worker.row_kept"},
+            )  # fmt: skip
+            return
         if self._owns_actor and self.actor_id is not None:
             await unregister_actor(self._pool, self.actor_id)
 

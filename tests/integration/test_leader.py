@@ -314,6 +314,34 @@ async def test_rescue_returns_dead_actors_claims_but_not_fresh_results(dsn):
         assert await Rescuer(pool, ttl=10).run_once() == {"actors": 0, "claims": 0}
 
 
+async def test_rescue_looks_for_claims_of_actors_without_a_row_at_once_then_less_often(dsn):
+    """A claim whose actor has no row (a safety net) is rescued at the first look; the
+    next look for such claims waits `orphan_interval` (it reads the whole running index),
+    while expired actors are looked for every time."""
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        client = delta.AsyncClient(pool)
+        jobs = await client.enqueue_many([Plain(n=i) for i in range(2)])
+
+        async def orphan(job_id: int) -> None:
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE delta_job SET state = 'running', attempt = 1, claimed_by = 999999,"
+                    " attempted_at = now() WHERE id = %s",
+                    (job_id,),
+                )
+
+        rescuer = Rescuer(pool, ttl=10, orphan_interval=0.5)
+        await orphan(jobs[0].id)
+        assert await rescuer.run_once() == {"actors": 1, "claims": 1}
+        await orphan(jobs[1].id)
+        assert await rescuer.run_once() == {"actors": 0, "claims": 0}  # not looked for yet
+        await asyncio.sleep(0.6)
+        assert await rescuer.run_once() == {"actors": 1, "claims": 1}
+        for job in jobs:
+            row = await client.get_job(job.id)
+            assert row is not None and row.state is delta.JobState.AVAILABLE
+
+
 class Cached(delta.Object, kind="cached"):
     key: str
 

@@ -16,6 +16,7 @@ from delta_actors.db.connection import component_conninfo
 from tests.blackhole import Blackhole
 from tests.integration.job_table import get_job, is_state, job_states
 from tests.integration.workers import running_worker
+from tests.roles import PASSWORD
 from tests.waiting import wait_until, wait_until_async
 
 AVAILABLE = delta.JobState.AVAILABLE
@@ -342,3 +343,34 @@ async def test_component_connections_find_a_silent_server_dead_within_seconds(ds
         # The DSN's own choice wins.
         given = component_conninfo(hole.dsn + " keepalives_idle=30", "delta-test")
         assert psycopg.conninfo.conninfo_to_dict(given)["keepalives_idle"] == "30"
+
+
+async def test_a_stop_that_cannot_hand_its_claims_back_keeps_its_row_for_rescue(role):
+    """The hand back fails (here: the role lost UPDATE on delta_job): the worker leaves
+    its actor row, so rescue finds it by its heartbeat's age and returns the claim."""
+    started = asyncio.Event()
+
+    async def nap(job: Nap) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    worker = delta.Worker(delta.App(jobs={Nap: nap}), role.dsn(PASSWORD), poll_interval=0.2)
+    await worker.start()
+    try:
+        async with await delta.AsyncClient.connect(role.db_dsn) as client:
+            job = await client.enqueue(Nap())
+        await asyncio.wait_for(started.wait(), 10)
+        with psycopg.connect(role.db_dsn, autocommit=True) as conn:
+            conn.execute(f'REVOKE UPDATE ON delta_job FROM "{role.name}"')
+        await worker.stop(timeout=0)
+        with psycopg.connect(role.db_dsn, autocommit=True) as conn:
+            actor = conn.execute(
+                "SELECT id FROM delta_actor WHERE id = %s", (worker.actor_id,)
+            ).fetchone()
+            claim = conn.execute(
+                "SELECT state::text, claimed_by FROM delta_job WHERE id = %s", (job.id,)
+            ).fetchone()
+        assert actor is not None  # kept: without it only the rarer look for orphans rescues
+        assert claim == ("running", worker.actor_id)
+    finally:
+        await worker.stop(timeout=0)
