@@ -296,15 +296,9 @@ REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
 # finished; a rescued or handed-back claim matches nothing and is reported stale. The
-# fence is written with IS NOT DISTINCT FROM, which no index serves and which does not
-# imply the running index's predicate, so the rows are found by their ids (the primary
-# key) whatever the statistics say. Written with `=`, the planner read the running
-# index by claimed_by when the statistics saw few running rows: while a snapshot is
-# held that index keeps every claim since (vacuum may remove none), and each batch read
-# them all (24 ms at four minutes of 1,500 jobs/s, and growing, against 0.2 ms; the
-# queue fell behind at the tenth minute). Arrays of numbers and labels come as literals
-# (completer.array_literal); errors, when a batch has any, as a binary array, else NULL
-# (unnest pads it with NULLs).
+# `= ANY` keeps the plan to primary-key lookups whatever the statistics say. Arrays of
+# numbers and labels come as literals (completer.array_literal); errors, when a batch has
+# any, as a binary array, else NULL (unnest pads it with NULLs).
 COMPLETE_JOBS: LiteralString = """
 UPDATE delta_job AS j
 SET state = u.state,
@@ -320,21 +314,19 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_s
             %(delays)s::float8[], %(errors)b::jsonb[], %(counts_attempts)s::boolean[])
      AS u(id, attempt, state, delay, error, counts_attempt)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
-  AND j.state IS NOT DISTINCT FROM 'running' AND j.attempt = u.attempt
-  AND j.claimed_by IS NOT DISTINCT FROM %(actor)s
+  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
 RETURNING j.id
 """
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
-# workers of the queue are woken to take it. Fenced as COMPLETE_JOBS is, and for the
-# same reason.
+# workers of the queue are woken to take it.
 HAND_BACK_JOBS: LiteralString = """
 WITH returned AS (
     UPDATE delta_job AS j
     SET state = 'available', attempt = j.attempt - 1, claimed_by = NULL
     FROM unnest(%s::bigint[], %s::smallint[]) AS u(id, attempt)
-    WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'running' AND j.attempt = u.attempt
-      AND j.claimed_by IS NOT DISTINCT FROM %s
+    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
+      AND j.claimed_by = %s
     RETURNING j.id, j.namespace
 )
 SELECT r.id, pg_notify('delta_jobs', r.namespace) FROM returned AS r

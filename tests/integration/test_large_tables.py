@@ -8,7 +8,6 @@ of them is the slope that a million resources exposed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -16,8 +15,6 @@ import pytest
 import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
 from delta_actors.db import job_sql, resource_sql, status_sql
-from delta_actors.queue.completer import job_params, work_params
-from delta_actors.queue.results import job_done, work_synced
 from delta_actors.resources.store import InformParams, inform, prepare
 
 ROWS = 200_000
@@ -119,42 +116,3 @@ def test_a_workers_look_for_cancel_requests_skips_the_jobs_it_claimed(dsn):
         conn.execute("ANALYZE delta_job")
         plan = _plan(conn, job_sql.SELECT_CANCEL_REQUESTS, {"actor": actor[0]})
     assert "delta_job_cancel_requested_idx" in plan, plan
-
-
-@pytest.mark.parametrize("statement", ["jobs", "works", "hand back"])
-def test_results_find_their_jobs_by_id_while_a_snapshot_fills_the_running_index(dsn, statement):
-    """200,000 claims of one actor finished while another session held a snapshot: the
-    running index still holds them all and the statistics see no running row. A batch
-    of results reads the primary key, not that index (which it read whole before)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        actor = conn.execute(
-            "INSERT INTO delta_actor (host, pid, namespace, role)"
-            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
-        ).fetchone()
-        assert actor is not None
-        with psycopg.connect(dsn) as holder:
-            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            holder.execute("SELECT 1").fetchone()
-            conn.execute(
-                """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
-                                          claimed_by, attempted_at)
-                   SELECT 'noop', 'default', '\\x', 'running', 1, 5, %s, now()
-                   FROM generate_series(1, %s)""",
-                (actor[0], ROWS),
-            )
-            conn.execute(
-                "UPDATE delta_job SET state = 'completed', claimed_by = NULL,"
-                " finalized_at = now() WHERE state = 'running'"
-            )
-            conn.execute("ANALYZE delta_job")
-            ids = [row[0] for row in conn.execute("SELECT id FROM delta_job LIMIT 50")]
-            if statement == "jobs":
-                params: Any = job_params([job_done(i, 1) for i in ids], actor[0])
-                plan = _plan(conn, job_sql.COMPLETE_JOBS, params)
-            elif statement == "works":
-                results = [work_synced(i, 1, 1) for i in ids]
-                plan = _plan(conn, resource_sql.COMPLETE_WORKS, work_params(results, actor[0]))
-            else:
-                plan = _plan(conn, job_sql.HAND_BACK_JOBS, (ids, [1] * len(ids), actor[0]))
-    assert "delta_job_running_idx" not in plan, plan
-    assert "delta_job_pkey" in plan, plan
