@@ -39,11 +39,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from benchlib import exit_cleanly_on_sigterm, wait_registered
+from benchlib import migrated_cluster, wait_registered
 
 import delta_actors as delta
-from delta_actors.db import migrations
-from delta_actors.local.cluster import throwaway_cluster
 
 TICK = 0.02  # seconds between enqueue batches
 WINDOW = 10.0  # seconds per lag window flushed by the actor
@@ -172,12 +170,8 @@ def main() -> None:
     parser.add_argument("--retention", type=float, default=60.0, help="completed_retention, s")
     parser.add_argument("--out", default="bench-results/sustained.json")
     args = parser.parse_args()
-    exit_cleanly_on_sigterm()
-    cluster = throwaway_cluster()
-    try:
-        dsn = cluster.dsn()
+    with migrated_cluster() as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            migrations.migrate(conn)
             conn.execute("CREATE TABLE bench_lag (at float8, n int, p50_ms float8, p99_ms float8)")
         env = {
             **os.environ, "DELTA_DATABASE_URL": dsn, "PYTHONPATH": str(Path(__file__).parent),
@@ -211,8 +205,6 @@ def main() -> None:
                 "SELECT at, n, p50_ms, p99_ms FROM bench_lag ORDER BY at"
             ).fetchall()
         minutes = per_minute(args.minutes, sent, samples, lags, start)
-    finally:
-        cluster.remove()
     print(f"{'min':>3} {'in/s':>6} {'out/s':>6} {'p50 ms':>8} {'p99 ms':>8} {'backlog':>8}"
           f" {'rows':>9} {'dead':>9} {'table MB':>9} {'idx MB':>7}")  # fmt: skip
     for m in minutes:
