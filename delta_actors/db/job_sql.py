@@ -296,7 +296,9 @@ REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
 # finished; a rescued or handed-back claim matches nothing and is reported stale. The
-# `= ANY` keeps the plan to primary-key lookups whatever the statistics say. Arrays of
+# `= ANY` offers the planner primary-key lookups, but with statistics that see few
+# running rows it reads the running index by claimed_by instead, which a held snapshot
+# fills with every claim since (a known limit: docs/performance.md). Arrays of
 # numbers and labels come as literals (completer.array_literal); errors, when a batch has
 # any, as a binary array, else NULL (unnest pads it with NULLs).
 COMPLETE_JOBS: LiteralString = """
