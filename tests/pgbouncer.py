@@ -118,6 +118,12 @@ class Bouncer:
         path = self.dir / "pgbouncer.log"
         return path.read_text()[-4000:] if path.exists() else ""
 
+    def check_alive(self) -> None:
+        """Fail, with the end of its log, if this PgBouncer has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            pytest.fail(f"pgbouncer ({self.mode}) exited with code {code}:\n{self.log()}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -157,12 +163,18 @@ def bouncers(pg_server: Server) -> Iterator[Bouncers]:
 
 
 @pytest.fixture
-def transaction_bouncer(bouncers: Bouncers) -> Bouncer:
+def transaction_bouncer(bouncers: Bouncers) -> Iterator[Bouncer]:
     """PgBouncer with pool_mode = transaction (skipped, saying why, without pgbouncer)."""
-    return bouncers.get("transaction")
+    bouncer = bouncers.get("transaction")
+    bouncer.check_alive()
+    yield bouncer
+    bouncer.check_alive()
 
 
 @pytest.fixture
-def session_bouncer(bouncers: Bouncers) -> Bouncer:
+def session_bouncer(bouncers: Bouncers) -> Iterator[Bouncer]:
     """PgBouncer with pool_mode = session (skipped, saying why, without pgbouncer)."""
-    return bouncers.get("session")
+    bouncer = bouncers.get("session")
+    bouncer.check_alive()
+    yield bouncer
+    bouncer.check_alive()

@@ -23,6 +23,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from delta_actors.cancellation import cancel_once
 from delta_actors.db.pooler import POOL_MODE_PARAM, target
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError, SchemaError
 
@@ -265,7 +266,7 @@ class HealingAsyncConnectionPool(AsyncConnectionPool):
         """Close the pool, after any check it is running."""
         healing, self._healing = self._healing, None
         if healing is not None:
-            healing.cancel()
+            cancel_once(healing)
             await asyncio.gather(healing, return_exceptions=True)
         await super().close(timeout)
 

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from delta_actors.app import App
+from delta_actors.cancellation import cancel_once
 from delta_actors.db import leader_sql
 from delta_actors.db.connection import connect_async, make_async_pool, translate_errors
 from delta_actors.db.migrations import check_schema_async
@@ -205,7 +206,7 @@ class Leader:
         duties, self._duties = self._duties, None
         if duties is not None:
             self.terms_lost += 1
-            duties.cancel()
+            cancel_once(duties)
             try:
                 await duties
             except asyncio.CancelledError:
@@ -280,7 +281,7 @@ class Leader:
         """Resign (handing over at once), stop the duties and unregister; idempotent."""
         if self._main is None or self._pool.closed:
             return
-        self._main.cancel()  # the elector resigns on cancellation
+        cancel_once(self._main)  # the elector resigns on cancellation
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self._main, timeout)
         await self._lost()

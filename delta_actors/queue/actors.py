@@ -18,7 +18,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.cancellation import cancel_once, raise_if_cancelling, settle
 from delta_actors.db import actor_sql
 from delta_actors.errors import ActorLostError
 from delta_actors.health import ComponentHealth, describe, log_failure
@@ -77,7 +77,7 @@ async def heartbeat(
             done, _ = await asyncio.wait({attempt}, timeout=timeout)
             error: BaseException | None
             if not done or attempt.cancelled():
-                attempt.cancel()
+                cancel_once(attempt)
                 error = TimeoutError(
                     f"no connection or no answer from PostgreSQL within {timeout:g}s"
                 )
@@ -102,9 +102,13 @@ async def heartbeat(
                     "heartbeat TTL?); stopping so that it restarts"
                 )
             last_ok = attempt_at
+    except asyncio.CancelledError:
+        if attempt is not None:
+            await settle([attempt])  # a moment for its cancel request; see cancellation.py
+        raise
     finally:
         if attempt is not None:
-            attempt.cancel()  # not awaited, for the same reason; _retrieve owns its end
+            cancel_once(attempt)  # not awaited, for the same reason; _retrieve owns its end
 
 
 async def _beat(

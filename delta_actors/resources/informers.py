@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from delta_actors import tracing
 from delta_actors.app import App, ControllerRegistration
-from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.cancellation import cancel_once, raise_if_cancelling
 from delta_actors.controller import InformOptions, runs_informer
 from delta_actors.db import leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
@@ -112,7 +112,7 @@ class InformerScheduler:
                 await asyncio.sleep(self._interval)
         finally:
             for task in self._running.values():
-                task.cancel()
+                cancel_once(task)
             await asyncio.gather(*self._running.values(), return_exceptions=True)
             self._running.clear()
 

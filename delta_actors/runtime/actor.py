@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import uvloop
 
 from delta_actors.app import App
+from delta_actors.cancellation import cancel_once, settle
 from delta_actors.errors import ActorLostError, ProtocolError
 from delta_actors.health import describe
 from delta_actors.leader.duties import Leader
@@ -129,6 +130,14 @@ class _Actor:
             self._body = self._worker
 
     async def run(self) -> int:
+        code = await self._run()
+        # Whatever is still running was cancelled and not waited for (the queue-depth
+        # read, a heartbeat given up): a moment for its cancel request to end, which
+        # closing the loop would otherwise interrupt (cancellation.py).
+        await settle(asyncio.all_tasks() - {asyncio.current_task()})
+        return code
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(log_unhandled)
         self._pipe.setblocking(False)
@@ -154,10 +163,10 @@ class _Actor:
         await asyncio.wait([body, stop, reader], return_when=asyncio.FIRST_COMPLETED)
         failure = self._failure_of(body, reader)
         for task in (reader, beats, body, stop):
-            task.cancel()
+            cancel_once(task)
         await asyncio.gather(reader, beats, body, stop, return_exceptions=True)
         if self._depth_read is not None:
-            self._depth_read.cancel()  # not awaited: over a cut network that takes seconds
+            cancel_once(self._depth_read)  # not awaited here: over a cut network, seconds
         if failure is not None:
             with contextlib.suppress(Exception):
                 await self._body.stop(timeout=0)
@@ -248,7 +257,7 @@ class _Actor:
         try:
             done, _ = await asyncio.wait({read}, timeout=self._spec.heartbeat_interval / 2)
         except asyncio.CancelledError:
-            read.cancel()
+            cancel_once(read)
             raise
         if done and not read.cancelled() and read.exception() is None:
             self._depth = read.result()

@@ -53,7 +53,7 @@ import psycopg
 
 from delta_actors import tracing
 from delta_actors.app import App
-from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.cancellation import cancel_once, raise_if_cancelling
 from delta_actors.client import AsyncClient
 from delta_actors.config import DEFAULT_NAMESPACE
 from delta_actors.context import open_context
@@ -288,7 +288,7 @@ class Worker:
         if leftover:
             self._cancelling = True
             for task in leftover:
-                task.cancel()
+                cancel_once(task)
             _, stubborn = await asyncio.wait(leftover, timeout=5.0)
             # A handler that swallows its cancellation keeps running; its claim goes
             # back all the same and its late result is fenced off.
@@ -303,7 +303,7 @@ class Worker:
                 "stopped with %d job results unwritten; rescue will run them again",
                 self._completer.backlog, extra={"event": "worker.results_lost"},
             )  # fmt: skip
-        self._main.cancel()
+        cancel_once(self._main)
         try:
             await self._main
         except asyncio.CancelledError:
@@ -369,7 +369,7 @@ class Worker:
                 self._on_lost(exc)
             for claim in self._running.values():
                 if claim.task is not None:
-                    claim.task.cancel()
+                    cancel_once(claim.task)
             raise
 
     # ------------------------------------------------------------------ claiming
@@ -541,7 +541,7 @@ class Worker:
             for claim in self._running.values():
                 if claim.deadline <= now and not claim.timed_out and claim.task is not None:
                     claim.timed_out = True
-                    claim.task.cancel()
+                    cancel_once(claim.task)
 
     async def _watch_cancel_requests(self) -> None:
         # Running plain jobs an operator cancelled (cancel_jobs): stop the run, which
@@ -564,7 +564,7 @@ class Worker:
                 claim = self._running.get(job_id)
                 if claim is not None and claim.task is not None and not claim.cancel_requested:
                     claim.cancel_requested = True
-                    claim.task.cancel()
+                    cancel_once(claim.task)
                     logger.info(
                         "job %d (%s) asked to stop by an operator", job_id, claim.kind,
                         extra={"event": "job.cancel_requested", "job_id": job_id},

@@ -55,6 +55,7 @@ import uvloop
 
 from delta_actors import tracing
 from delta_actors.app import App
+from delta_actors.cancellation import cancel_once
 from delta_actors.client import AsyncClient, Client
 from delta_actors.controller import runs_informer
 from delta_actors.db import actor_sql, job_sql, leader_sql, resource_sql
@@ -448,9 +449,9 @@ async def _with_deadline(claim: Claim, task: asyncio.Task[Result]) -> Result:
                 return task.result()
             if loop.time() >= claim.deadline and not claim.timed_out:
                 claim.timed_out = True
-                task.cancel()
+                cancel_once(task)
     except asyncio.CancelledError:
-        task.cancel()
+        cancel_once(task)
         raise
 
 

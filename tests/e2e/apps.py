@@ -121,6 +121,14 @@ app = delta.App(
 )
 
 
+# Six worker processes of one namespace: six queries in flight to cancel at a stop
+# (test_pooler.py).
+crowded_app = delta.App(
+    controllers=[TaskController()],
+    namespaces={"default": delta.Namespace(max_workers=2, processes=6)},
+)
+
+
 # ---------------------------------------------------------------- liveness (test_liveness.py)
 
 

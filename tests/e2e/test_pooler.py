@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import psycopg
 
 import delta_actors as delta
@@ -38,3 +41,38 @@ def test_supervise_behind_a_transaction_pooler_syncs_without_a_failed_claim(
     with psycopg.connect(e2e_dsn, autocommit=True) as conn:
         claimed = conn.execute("SELECT count(*) FROM delta_job WHERE state = 'running'")
         assert claimed.fetchone() == (0,)
+
+
+def test_a_stop_while_queries_wait_behind_a_pooler_leaves_the_pooler_up(
+    e2e_dsn, session_bouncer, tmp_path
+):
+    """SIGTERM while six workers' queries wait on a lock: each is cancelled once.
+
+    A second cancellation interrupts psycopg's cancel request and closes the connection
+    with that request in flight, which PgBouncer 1.18 does not survive in either pool mode
+    (cancellation.py): every client of the pooler would lose it. In session mode each
+    query is on a server connection of its own, so each waits in the server when the stop
+    cancels it. The fixture checks PgBouncer after the test.
+    """
+    through = session_bouncer.dsn(e2e_dsn)
+    process = Supervise(through, tmp_path, app="tests.e2e.apps:crowded_app")
+    try:
+        process.wait_started(7)
+        with psycopg.connect(e2e_dsn) as locker:  # direct, not through PgBouncer
+            locker.execute("LOCK TABLE delta_job IN ACCESS EXCLUSIVE MODE")
+            wait_until(lambda: lock_waiters(e2e_dsn) >= 6, 10, "6 queries waiting on the lock")
+            process.signal(signal.SIGTERM)
+            time.sleep(1.0)  # the stop cancels the waiting queries meanwhile
+        code = process.wait(30)
+    finally:
+        process.stop()
+    assert code == 0, process.log
+    assert "query cancellation interrupted" not in process.log, process.log
+
+
+def lock_waiters(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'delta_job'::regclass AND NOT granted"
+        ).fetchone()
+    return int(row[0]) if row else 0
