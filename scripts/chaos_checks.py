@@ -211,7 +211,7 @@ class HarnessChecks:
 
         Rescue needs PostgreSQL (each restart in the window adds its downtime and a
         second to reconnect) and, when the victim's supervisor is gone too, a leader
-        (each leader or supervisor kill in the window adds a lease TTL for the failover).
+        (each fault in the window that stops the leader adds a failover, `_failover`).
         """
         bound = RESCUE_BOUND
         for other in self.faults:
@@ -222,12 +222,12 @@ class HarnessChecks:
             elif other.kind in ("kill_leader", "kill_supervisor") or (
                 other.host is not None and other.stops_leader
             ):
-                bound += LEASE_TTL + RESCUE_INTERVAL
+                bound += self._failover(other)
         if fault.stops_leader and fault.kind != "kill_leader":
             # It took the leader with it (its supervisor killed, its host cut off): rescue
             # that needs a leader waits for a failover first. (A killed leader holds no
             # claims of its own to rescue.)
-            bound += LEASE_TTL + RESCUE_INTERVAL
+            bound += self._failover(fault)
         if fault.host is not None and self.args.server_timeouts:
             bound += SESSION_END_BOUND  # its sessions' row locks, until the server ends them
         if fault.kind == "net_oneway":
@@ -235,6 +235,22 @@ class HarnessChecks:
             # after the cut commits, and the TTL counts from there.
             bound += HEARTBEAT + max(HEARTBEAT, 1.0)
         return bound
+
+    def _failover(self, fault: Fault) -> float:
+        """How long a fault that stopped the leader can hold up a rescue.
+
+        The lease lapses a TTL after the last renewal that committed; a candidate takes
+        it at its next attempt (every third of the TTL, + 10 % jitter) and its rescuer
+        runs within an interval. A leader cut off one way renews once more (a renewal
+        sent in the first third of the TTL after the cut still arrives), and a cut-off
+        leader's sessions hold their row locks until the server ends them.
+        """
+        failover = LEASE_TTL + LEASE_TTL / 3 * 1.1 + RESCUE_INTERVAL
+        if fault.kind == "net_oneway":
+            failover += LEASE_TTL / 3
+        if fault.host is not None and self.args.server_timeouts:
+            failover += SESSION_END_BOUND
+        return failover
 
     def run_records(self) -> dict[str, tuple[str, str, Run]]:
         """Run id -> (kind, object id, Run): the records in PostgreSQL and the journals.
