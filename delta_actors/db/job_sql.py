@@ -296,17 +296,11 @@ REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
 # Fenced: only a claim that is still current (running, same attempt, same actor) is
 # finished; a rescued or handed-back claim matches nothing and is reported stale. The
-# rows are found by their ids alone: the planner walks the unnest and probes the primary
-# key for each id, whatever the statistics say. The fence is written with IS NOT
-# DISTINCT FROM, which no index serves and which does not imply the running index's
-# predicate: written with `=`, it let the planner read the running index by claimed_by
-# when the statistics saw few running rows, and while a snapshot is held that index
-# keeps every claim since (37-53 ms a batch at 200,000 dead entries against 1.5 ms, and
-# the queue fell behind at the tenth minute of 1,500 jobs/s). Nor is there a
-# `j.id = ANY(ids)`: with it the planner took the rows from the primary key first, and
-# ran the unnest again for each (8-10 ms a batch). Arrays of numbers and labels come as
-# literals (completer.array_literal); errors, when a batch has any, as a binary array,
-# else NULL (unnest pads it with NULLs).
+# `= ANY` offers the planner primary-key lookups, but with statistics that see few
+# running rows it reads the running index by claimed_by instead, which a held snapshot
+# fills with every claim since (a known limit: docs/performance.md). Arrays of
+# numbers and labels come as literals (completer.array_literal); errors, when a batch has
+# any, as a binary array, else NULL (unnest pads it with NULLs).
 COMPLETE_JOBS: LiteralString = """
 UPDATE delta_job AS j
 SET state = u.state,
@@ -321,21 +315,20 @@ SET state = u.state,
 FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
             %(delays)s::float8[], %(errors)b::jsonb[], %(counts_attempts)s::boolean[])
      AS u(id, attempt, state, delay, error, counts_attempt)
-WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'running' AND j.attempt = u.attempt
-  AND j.claimed_by IS NOT DISTINCT FROM %(actor)s
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
 RETURNING j.id
 """
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
-# workers of the queue are woken to take it. Fenced as COMPLETE_JOBS is, and for the
-# same reason.
+# workers of the queue are woken to take it.
 HAND_BACK_JOBS: LiteralString = """
 WITH returned AS (
     UPDATE delta_job AS j
     SET state = 'available', attempt = j.attempt - 1, claimed_by = NULL
     FROM unnest(%s::bigint[], %s::smallint[]) AS u(id, attempt)
-    WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'running' AND j.attempt = u.attempt
-      AND j.claimed_by IS NOT DISTINCT FROM %s
+    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
+      AND j.claimed_by = %s
     RETURNING j.id, j.namespace
 )
 SELECT r.id, pg_notify('delta_jobs', r.namespace) FROM returned AS r

@@ -98,8 +98,7 @@ RESOURCE_COLUMNS: LiteralString = resource_columns(
 THEN 'running' ELSE r.state::text END"""
 )
 
-# Results of resource works, fenced like COMPLETE_JOBS (and found by their ids alone, for
-# the same reasons). A resource work's job is always
+# Results of resource works, fenced like COMPLETE_JOBS. A resource work's job is always
 # finished here, never put back in the queue: a retry or requeue is a new queued work,
 # inserted ON CONFLICT DO NOTHING, because an inform may have queued one meanwhile (which
 # reads the newest object anyway). The resource takes the outcome only if its generation
@@ -118,8 +117,8 @@ finished AS (
         errors = CASE WHEN u.error IS NULL THEN j.errors
                       ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
     FROM u
-    WHERE j.id = u.id AND j.state IS NOT DISTINCT FROM 'running' AND j.attempt = u.attempt
-      AND j.claimed_by IS NOT DISTINCT FROM %(actor)s
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
+      AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
     RETURNING j.id, j.resource_id, j.attempted_at
 ),
 locked AS (

@@ -7,9 +7,7 @@ of them is the slope that a million resources exposed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,8 +15,6 @@ import pytest
 import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
 from delta_actors.db import job_sql, resource_sql, status_sql
-from delta_actors.queue.completer import job_params, work_params
-from delta_actors.queue.results import job_done, work_synced
 from delta_actors.resources.store import InformParams, inform, prepare
 
 ROWS = 200_000
@@ -120,67 +116,3 @@ def test_a_workers_look_for_cancel_requests_skips_the_jobs_it_claimed(dsn):
         conn.execute("ANALYZE delta_job")
         plan = _plan(conn, job_sql.SELECT_CANCEL_REQUESTS, {"actor": actor[0]})
     assert "delta_job_cancel_requested_idx" in plan, plan
-
-
-LIVE_CLAIMS = 50
-CLAIM_JOB = """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
-                                      claimed_by, attempted_at)
-               SELECT 'noop', 'default', '\\x', 'running', 1, 5, %s, now()
-               FROM generate_series(1, %s) RETURNING id"""
-
-
-@pytest.mark.parametrize("statement", ["jobs", "works", "hand back"])
-@pytest.mark.parametrize("snapshot", ["held", "none"])
-def test_results_probe_the_primary_key_once_per_id(dsn, statement, snapshot):
-    """A batch of results for 50 live claims, beside 200,000 claims of the same actor that
-    ended: while another session held a snapshot (the running index still holds them all
-    and the statistics see no running row), or with none (vacuumed). Either way the batch
-    walks its ids once and probes the primary key for each: not the running index (read
-    whole before, 37-53 ms a batch), and not the ids again for each row found (8-10 ms)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        actor = conn.execute(
-            "INSERT INTO delta_actor (host, pid, namespace, role)"
-            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
-        ).fetchone()
-        assert actor is not None
-        with psycopg.connect(dsn) as holder:
-            if snapshot == "held":
-                holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                holder.execute("SELECT 1").fetchone()
-            conn.execute(CLAIM_JOB, (actor[0], ROWS))
-            conn.execute(
-                "UPDATE delta_job SET state = 'completed', claimed_by = NULL,"
-                " finalized_at = now() WHERE state = 'running'"
-            )
-            ids = [row[0] for row in conn.execute(CLAIM_JOB, (actor[0], LIVE_CLAIMS))]
-            conn.execute("ANALYZE delta_job" if snapshot == "held" else "VACUUM ANALYZE delta_job")
-            if statement == "jobs":
-                params: Any = job_params([job_done(i, 1) for i in ids], actor[0])
-                plan, done = _run_planned(conn, job_sql.COMPLETE_JOBS, params)
-            elif statement == "works":
-                results = [work_synced(i, 1, 1) for i in ids]
-                params = work_params(results, actor[0])
-                plan, done = _run_planned(conn, resource_sql.COMPLETE_WORKS, params)
-            else:
-                params = (ids, [1] * len(ids), actor[0])
-                plan, done = _run_planned(conn, job_sql.HAND_BACK_JOBS, params)
-    assert done == LIVE_CLAIMS, plan  # the fence let every live claim through
-    assert "delta_job_running_idx" not in plan, plan
-    lines = plan.splitlines()
-    probes = [line for line in lines if "using delta_job_pkey on delta_job j" in line]
-    assert probes and all(f"loops={LIVE_CLAIMS})" in line for line in probes), plan
-    ids_walked = [line for line in lines if re.search(r"(Function|CTE) Scan on u ", line)]
-    assert ids_walked and all("loops=1)" in line for line in ids_walked), plan
-
-
-def _run_planned(conn: psycopg.Connection, statement: str, params: object) -> tuple[str, int]:
-    """The plan a statement ran with (EXPLAIN ANALYZE, rolled back) and the rows it changed."""
-    with conn.transaction(force_rollback=True):
-        rows = conn.execute(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + statement,
-            params,  # type: ignore[arg-type]
-            prepare=False,
-        ).fetchall()
-    plan = "\n".join(row[0] for row in rows)
-    changed = re.search(r"Update on delta_job j \(actual rows=(\d+)", plan)
-    return plan, int(changed.group(1)) if changed else -1
