@@ -8,6 +8,8 @@ have a LIMIT. Counting resources by kind and state would read the whole resource
 (about a second per million rows): below `EXACT_RESOURCES_BELOW` rows it does, past it
 the counts are estimates (`ResourceCount.estimated`) from the planner's statistics
 (`_count_resources`), except the failed, degraded and running ones, which stay exact.
+A namespace's available jobs are counted up to `QUEUE_COUNT_CAP` and estimated past it
+(`QueueStatus.available_estimated`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ EXACT_RESOURCES_BELOW = 100_000
 # States whose counts an estimate would blur, counted exactly (a partial index, the slots).
 _EXACT_STATES = ("failed", "degraded", "running")
 RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
+QUEUE_PARAMS = {"window": RATE_WINDOW, "cap": status_sql.QUEUE_COUNT_CAP}
 
 
 class LeaderStatus(msgspec.Struct, frozen=True):
@@ -86,6 +89,8 @@ class QueueStatus(msgspec.Struct, frozen=True):
     lag: float  # seconds the oldest available work has been due; 0 when none is
     finished_per_second: float  # works and jobs finished over the last RATE_WINDOW
     paused_at: datetime | None = None  # paused (`delta-actors pause`) since then
+    # `available` is the planner's estimate: the count stopped at QUEUE_COUNT_CAP.
+    available_estimated: bool = False
 
 
 class Failure(msgspec.Struct, frozen=True):
@@ -200,7 +205,10 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
         leader = conn.execute(status_sql.SELECT_LEADER).fetchone()
         actors = conn.execute(status_sql.SELECT_ACTORS).fetchall()
         resources = count_resources(conn, exact_below)
-        queues = conn.execute(status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}).fetchall()
+        queues = conn.execute(status_sql.SELECT_QUEUES, QUEUE_PARAMS).fetchall()
+        estimates: dict[str, int] = {
+            ns: estimate_available(conn, ns) for ns, *_, capped in queues if capped
+        }
         paused: dict[str, datetime] = dict(
             conn.execute(job_sql.SELECT_PAUSED_NAMESPACES).fetchall()
         )
@@ -229,14 +237,15 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
         queues=[
             QueueStatus(
                 ns,
-                available,
+                estimates.get(ns, int(available)),
                 running,
                 waiting,
                 lag or 0.0,
                 finished / RATE_WINDOW,
                 paused.pop(ns, None),
+                available_estimated=capped,
             )
-            for ns, available, running, waiting, lag, finished in queues
+            for ns, available, running, waiting, lag, finished, capped in queues
         ]
         + [QueueStatus(ns, 0, 0, 0, 0.0, 0.0, at) for ns, at in sorted(paused.items())],
         failures=[
@@ -249,6 +258,12 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
         ],
         periodic=[PeriodicStatus(*row) for row in periodic],
     )
+
+
+def estimate_available(conn: psycopg.Connection, namespace: str) -> int:
+    """A namespace's available jobs as the planner reckons, past the counted cap."""
+    row = conn.execute(status_sql.ESTIMATE_AVAILABLE, (namespace,)).fetchone()
+    return status_sql.planned_rows(row[0] if row else None)
 
 
 def count_resources(

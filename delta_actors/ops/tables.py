@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from delta_actors.db.status_sql import QUEUE_COUNT_CAP
 from delta_actors.model.resource import State
 from delta_actors.ops.operate import Done, JobLine, Listing, ResourceLine
 from delta_actors.ops.status import ActorStatus, ResourceDetail, Status
@@ -118,13 +119,19 @@ def _queues(status: Status) -> str:
     if not status.queues:
         return "no jobs"
     rows = [
-        (q.namespace, q.available, q.running, q.waiting, format_age(q.lag),
+        (q.namespace, f"~{q.available}" if q.available_estimated else q.available,
+         q.running, q.waiting, format_age(q.lag),
          round(q.finished_per_second, 1),
          "-" if q.paused_at is None else f"since {format_time(q.paused_at)}")
         for q in status.queues
     ]  # fmt: skip
     headers = ("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S", "PAUSED")
-    return table(headers, rows)
+    rendered = table(headers, rows)
+    if any(q.available_estimated for q in status.queues):
+        rendered += (
+            f"\n~: estimated from the planner's statistics (counted up to {QUEUE_COUNT_CAP:,})"
+        )
+    return rendered
 
 
 def _periodic(status: Status) -> str:

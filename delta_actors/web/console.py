@@ -22,6 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from delta_actors.client import AsyncClient
+from delta_actors.db import status_sql
 from delta_actors.db.connection import (
     connect_async,
     make_async_pool,
@@ -112,6 +113,7 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = when
     env.filters["number"] = lambda n: f"{n:,}"
     env.globals["query"] = query
+    env.globals["queue_cap"] = status_sql.QUEUE_COUNT_CAP
     return env
 
 

@@ -42,6 +42,7 @@ KINDS = 100  # kinds shown on the overview
 CHART_MINUTES = 60
 SETTLED = 120.0  # seconds after its end when a minute's count no longer changes
 RATE_WINDOW = 60.0  # seconds of finished works in a queue's pace
+QUEUE_PARAMS = {"window": RATE_WINDOW, "cap": status_sql.QUEUE_COUNT_CAP}
 TROUBLED = (State.FAILED.value, State.DEGRADED.value)
 ESTIMATED_STATES = tuple(s.value for s in State if s.value not in (*TROUBLED, "running"))
 
@@ -77,6 +78,7 @@ class Namespace:
     waiting: int = 0
     lag: float = 0.0
     finished_per_minute: list[int] = field(default_factory=list)
+    available_estimated: bool = False  # counted up to QUEUE_COUNT_CAP, then estimated
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
         [
             (status_sql.SELECT_LEADER, None),
             (status_sql.SELECT_ACTORS, None),
-            (status_sql.SELECT_QUEUES, {"window": RATE_WINDOW}),
+            (status_sql.SELECT_QUEUES, QUEUE_PARAMS),
             (console_sql.SELECT_NAMESPACES, None),
             (status_sql.SELECT_INFORMERS_STATUS, None),
         ],
@@ -224,9 +226,15 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
     by_name: dict[str, Namespace] = {
         name: Namespace(name, paused_at) for name, paused_at in namespaces
     }
-    for name, available, running, waiting, lag, _finished in queues:
+    for name, counted, running, waiting, lag, _finished, capped in queues:
         paused = by_name[name].paused_at if name in by_name else None
-        by_name[name] = Namespace(name, paused, available, running, waiting, lag or 0.0)
+        available = counted
+        if capped:
+            estimate = await _one(conn, status_sql.ESTIMATE_AVAILABLE, (name,))
+            available = status_sql.planned_rows(estimate[0] if estimate else None)
+        by_name[name] = Namespace(
+            name, paused, available, running, waiting, lag or 0.0, available_estimated=capped
+        )
     for name in finished:
         by_name.setdefault(name, Namespace(name, None))
     return Overview(
@@ -241,6 +249,7 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
                 ns.waiting,
                 ns.lag,
                 finished.get(ns.name, [0] * CHART_MINUTES),
+                ns.available_estimated,
             )
             for ns in sorted(by_name.values(), key=lambda n: n.name)
         ],

@@ -7,6 +7,7 @@ of them is the slope that a million resources exposed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
 from delta_actors.db import job_sql, resource_sql, status_sql
+from delta_actors.ops.status import read_status
 from delta_actors.resources.store import InformParams, inform, prepare
 
 ROWS = 200_000
@@ -116,3 +118,28 @@ def test_a_workers_look_for_cancel_requests_skips_the_jobs_it_claimed(dsn):
         conn.execute("ANALYZE delta_job")
         plan = _plan(conn, job_sql.SELECT_CANCEL_REQUESTS, {"actor": actor[0]})
     assert "delta_job_cancel_requested_idx" in plan, plan
+
+
+def test_status_counts_a_large_queue_up_to_the_cap_and_estimates_past_it(large):
+    """200,000 queued works in one namespace, 5 in another: status reads no more than
+    the cap of either, and says which count is an estimate."""
+    large.execute(
+        """INSERT INTO delta_job (kind, namespace, args, max_attempts)
+           SELECT 'noop', 'reports', '\\x', 5 FROM generate_series(1, 5)"""
+    )
+    large.execute("ANALYZE delta_job")
+    params = {"window": 60.0, "cap": status_sql.QUEUE_COUNT_CAP}
+    plan = "\n".join(
+        row[0]
+        for row in large.execute(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + status_sql.SELECT_QUEUES, params
+        )
+    )
+    most = max(int(n) for n in re.findall(r"actual rows=(\d+)", plan))
+    assert most <= (status_sql.QUEUE_COUNT_CAP + 1) * 2, plan  # two namespaces' samples
+    queues = {q.namespace: q for q in read_status(large).queues}
+    default, reports = queues["default"], queues["reports"]
+    assert default.available_estimated
+    assert 0.8 * ROWS <= default.available <= 1.2 * ROWS, default
+    assert default.lag > 0
+    assert (reports.available, reports.available_estimated) == (5, False)
