@@ -46,7 +46,13 @@ class Example:
             raise AssertionError(f"the example exited {self.proc.returncode}:\n{self.log}")
         if not self.out.exists():
             return {}
-        return {path.stem: json.loads(path.read_text()) for path in self.out.glob("*.json")}
+        found = {}
+        for path in self.out.glob("*.json"):
+            try:  # written by a rename, so whole; but it may go between the glob and here
+                found[path.stem] = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+        return found
 
     def stop(self) -> int:
         """SIGTERM (a graceful shutdown) and return the exit code."""
