@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors.db import job_sql
+from delta_actors.model.limits import Limit
 from delta_actors.queue.claimer import Claimer
-from delta_actors.queue.floors import Floors, Sweeper
+from delta_actors.queue.floors import UNLIMITED, Floors, Sweeper
 from tests.integration.workers import running_worker
 from tests.objects import Keyed
 from tests.waiting import wait_until_async
 
 
 class Ping(delta.Job, kind="ping"):
+    n: int
+
+
+class SlowApi(delta.Job, kind="slow-api", concurrency=3):
     n: int
 
 
@@ -56,13 +62,18 @@ async def test_a_job_committed_below_the_floor_is_found_by_the_sweep(dsn):
         await client.close()
 
 
-def _claim_buffers(conn: psycopg.Connection, floors: list[object]) -> int:
+def _claim_buffers(
+    conn: psycopg.Connection,
+    floors: list[object],
+    claim: LiteralString = job_sql.CLAIM_JOBS,
+    **params: object,
+) -> int:
     """Shared buffers the claim's read of the claim index (and the rows it points at)
     touches with `floors` (the claim run and rolled back)."""
     with conn.transaction(force_rollback=True):
         rows = conn.execute(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + job_sql.CLAIM_JOBS,
-            {**_claim_params(), "floors": floors},
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + claim,
+            {**_claim_params(), **params, "floors": floors},
         ).fetchall()
     plan = "\n".join(row[0] for row in rows)
     match = re.search(r"using delta_job_claim_idx.*?Buffers: shared hit=(\d+)", plan, re.S)
@@ -99,6 +110,35 @@ async def test_claims_do_not_read_dead_row_versions_behind_a_held_snapshot(dsn):
         # Pages, not rows: 5,000 dead versions lie on about a hundred heap pages.
         assert from_floors < 20, from_floors
         assert from_start > 60, from_start
+    finally:
+        await claimer.close()
+        await client.close()
+
+
+async def test_a_limited_kinds_backlog_costs_the_other_kinds_claims_nothing(dsn):
+    """Jobs of a kind at its limit wait in the claim index ahead of the other kinds'.
+    Once the other kinds' claim took a job queued after that backlog, its floors lie past
+    it: its next claims read none of the backlog, where one from the start reads it all
+    (a kind at its limit holds no other kind up)."""
+    client = await delta.AsyncClient.connect(dsn)
+    claimer = Claimer(dsn, "default", floors=Floors(margin=0.0))
+    limits = {"slow-api": Limit(concurrency=3)}
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            await client.enqueue_many([SlowApi(n=i) for i in range(5000)])
+            await client.enqueue_many([Ping(n=i) for i in range(5)])
+            rows = await claimer.claim_limited(_claim_params(), limits)
+            assert sorted(row[1] for row in rows) == ["ping"] * 5 + ["slow-api"] * 3
+            await client.enqueue(Ping(n=5))
+            params = {"claim": job_sql.CLAIM_UNLIMITED_JOBS, "limited": list(limits)}
+            from_floors = _claim_buffers(conn, list(claimer.floors.of(UNLIMITED)), **params)
+            from_start = _claim_buffers(conn, list(Floors().of()), **params)
+            # Its limit reached (3 running), the limited kind takes nothing; the job queued
+            # after its backlog is taken.
+            rows = await claimer.claim_limited(_claim_params(), limits)
+            assert [row[1] for row in rows] == ["ping"]
+        assert from_floors < 25, (from_floors, from_start)
+        assert from_start > 60, (from_floors, from_start)
     finally:
         await claimer.close()
         await client.close()
