@@ -76,12 +76,17 @@ def migrate(
 
     `on_applying(done, total, migration)` is called before each migration is applied.
     A schema that is current is only read, not locked or written: a role without DDL
-    rights can run this as a deploy-time check.
+    rights can run this as a deploy-time check. A schema newer than this code is a
+    SchemaError saying to upgrade, also before anything is locked or written: it is not
+    "nothing to do", since this code refuses to run on it.
     """
     with conn.transaction():  # the read ends as a run that applies would (or a savepoint)
         current = current_version(conn)
-    if current == required_version():
+    problem = schema_problem(current)
+    if problem is None:
         return []
+    if current > required_version():
+        raise SchemaError(problem)
     with conn.transaction():
         # Lock first: two concurrent CREATE TABLE IF NOT EXISTS race on the catalog.
         conn.execute(migration_sql.LOCK_MIGRATIONS)

@@ -350,3 +350,30 @@ def test_migrate_check_reads_the_version_and_changes_nothing(empty_dsn, role):
     assert current.returncode == 0, current.stderr
     version = migrations.required_version()
     assert current.stdout.startswith(f"schema is at version {version}, nothing to do")
+
+
+def test_migrate_on_a_schema_newer_than_this_code_says_upgrade_and_changes_nothing(dsn, role):
+    """Not "nothing to do": this code would refuse to run on it. Said before any DDL, so a
+    DML-only role hears the same, not a permission error."""
+    from psycopg import sql
+
+    newer = migrations.required_version() + 1
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO delta_migration (version, name) VALUES (%s, 'from_the_future')", (newer,)
+        )
+        admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+        before = _schema_snapshot(admin)
+    for where in (dsn, role.dsn(PASSWORD)):
+        for argv in (["migrate"], ["migrate", "--check"]):
+            done = subprocess.run([*CLI, *argv, "--dsn", where], capture_output=True, text=True,
+                                  timeout=60, check=False)  # fmt: skip
+            shown = f"{argv} at {where}: {done.stdout}{done.stderr}"
+            assert done.returncode == 1, shown
+            assert done.stderr.startswith(f"error: the database schema is at version {newer}, "
+                                          "newer than this delta_actors knows"), shown  # fmt: skip
+            assert "upgrade delta_actors" in done.stderr, shown
+            assert "nothing to do" not in done.stdout, shown
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        assert _schema_snapshot(admin) == before
