@@ -2,8 +2,11 @@
 
 Invariants:
 - Every psycopg error that reaches our callers passes `translate_errors` and comes out a
-  `DatabaseError` (or a subclass: `SchemaError`; `EncodeError` for a value PostgreSQL
-  cannot store), the cause kept, a password never in the message.
+  `DatabaseError` (`SchemaError`, a subclass, for a missing or incomplete schema), the
+  cause kept, a password never in the message. The one exception is a value PostgreSQL
+  cannot store (a NUL in a text, a key too big for its index): an `EncodeError`, which
+  is not a `DatabaseError`, since the caller must change the value and a retry of
+  database trouble must not retry it.
 - Every connection we open goes through `connect`, `make_pool` or takes
   `target(dsn).connect_kwargs` itself (db/pooler.py): behind a transaction pooler none
   prepares a statement or keeps a setting.

@@ -21,6 +21,18 @@ RECORD_MIGRATION: LiteralString = "INSERT INTO delta_migration (version, name) V
 
 SELECT_MIGRATION_TABLE_EXISTS: LiteralString = "SELECT to_regclass('delta_migration') IS NOT NULL"
 
+# Schemas holding a delta_migration that the role may not use. Name lookup skips such a
+# schema (to_regclass() sees nothing), so without this the role would be told that the
+# schema is at version 0 and to migrate, when what it lacks is USAGE on the schema.
+SELECT_UNUSABLE_MIGRATION_SCHEMAS: LiteralString = """
+SELECT n.nspname, current_user
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relname = 'delta_migration' AND c.relkind = 'r'
+  AND NOT has_schema_privilege(n.oid, 'USAGE')
+ORDER BY n.nspname
+"""
+
 SELECT_SCHEMA_VERSION: LiteralString = "SELECT coalesce(max(version), 0) FROM delta_migration"
 
 # What the actors write, for supervise's check before it forks: every table of ours that

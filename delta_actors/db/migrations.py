@@ -20,7 +20,7 @@ import psycopg
 
 from delta_actors.db import migration_sql
 from delta_actors.db.connection import Rows, Statement, drive, drive_async
-from delta_actors.errors import SchemaError
+from delta_actors.errors import DatabaseError, SchemaError
 
 _FILE_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -76,12 +76,17 @@ def migrate(
 
     `on_applying(done, total, migration)` is called before each migration is applied.
     A schema that is current is only read, not locked or written: a role without DDL
-    rights can run this as a deploy-time check.
+    rights can run this as a deploy-time check. A schema newer than this code is a
+    SchemaError saying to upgrade, also before anything is locked or written: it is not
+    "nothing to do", since this code refuses to run on it.
     """
     with conn.transaction():  # the read ends as a run that applies would (or a savepoint)
         current = current_version(conn)
-    if current == required_version():
+    problem = schema_problem(current)
+    if problem is None:
         return []
+    if current > required_version():
+        raise SchemaError(problem)
     with conn.transaction():
         # Lock first: two concurrent CREATE TABLE IF NOT EXISTS race on the catalog.
         conn.execute(migration_sql.LOCK_MIGRATIONS)
@@ -100,9 +105,21 @@ def migrate(
 
 
 def read_version() -> Generator[Statement, Rows, int]:
-    """The highest applied migration version, 0 for an unmigrated database (drive it)."""
+    """The highest applied migration version, 0 for an unmigrated database (drive it).
+
+    Raises DatabaseError naming the grant when the schema holding delta_migration is one
+    the role may not use: that database is not unmigrated, and migrating is not the fix.
+    """
     exists = yield migration_sql.SELECT_MIGRATION_TABLE_EXISTS, None
     if not exists or not exists[0][0]:
+        unusable = yield migration_sql.SELECT_UNUSABLE_MIGRATION_SCHEMAS, None
+        if unusable:
+            schema, role = unusable[0]
+            raise DatabaseError(
+                f"the role {role!r} may not use the schema {schema!r}, which holds the "
+                f"delta_actors schema (delta_migration): grant it, `GRANT USAGE ON SCHEMA "
+                f"{schema} TO {role}`, or connect as a role that has it"
+            )
         return 0
     rows = yield migration_sql.SELECT_SCHEMA_VERSION, None
     return int(rows[0][0]) if rows else 0

@@ -43,6 +43,42 @@ def test_supervise_behind_a_transaction_pooler_syncs_without_a_failed_claim(
         assert claimed.fetchone() == (0,)
 
 
+def test_supervise_behind_a_transaction_pooler_listens_on_its_listen_dsn(
+    e2e_dsn, transaction_bouncer, tmp_path
+):
+    """`--listen-dsn` reaches every worker actor: each LISTENs on the direct connection
+    (through the transaction pooler nothing may LISTEN), and work still flows."""
+    through = transaction_bouncer.dsn(e2e_dsn)
+    process = Supervise(
+        through, tmp_path, "--pool-mode", "transaction", "--listen-dsn", e2e_dsn
+    )  # fmt: skip
+    try:
+        process.wait_started(ACTORS)
+        workers = {namespace for _, namespace, role in process.actors() if role != "leader"}
+        expected = {f"delta-listen-{namespace}" for namespace in workers}
+        wait_until(lambda: listening(e2e_dsn) == expected, 30, f"LISTENs of {sorted(expected)}")
+        with delta.Client.connect(f"{through} delta_pool_mode=transaction") as client:
+            client.inform_many([Task(key=f"t{i}") for i in range(20)])
+        wait_until(lambda: states(e2e_dsn).get("synced") == 20, 30, "20 synced resources")
+    finally:
+        process.stop()
+    assert process.proc.returncode == 0, process.log
+    assert "actors LISTEN on the listen DSN" in process.log
+    failures = [line for line in process.log.splitlines() if any(f in line for f in FAILURES)]
+    assert not failures, "\n".join(failures)
+
+
+def listening(dsn: str) -> set[str]:
+    """application_name of each worker's listener session of this database that LISTENs."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'delta-listen-%'"
+            " AND query LIKE 'LISTEN %'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
 def test_a_stop_while_queries_wait_behind_a_pooler_leaves_the_pooler_up(
     e2e_dsn, session_bouncer, tmp_path
 ):

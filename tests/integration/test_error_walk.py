@@ -2,7 +2,8 @@
 
 The walk calls every public method of `Client` and `AsyncClient` (the tables below must
 name each one: a new method fails the walk until it is added), then the worker and every
-CLI command that takes a DSN, under three faults:
+CLI command that takes a DSN (COMMANDS, checked the same way against the CLI's commands),
+under three faults:
 
 - a wrong `conn`: the other kind of psycopg connection, or no connection at all, for the
   `*_tx` methods; a client made over something that is not a pool of the right kind for
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import click
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -110,6 +112,15 @@ async def call_async(client: delta.AsyncClient, name: str, call: Call, conn: Any
     await result
 
 
+def assert_cause_kept(name: str, error: BaseException) -> None:
+    """The psycopg (or psycopg_pool) error behind a DatabaseError is its cause. `subscribe`
+    on a closed client refuses before psycopg is asked anything: there is no cause."""
+    if name == "subscribe" and "pool 'delta-client' is closed" in str(error):
+        assert error.__cause__ is None
+        return
+    assert isinstance(error.__cause__, psycopg.Error), f"{name}: {error!r} lost its cause"
+
+
 def revoke_everything(dsn: str, role: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as admin:
         for statement in (
@@ -146,6 +157,7 @@ async def test_a_wrong_conn_is_refused_naming_what_to_pass(dsn):
                 for wrong, match in (
                     (sync_conn, rf"use delta\.Client\.{name}"),
                     (object(), r"takes the psycopg\.AsyncConnection"),
+                    (None, r"got builtins\.NoneType"),
                 ):
                     with pytest.raises(delta.ConfigError, match=match):
                         await call_async(aclient, name, call, wrong)
@@ -176,10 +188,12 @@ async def test_a_closed_connection_or_pool_is_a_database_error(dsn):
     aclient = await delta.AsyncClient.connect(dsn)
     await aclient.close()
     for name, call in walk():
-        with pytest.raises(delta.DatabaseError):
+        with pytest.raises(delta.DatabaseError) as failed:
             call_sync(client, name, call, closed)
-        with pytest.raises(delta.DatabaseError):
+        assert_cause_kept(name, failed.value)
+        with pytest.raises(delta.DatabaseError) as failed:
             await call_async(aclient, name, call, aclosed)
+        assert_cause_kept(name, failed.value)
     with pytest.raises(delta.DatabaseError, match="cannot use PostgreSQL"):
         delta.Client.connect(NOWHERE)
     with pytest.raises(delta.DatabaseError, match="cannot use PostgreSQL"):
@@ -217,16 +231,17 @@ async def test_a_role_without_privileges_gets_a_database_error_from_every_method
             with pytest.raises(delta.DatabaseError, match="grant that to the role") as denied:
                 call_sync(client, name, call, conn)
             conn.rollback()
-            assert isinstance(denied.value.__cause__, psycopg.Error), name
+            assert isinstance(denied.value.__cause__, psycopg.errors.InsufficientPrivilege), name
     async with (
         AsyncConnectionPool(as_role, min_size=1, max_size=2, kwargs={"autocommit": True}) as apool,
         await psycopg.AsyncConnection.connect(as_role) as aconn,
     ):
         aclient = delta.AsyncClient(apool)
         for name, call in walk():
-            with pytest.raises(delta.DatabaseError, match="grant that to the role"):
+            with pytest.raises(delta.DatabaseError, match="grant that to the role") as denied:
                 await call_async(aclient, name, call, aconn)
             await aconn.rollback()
+            assert isinstance(denied.value.__cause__, psycopg.errors.InsufficientPrivilege), name
     worker = delta.Worker(delta.App(jobs={Ping: lambda job: None}), as_role)
     with pytest.raises(delta.DatabaseError, match="permission denied"):
         await worker.start()
@@ -240,6 +255,7 @@ async def test_a_role_without_privileges_gets_a_database_error_from_every_method
 
 COMMANDS = [
     ["migrate"],
+    ["migrate", "--check"],
     ["status"],
     ["inspect", "walk-item", "a"],
     ["inform", "walk-item"],
@@ -247,12 +263,43 @@ COMMANDS = [
     ["resources", "retry", "--kind", "walk-item"],
     ["resources", "invalidate", "--kind", "walk-item"],
     ["resources", "delete", "--kind", "walk-item"],
+    ["resources", "delete", "--kind", "walk-item", "--dry-run"],
     ["jobs", "list"],
     ["jobs", "retry", "--kind", "walk-ping"],
     ["jobs", "cancel", "--kind", "walk-ping"],
+    ["jobs", "cancel", "--kind", "walk-ping", "--dry-run"],
     ["pause", "default"],
     ["resume", "default"],
 ]
+# Commands that take --dsn and are walked elsewhere: supervise below (it forks actors),
+# web in tests/integration/test_console.py (it serves until stopped).
+WALKED_ELSEWHERE = {"supervise", "web"}
+
+
+def command_path(argv: list[str]) -> str:
+    """The command `argv` runs, e.g. "resources delete" (its group and name)."""
+    group: click.Command = main
+    path = []
+    for token in argv:
+        if not isinstance(group, click.Group) or token not in group.commands:
+            break
+        group = group.commands[token]
+        path.append(token)
+    return " ".join(path)
+
+
+def test_the_cli_walk_names_every_command_that_takes_a_dsn():
+    def taking_a_dsn(group: click.Group, prefix: str) -> set[str]:
+        found = set()
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found |= taking_a_dsn(command, f"{prefix}{name} ")
+            elif any(param.name == "dsn" for param in command.params):
+                found.add(f"{prefix}{name}")
+        return found
+
+    walked = {command_path(argv) for argv in COMMANDS} | WALKED_ELSEWHERE
+    assert taking_a_dsn(main, "") == walked, "walk these too, or drop them from the walk"
 
 
 def test_every_cli_command_says_what_failed_in_one_line_never_a_traceback(dsn, role):
@@ -279,6 +326,42 @@ def test_supervise_says_what_failed_before_it_forks(dsn, role):
         assert done.returncode == 2, done.stderr
         assert "error: check database" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_supervise_as_a_role_that_cannot_write_exits_naming_the_grants_before_it_forks(dsn, role):
+    """The issue's SELECT-only role passed the checks, forked, then crash-looped on
+    `permission denied for table delta_actor`; and without the sequences' USAGE."""
+    argv = [sys.executable, "-m", "delta_actors", "supervise", "--app", "tests.e2e.apps:app",
+            "--dsn", role.dsn(PASSWORD)]  # fmt: skip
+    revoke_everything(dsn, role.name)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+        found = admin.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'S' AND relname LIKE %s", ("delta\\_%",)
+        )
+        sequences = [row[0] for row in found]
+    assert sequences
+    select_only = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                 check=False)  # fmt: skip
+    assert select_only.returncode == 2, select_only.stderr
+    assert select_only.stderr.startswith(
+        f"error: the role {role.name!r} cannot write what the actors write: it lacks "
+    ), select_only.stderr
+    for table in ("delta_actor", "delta_job", "delta_resource", "delta_leader"):
+        assert f"DELETE, INSERT, UPDATE on {table}" in select_only.stderr, table
+    assert "Traceback" not in select_only.stderr
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}")
+                      .format(sql.Identifier(role.name)))  # fmt: skip
+    no_sequences = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                  check=False)  # fmt: skip
+    assert no_sequences.returncode == 2, no_sequences.stderr
+    for sequence in sequences:
+        assert f"USAGE on {sequence}" in no_sequences.stderr, no_sequences.stderr
+    assert "on delta_actor;" not in no_sequences.stderr
+    with psycopg.connect(dsn, autocommit=True) as admin:  # no actor ever started
+        assert admin.execute("SELECT count(*) FROM delta_actor").fetchone() == (0,)
 
 
 # ---------------------------------------------------------------------------- reasons

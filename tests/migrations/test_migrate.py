@@ -350,3 +350,57 @@ def test_migrate_check_reads_the_version_and_changes_nothing(empty_dsn, role):
     assert current.returncode == 0, current.stderr
     version = migrations.required_version()
     assert current.stdout.startswith(f"schema is at version {version}, nothing to do")
+
+
+def test_migrate_on_a_schema_newer_than_this_code_says_upgrade_and_changes_nothing(dsn, role):
+    """Not "nothing to do": this code would refuse to run on it. Said before any DDL, so a
+    DML-only role hears the same, not a permission error."""
+    from psycopg import sql
+
+    newer = migrations.required_version() + 1
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO delta_migration (version, name) VALUES (%s, 'from_the_future')", (newer,)
+        )
+        admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+        before = _schema_snapshot(admin)
+    for where in (dsn, role.dsn(PASSWORD)):
+        for argv in (["migrate"], ["migrate", "--check"]):
+            done = subprocess.run([*CLI, *argv, "--dsn", where], capture_output=True, text=True,
+                                  timeout=60, check=False)  # fmt: skip
+            shown = f"{argv} at {where}: {done.stdout}{done.stderr}"
+            assert done.returncode == 1, shown
+            assert done.stderr.startswith(f"error: the database schema is at version {newer}, "
+                                          "newer than this delta_actors knows"), shown  # fmt: skip
+            assert "upgrade delta_actors" in done.stderr, shown
+            assert "nothing to do" not in done.stdout, shown
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        assert _schema_snapshot(admin) == before
+
+
+def test_a_role_that_may_not_use_the_schema_is_told_to_grant_it_not_to_migrate(dsn, role):
+    """Name lookup skips a schema without USAGE: it looked unmigrated (version 0, "run
+    `delta-actors migrate`"), and migrate then failed with no schema to create in."""
+    from psycopg import sql
+
+    import delta_actors as delta
+    from delta_actors.runtime.supervisor import check_database
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("REVOKE USAGE ON SCHEMA public FROM PUBLIC, {}").format(
+            sql.Identifier(role.name)))  # fmt: skip
+    as_role = role.dsn(PASSWORD)
+    grant = f"may not use the schema 'public'.*GRANT USAGE ON SCHEMA public TO {role.name}"
+    for argv in (["migrate"], ["migrate", "--check"], ["status"]):
+        done = subprocess.run([*CLI, *argv, "--dsn", as_role], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        shown = f"{argv}: {done.stdout}{done.stderr}"
+        assert done.returncode in (1, 2), shown
+        assert re.search(grant, done.stderr), shown
+        assert "run `delta-actors migrate`" not in done.stderr, shown
+    with pytest.raises(delta.DatabaseError, match=grant):
+        check_database(as_role)
+    with pytest.raises(delta.DatabaseError, match=grant) as refused:
+        delta.Client.connect(as_role)
+    assert not isinstance(refused.value, SchemaError)
