@@ -210,8 +210,13 @@ def outcome_of(call: Call, exc: BaseException) -> str:
         return "discarded" if is_job else "degraded"
     if isinstance(exc, Cancel) and is_job:
         return "cancelled"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
     if isinstance(exc, asyncio.CancelledError):
         return "handed_back"  # the worker stops: the claim goes back, uncounted
+    resource = call.resource
+    if resource is not None and call.attempt >= resource.max_attempts:
+        # Its last attempt (a timeout too): COMPLETE_WORKS degrades the resource, as
+        # Reconciler._failed says; the span's exception says what failed.
+        return "degraded"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
     return "failed"

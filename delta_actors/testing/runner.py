@@ -1,7 +1,7 @@
 """The inline test Runner: a test drives its app's works through the real code, in-process.
 
-    runner = delta.testing.Runner(app, delta_client)
-    delta_client.inform(Order(id="o1", total=10))
+    runner = delta.testing.Runner(app, delta_client)   # the client takes the app
+    delta_client.inform(Order(key="o1", total=10))
     results = runner.run_until_idle()          # claims, runs, writes; no processes, no sleeps
     assert results.synced == ["order/o1"]
     results = runner.advance(30)               # the clock moves; what became due runs
@@ -103,7 +103,10 @@ class AsyncRunner:
 
     Args:
         app: the controllers and job handlers to run.
-        client: a Client or AsyncClient of the test's database (or its DSN).
+        client: a Client or AsyncClient of the test's database (or its DSN). A client
+            made without an app takes this one (`client.app = app`), so that what it
+            informs from then on lands in the controllers' namespaces with their
+            `max_attempts`, as under `supervise`; one with an app keeps its own.
         namespaces: the namespaces to run; all of the app's by default.
         retry_policy: attempt number -> seconds before a failed attempt runs again
             (default: the worker's, attempt**4 with +/-10 % jitter).
@@ -123,6 +126,11 @@ class AsyncRunner:
             raise ConfigError(f"Runner needs a delta.App, got {type(app).__name__}")
         self._app = app
         self._dsn = _dsn_of(client)
+        if isinstance(client, Client | AsyncClient) and client.app is None:
+            # Without it the client stores objects in the default namespace with the
+            # default max_attempts: a controller of another namespace would never run
+            # here, and "fails twice then degrades" would not degrade.
+            client.app = app
         self._namespaces = list(app.namespaces) if namespaces is None else list(namespaces)
         for name in self._namespaces:
             app.namespace(name)  # UnknownNamespaceError names the app's

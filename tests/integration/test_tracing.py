@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors.resources.informers import InformerScheduler
+from delta_actors.testing import Runner
 from tests.integration.test_leader import _lead
 from tests.integration.workers import running_worker
 from tests.objects import Keyed
@@ -166,6 +167,54 @@ async def test_a_job_continues_the_trace_of_its_enqueue_on_every_insert_path(dsn
     assert parent_of[str(one.id)] == first.context.span_id
     assert parent_of[str(keyed.id)] == second.context.span_id
     assert {parent_of[str(job.id)] for job in bulk} == {many.context.span_id}
+
+
+class Crate(Keyed, kind="tr-crate"):
+    pass
+
+
+class CrateController(delta.Controller[Crate]):
+    max_attempts = 2
+
+    async def work(self, resource: delta.Resource[Crate]) -> None:
+        if resource.object.key == "broken":
+            raise RuntimeError("the crate is broken")
+
+    async def finalize(self, resource: delta.Resource[Crate]) -> None:
+        return None
+
+
+def test_a_finalize_and_a_last_failed_attempt_have_spans_saying_what_they_came_to(dsn, spans):
+    """Run by delta.testing's Runner (an actor's run path, in this process): a work's
+    failed attempts are `failed` until the last, which degrades the resource; a finalize
+    is a `finalize KIND` span of the deletion's generation."""
+    app = delta.App(controllers=[CrateController()])
+    with delta.Client.connect(dsn, app=app) as client:
+        runner = Runner(app, client, retry_policy=lambda attempt: 60.0)
+        client.inform_many([Crate(key="c1"), Crate(key="broken")])
+        assert runner.run_until_idle().failed == ["tr-crate/broken"]
+        assert runner.advance(60.0).degraded == ["tr-crate/broken"]
+        client.delete(Crate, "c1")
+        assert runner.run_until_idle().deleted == ["tr-crate/c1"]
+    runs = [
+        (span.name, dict(span.attributes or {}), span.status.status_code)
+        for span in spans.named("work ") + spans.named("finalize ")
+    ]
+    common = {"delta.kind": "tr-crate", "delta.namespace": "default"}
+    assert runs == [
+        ("work tr-crate", {**common, "delta.id": "c1", "delta.attempt": 1,
+          "delta.handler": "work", "delta.generation": 1, "delta.outcome": "synced"},
+         StatusCode.UNSET),
+        ("work tr-crate", {**common, "delta.id": "broken", "delta.attempt": 1,
+          "delta.handler": "work", "delta.generation": 1, "delta.outcome": "failed"},
+         StatusCode.ERROR),
+        ("work tr-crate", {**common, "delta.id": "broken", "delta.attempt": 2,
+          "delta.handler": "work", "delta.generation": 1, "delta.outcome": "degraded"},
+         StatusCode.ERROR),
+        ("finalize tr-crate", {**common, "delta.id": "c1", "delta.attempt": 1,
+          "delta.handler": "finalize", "delta.generation": 2, "delta.outcome": "deleted"},
+         StatusCode.UNSET),
+    ]  # fmt: skip
 
 
 async def test_without_a_recording_span_no_context_is_written(dsn):
