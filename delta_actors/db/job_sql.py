@@ -8,7 +8,7 @@ from typing import Final, LiteralString
 
 import msgspec
 
-from delta_actors.db.resource_sql import resource_columns
+from delta_actors.db.resource_sql import CLAIM_FENCE, resource_columns
 
 
 class InsertedJob(msgspec.Struct, frozen=True):
@@ -294,14 +294,11 @@ CLAIM_CONNECTION_SETTINGS: LiteralString = (
 )
 REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
-# Fenced: only a claim that is still current (running, same attempt, same actor) is
-# finished; a rescued or handed-back claim matches nothing and is reported stale. The
-# `= ANY` offers the planner primary-key lookups, but with statistics that see few
-# running rows it reads the running index by claimed_by instead, which a held snapshot
-# fills with every claim since (a known limit: docs/performance.md). Arrays of
-# numbers and labels come as literals (completer.array_literal); errors, when a batch has
-# any, as a binary array, else NULL (unnest pads it with NULLs).
-COMPLETE_JOBS: LiteralString = """
+# Fenced on the claim (resource_sql.CLAIM_FENCE, which says why it reads as it does).
+# Arrays of numbers and labels come as literals (completer.array_literal); errors, when a
+# batch has any, as a binary array, else NULL (unnest pads it with NULLs).
+COMPLETE_JOBS: LiteralString = (
+    """
 UPDATE delta_job AS j
 SET state = u.state,
     attempt = j.attempt - (NOT u.counts_attempt)::integer,
@@ -315,24 +312,29 @@ SET state = u.state,
 FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
             %(delays)s::float8[], %(errors)b::jsonb[], %(counts_attempts)s::boolean[])
      AS u(id, attempt, state, delay, error, counts_attempt)
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
-  AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND """
+    + CLAIM_FENCE
+    + """
 RETURNING j.id
 """
+)
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
 # workers of the queue are woken to take it.
-HAND_BACK_JOBS: LiteralString = """
+HAND_BACK_JOBS: LiteralString = (
+    """
 WITH returned AS (
     UPDATE delta_job AS j
     SET state = 'available', attempt = j.attempt - 1, claimed_by = NULL
-    FROM unnest(%s::bigint[], %s::smallint[]) AS u(id, attempt)
-    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
-      AND j.claimed_by = %s
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[]) AS u(id, attempt)
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND """
+    + CLAIM_FENCE
+    + """
     RETURNING j.id, j.namespace
 )
 SELECT r.id, pg_notify('delta_jobs', r.namespace) FROM returned AS r
 """
+)
 
 PROMOTE_DUE_JOBS: LiteralString = """
 WITH due AS (

@@ -98,12 +98,32 @@ RESOURCE_COLUMNS: LiteralString = resource_columns(
 THEN 'running' ELSE r.state::text END"""
 )
 
+# The fence of every result (COMPLETE_JOBS, HAND_BACK_JOBS, COMPLETE_WORKS below):
+# only a claim that is still current (running, same attempt, same actor) is finished; a
+# rescued or handed-back claim matches nothing and is reported stale. It is written as a
+# CASE on purpose, and joined with `j.id = ANY(the batch's ids)`:
+# - Written plainly, `state = 'running' AND claimed_by = actor` let the planner read the
+#   running index by claimed_by, which while a transaction holds an old snapshot keeps an
+#   entry for every claim since: a batch walked them all, more every minute, and at 1,500
+#   jobs/s the queue fell behind at the tenth minute (docs/performance.md). A CASE proves
+#   nothing of the index's `state = 'running'`, so the rows come through the primary
+#   key, one descent per id of the batch, whatever else the table holds.
+# - The planner gives a CASE the selectivity of an unknown condition (a half), where it
+#   multiplied the plain conditions' down to one row, and then re-read the batch's ids
+#   for each row found (a nested loop: 5-15 ms a batch of 100 instead of 1-2); with the
+#   batch's size as its estimate it hashes the ids once.
+CLAIM_FENCE: LiteralString = (
+    "CASE WHEN j.state = 'running' AND j.attempt = u.attempt"
+    " AND j.claimed_by = %(actor)s THEN true END"
+)
+
 # Results of resource works, fenced like COMPLETE_JOBS. A resource work's job is always
 # finished here, never put back in the queue: a retry or requeue is a new queued work,
 # inserted ON CONFLICT DO NOTHING, because an inform may have queued one meanwhile (which
 # reads the newest object anyway). The resource takes the outcome only if its generation
 # is still the one the work saw; a newer change keeps its own state and queued work.
-COMPLETE_WORKS: LiteralString = """
+COMPLETE_WORKS: LiteralString = (
+    """
 WITH u AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::smallint[], %(generations)s::bigint[],
@@ -117,8 +137,9 @@ finished AS (
         errors = CASE WHEN u.error IS NULL THEN j.errors
                       ELSE (j.errors || u.error)[greatest(1, cardinality(j.errors) - 8):] END
     FROM u
-    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id
-      AND j.state = 'running' AND j.attempt = u.attempt AND j.claimed_by = %(actor)s
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND """
+    + CLAIM_FENCE
+    + """
     RETURNING j.id, j.resource_id, j.attempted_at
 ),
 locked AS (
@@ -193,6 +214,7 @@ notified AS (
 )
 SELECT f.id, (SELECT n FROM notified) FROM finished AS f
 """
+)
 
 # Resource rows carry metadata as text: decoded by msgspec, ten times cheaper than
 # psycopg's jsonb loader (json.loads).

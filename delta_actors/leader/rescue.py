@@ -84,7 +84,10 @@ def _hand_back(actor_id: int, claims: list[ClaimOfActor]) -> Generator[Statement
     ]
     returned = 0
     if jobs:
-        params = ([c.job_id for c in jobs], [c.attempt for c in jobs], actor_id)
+        params = {
+            "ids": [c.job_id for c in jobs], "attempts": [c.attempt for c in jobs],
+            "actor": actor_id,
+        }  # fmt: skip
         returned += len((yield job_sql.HAND_BACK_JOBS, params))
     if works:
         returned += len((yield resource_sql.COMPLETE_WORKS, work_params(works, actor_id)))

@@ -603,7 +603,9 @@ class Worker:
     async def _hand_back_jobs(self, ids: list[int], attempts: list[int]) -> int:
         """Make claimed plain jobs available again, uncounted; return how many were."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(job_sql.HAND_BACK_JOBS, (ids, attempts, self.actor_id))
+            cur = await conn.execute(
+                job_sql.HAND_BACK_JOBS, {"ids": ids, "attempts": attempts, "actor": self.actor_id}
+            )
             return len(await cur.fetchall())
 
     async def queue_depth(self) -> tuple[int, float]:

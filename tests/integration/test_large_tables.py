@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -17,6 +18,8 @@ import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
 from delta_actors.db import job_sql, resource_sql, status_sql
 from delta_actors.ops.status import read_status
+from delta_actors.queue.completer import job_params, work_params
+from delta_actors.queue.results import job_done, work_synced
 from delta_actors.resources.store import InformParams, inform, prepare
 
 ROWS = 200_000
@@ -143,3 +146,79 @@ def test_status_counts_a_large_queue_up_to_the_cap_and_estimates_past_it(large):
     assert 0.8 * ROWS <= default.available <= 1.2 * ROWS, default
     assert default.lag > 0
     assert (reports.available, reports.available_estimated) == (5, False)
+
+
+LIVE_CLAIMS = 50
+CLAIM_JOB = """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
+                                      claimed_by, attempted_at)
+               SELECT 'noop', 'default', '\\x', 'running', 1, 5, %s, now()
+               FROM generate_series(1, %s) RETURNING id"""
+
+
+@pytest.mark.parametrize("statement", ["jobs", "works", "hand back"])
+@pytest.mark.parametrize("snapshot", ["held", "none"])
+def test_results_read_only_their_own_claims(dsn, statement, snapshot):
+    """A batch of results for 50 live claims, beside 200,000 claims of the same actor that
+    ended: while another session held a snapshot (vacuum may remove none of their index
+    entries, and the statistics see few running rows), or with none (vacuumed). Either way
+    the batch reads a few buffers per id, not the actor's ended claims, and hashes its ids
+    once rather than reading them again for each row it finds."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        actor = conn.execute(
+            "INSERT INTO delta_actor (host, pid, namespace, role)"
+            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
+        ).fetchone()
+        assert actor is not None
+        with psycopg.connect(dsn) as holder:
+            if snapshot == "held":
+                holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                holder.execute("SELECT 1").fetchone()
+            conn.execute(CLAIM_JOB, (actor[0], ROWS))
+            conn.execute(
+                "UPDATE delta_job SET state = 'completed', claimed_by = NULL,"
+                " finalized_at = now() WHERE state = 'running'"
+            )
+            ids = [row[0] for row in conn.execute(CLAIM_JOB, (actor[0], LIVE_CLAIMS))]
+            conn.execute("ANALYZE delta_job" if snapshot == "held" else "VACUUM ANALYZE delta_job")
+            if statement == "jobs":
+                params: Any = job_params([job_done(i, 1) for i in ids], actor[0])
+                plan, done, read = _run_planned(conn, job_sql.COMPLETE_JOBS, params)
+            elif statement == "works":
+                results = [work_synced(i, 1, 1) for i in ids]
+                params = work_params(results, actor[0])
+                plan, done, read = _run_planned(conn, resource_sql.COMPLETE_WORKS, params)
+            else:
+                params = {"ids": ids, "attempts": [1] * len(ids), "actor": actor[0]}
+                plan, done, read = _run_planned(conn, job_sql.HAND_BACK_JOBS, params)
+    assert done == LIVE_CLAIMS, plan  # the fence let every live claim through
+    # Reading the ended claims' entries costs a buffer per few entries and one per heap
+    # page they point at: thousands. A probe per id costs a few each.
+    assert read < 20 * LIVE_CLAIMS, plan
+    # And the batch's ids are read once, not again for each row found (a nested loop).
+    ids_read = [line for line in plan.splitlines() if re.search(r"(Function|CTE) Scan on u ", line)]
+    assert ids_read and all("loops=1)" in line for line in ids_read), plan
+
+
+def _run_planned(
+    conn: psycopg.Connection, statement: LiteralString, params: object
+) -> tuple[str, int, int]:
+    """The plan a statement ran with (EXPLAIN ANALYZE, rolled back), the rows it changed
+    and the shared buffers its scans of delta_job read."""
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) " + statement,
+            params,  # type: ignore[arg-type]
+            prepare=False,
+        ).fetchall()
+    plan = "\n".join(row[0] for row in rows)
+    changed = re.search(r"Update on delta_job j \(actual rows=(\d+)", plan)
+    read = 0
+    lines = plan.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(r"Scan.* on delta_job j ", line):
+            for below in lines[i + 1 :]:
+                if "->" in below:
+                    break
+                if found := re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", below):
+                    read += int(found.group(1)) + int(found.group(2) or 0)
+    return plan, int(changed.group(1)) if changed else -1, read
