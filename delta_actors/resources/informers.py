@@ -46,7 +46,7 @@ from delta_actors.db import leader_sql, resource_sql
 from delta_actors.db.connection import drive_async
 from delta_actors.errors import ConfigError
 from delta_actors.health import Progress, describe, log_failure
-from delta_actors.model.object import Object
+from delta_actors.model.object import Object, id_of
 from delta_actors.resources.store import InformParams, inform, prepare
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class InformerScheduler:
                 async for obj in registration.controller.inform(options):
                     batch.append(obj)
                     if options.full:
-                        run.listed.append(obj.id())
+                        run.listed.append(id_of(obj))
                     created = _created_at(obj)
                     if created is not None and (run.newest is None or created > run.newest):
                         run.newest = created

@@ -39,7 +39,7 @@ from delta_actors.db.resource_sql import InformedRow, WrittenRow
 from delta_actors.errors import ConfigError, DatabaseError, EncodeError
 from delta_actors.model.kinds import kind_of
 from delta_actors.model.names import validate_name
-from delta_actors.model.object import Object, has_compare
+from delta_actors.model.object import Object, has_compare, id_of
 from delta_actors.model.resource import InformOutcome, InformResult
 
 if TYPE_CHECKING:
@@ -103,10 +103,13 @@ def prepare(objects: Iterable[Object], options: InformParams, app: App | None) -
         if known is None:
             known = checked[object_type] = _check_type(object_type, options, app)
         kind, namespace, max_attempts, compares = known
-        object_id = obj.id()
+        object_id = id_of(obj)
         problem = _object_id_problem(object_id)
         if problem:
-            raise ConfigError(f"{object_type.__qualname__}.id() {problem}, got {object_id!r:.100}")
+            where = "id" if "id" in object_type.__struct_fields__ else "id()"
+            raise ConfigError(
+                f"{object_type.__qualname__}.{where} {problem}, got {object_id!r:.100}"
+            )
         try:
             encoded = _encoder.encode(obj)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:

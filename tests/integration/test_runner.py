@@ -173,6 +173,30 @@ def test_a_client_without_an_app_takes_the_runners_so_its_objects_run_as_deploye
     assert async_client.app is app
 
 
+class Sale(delta.Object, kind="sale"):
+    id: str  # the id as a field, instead of an id() method
+    total: int
+
+
+class Sales(delta.Controller[Sale]):
+    async def work(self, resource: delta.Resource[Sale]) -> None:
+        assert resource.object.total == 10
+
+
+def test_the_issues_example_as_written_with_an_id_field(delta_dsn):
+    """`Sale(id="s1", total=10)`: an object whose id is its `id` field, informed by a
+    client without an app and run by the Runner (this module's `delta_client` has one)."""
+    with delta.Client.connect(delta_dsn) as client:
+        runner = Runner(delta.App(controllers=[Sales()]), client)
+        client.inform(Sale(id="s1", total=10))
+        results = runner.run_until_idle()
+        assert results.synced == ["sale/s1"]
+        stored = client.get(Sale, "s1")
+        assert stored is not None and stored.object == Sale(id="s1", total=10)
+        with pytest.raises(delta.ConfigError, match=r"Sale\.id must return a string"):
+            client.inform(Sale(id="", total=1))
+
+
 def test_a_requeue_runs_again_when_the_clock_reaches_it_uncounted(orders, delta_app, delta_client):
     orders.plan = {"o1": delta.Requeue(after=120)}
     runner = Runner(delta_app, delta_client)
