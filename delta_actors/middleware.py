@@ -72,6 +72,8 @@ class Call(msgspec.Struct, frozen=True):
         job_id: the id of the queue row being run.
         trace_context: the W3C trace context (`traceparent`, `tracestate`) of the inform
             or enqueue that queued the run, when it was traced; else empty.
+        max_attempts: the plain job's attempts before a failure discards it; 0 for a
+            resource (its own `max_attempts` says).
     """
 
     handler: Literal["work", "finalize", "job"]
@@ -82,6 +84,7 @@ class Call(msgspec.Struct, frozen=True):
     job: Job | None = None
     job_id: int = 0
     trace_context: Mapping[str, str] = msgspec.field(default_factory=dict)
+    max_attempts: int = 0
 
     @property
     def id(self) -> str:

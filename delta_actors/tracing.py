@@ -212,11 +212,14 @@ def outcome_of(call: Call, exc: BaseException) -> str:
         return "cancelled"
     if isinstance(exc, asyncio.CancelledError):
         return "handed_back"  # the worker stops: the claim goes back, uncounted
+    # Its last attempt (a timeout too): COMPLETE_WORKS degrades the resource, as
+    # Reconciler._failed says, and a plain job is discarded, as JobRunner._failed says;
+    # the span's exception says what failed.
     resource = call.resource
     if resource is not None and call.attempt >= resource.max_attempts:
-        # Its last attempt (a timeout too): COMPLETE_WORKS degrades the resource, as
-        # Reconciler._failed says; the span's exception says what failed.
         return "degraded"
+    if is_job and call.max_attempts and call.attempt >= call.max_attempts:
+        return "discarded"
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "failed"

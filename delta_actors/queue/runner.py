@@ -238,7 +238,7 @@ class JobRunner(ClaimRunner):
         chain = self._app.chain(claim.traced)
         call = (
             Call("job", claim.kind, claim.namespace, claim.attempt, job=job, job_id=claim.id,
-                 trace_context=trace_context(claim.metadata))
+                 trace_context=trace_context(claim.metadata), max_attempts=claim.max_attempts)
             if chain else None
         )  # fmt: skip
         try:

@@ -217,6 +217,30 @@ def test_a_finalize_and_a_last_failed_attempt_have_spans_saying_what_they_came_t
     ]  # fmt: skip
 
 
+class Flaky(delta.Job, kind="tr-flaky"):
+    pass
+
+
+async def flaky(job: Flaky) -> None:
+    raise RuntimeError("the printer is out of paper")
+
+
+def test_a_plain_jobs_last_failed_attempt_says_discarded(dsn, spans):
+    """A plain job's failed attempts are `failed` until its last, which discards it."""
+    app = delta.App(jobs={Flaky: flaky})
+    with delta.Client.connect(dsn, app=app) as client:
+        runner = Runner(app, client, retry_policy=lambda attempt: 60.0)
+        job = client.enqueue(Flaky(), max_attempts=2)
+        runner.run_until_idle()
+        runner.advance(60.0)
+        assert client.get_job(job.id).state == delta.JobState.DISCARDED
+    outcomes = [
+        (dict(span.attributes or {})["delta.attempt"], dict(span.attributes or {})["delta.outcome"])
+        for span in spans.named("job ")
+    ]
+    assert outcomes == [(1, "failed"), (2, "discarded")]
+
+
 async def test_without_a_recording_span_no_context_is_written(dsn):
     """The API installed, no SDK recording (this process outside `spans`): NULL metadata."""
     async with await delta.AsyncClient.connect(dsn) as client:
