@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 import delta_actors as delta
 from tests.e2e.conftest import ROOT
+from tests.roles import PASSWORD
 from tests.waiting import wait_until
 
 WEB = [sys.executable, "-m", "delta_actors", "web"]
@@ -292,3 +294,84 @@ def test_a_dsn_that_does_not_connect_stops_the_start_in_one_redacted_line():
     assert result.stderr.startswith("error: open the console: cannot use PostgreSQL at ")
     assert "pw-never-printed-7" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def end_console_connections(conn: psycopg.Connection) -> None:
+    """Terminate every connection of the console's pool, as a failover or an operator would,
+    and wait until PostgreSQL has ended them."""
+    rows = conn.execute(
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'delta-web'"
+    ).fetchall()
+    assert rows, "the console held no connection to end"
+    pids = [pid for pid, _ in rows]
+
+    def ended() -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone()
+        return row == (0,)
+
+    wait_until(ended, 10, "the console's connections to end")
+
+
+def test_connections_ended_under_the_console_get_a_503_page_then_it_recovers(
+    serve_console, dsn, conn, caplog
+):
+    """Each page and action whose connection PostgreSQL ended answers with an error page
+    (503, the DatabaseError's redacted message, logged, no traceback); the next request
+    gets a new connection and works."""
+    seed(dsn)
+    degrade(conn, ["c1"], "TimeoutError: upstream timed out")
+    secret_dsn = psycopg.conninfo.make_conninfo(dsn, password="pw-never-shown-42")  # noqa: S106
+    caplog.set_level(logging.INFO)
+    served = serve_console(secret_dsn)
+    retry = {"kind": "customer", "id": "c1", "confirm": "yes"}
+    requests = [
+        ("GET", "/", None, 200),
+        ("GET", "/resources?state=degraded", None, 200),
+        ("GET", "/resources/customer/c1", None, 200),
+        ("GET", "/jobs", None, 200),
+        ("GET", "/informers", None, 200),
+        ("POST", "/actions/retry", {"kind": "customer", "state": "degraded"}, 200),
+        ("POST", "/actions/retry-jobs", {"state": "discarded", "confirm": "yes"}, 303),
+        ("POST", "/actions/retry", retry, 303),
+    ]
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/")
+        for method, path, form, status in requests:
+            data = {**form, "csrf": csrf} if form is not None else None
+            end_console_connections(conn)
+            failed = browser.request(method, path, data=data)
+            assert failed.status_code == 503, (path, failed.text)
+            assert "<h1>database error</h1>" in failed.text, path
+            assert "cannot use PostgreSQL" in failed.text, path
+            assert "pw-never-shown-42" not in failed.text
+            assert states(conn)["c1"] == "degraded"  # the failed action changed nothing
+            assert browser.request(method, path, data=data).status_code == status, path
+    assert states(conn)["c1"] == "scheduled"
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "web.request_failed"]
+    assert len(failures) == len(requests)
+    assert "pw-never-shown-42" not in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_privilege_taken_away_gets_a_503_page_naming_the_grant(serve_console, role, conn):
+    served = serve_console(role.dsn(PASSWORD))
+    assert httpx.get(served.url + "/jobs").status_code == 200
+    conn.execute(sql.SQL("REVOKE SELECT ON delta_job FROM {}").format(sql.Identifier(role.name)))
+    refused = httpx.get(served.url + "/jobs")
+    assert refused.status_code == 503
+    assert "permission denied for table delta_job" in refused.text
+    assert "grant that to the role this connects as" in refused.text
+    assert PASSWORD not in refused.text
+    role.grant()
+    assert httpx.get(served.url + "/jobs").status_code == 200
+
+
+def test_a_value_postgresql_cannot_store_gets_a_400_page(serve_console, dsn):
+    served = serve_console()
+    for path in ("/resources?error=a%00b", "/resources/customer/a%00b"):
+        page = httpx.get(served.url + path)
+        assert page.status_code == 400, (path, page.text)
+        assert "PostgreSQL cannot store a value given" in page.text
