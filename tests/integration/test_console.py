@@ -375,3 +375,146 @@ def test_a_value_postgresql_cannot_store_gets_a_400_page(serve_console, dsn):
         page = httpx.get(served.url + path)
         assert page.status_code == 400, (path, page.text)
         assert "PostgreSQL cannot store a value given" in page.text
+
+
+class Ping(delta.Job, kind="console-ping"):
+    n: int = 0
+
+
+def test_jobs_are_listed_by_kind_and_state_retried_and_cancelled(serve_console, dsn, conn):
+    with delta.Client.connect(dsn) as client:
+        ids = [job.id for job in client.enqueue_many([Ping(n=i) for i in range(3)])]
+    conn.execute(
+        "UPDATE delta_job SET state = 'discarded', finalized_at = now(), errors = ARRAY["
+        "jsonb_build_object('at', 1.0, 'attempt', 1, 'error', 'KeyError: gone'::text)] "
+        "WHERE id = %s",
+        (ids[0],),
+    )
+    conn.execute(
+        "INSERT INTO delta_periodic (name, kind, namespace, schedule, next_run_at) "
+        "VALUES ('nightly-ping', 'console-ping', 'default', 'every 3600s', now() + '1h')"
+    )
+
+    def job_states() -> list[str]:
+        rows = conn.execute("SELECT state::text FROM delta_job WHERE id = ANY(%s) ORDER BY id",
+                            (ids,)).fetchall()  # fmt: skip
+        return [state for (state,) in rows]
+
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        listing = browser.get("/jobs?kind=console-ping").text
+        assert sorted(int(i) for i in re.findall(r'<tr data-id="(\d+)">', listing)) == ids
+        assert "<td>nightly-ping</td><td>console-ping</td>" in listing
+        discarded = browser.get("/jobs?kind=console-ping&state=discarded").text
+        assert re.findall(r'<tr data-id="(\d+)">', discarded) == [str(ids[0])]
+        assert "KeyError: gone" in discarded
+        csrf = csrf_of(browser, "/jobs")
+        form = {"csrf": csrf, "kind": "console-ping", "state": "discarded"}
+        confirm = browser.post("/actions/retry-jobs", data=form)
+        assert "<strong>1</strong> jobs" in confirm.text
+        assert job_states() == ["discarded", "available", "available"]  # nothing yet
+        done = browser.post("/actions/retry-jobs", data={**form, "confirm": "yes"})
+        assert done.status_code == 303 and "retried+1" in done.headers["location"]
+        assert job_states() == ["available"] * 3
+        form = {"csrf": csrf, "kind": "console-ping", "state": "available", "confirm": "yes"}
+        done = browser.post("/actions/cancel-jobs", data=form)
+        assert done.status_code == 303 and "cancelled+3" in done.headers["location"]
+    assert job_states() == ["cancelled"] * 3
+
+
+def test_invalidate_and_delete_act_on_every_match_of_the_filter(serve_console, dsn, conn):
+    seed(dsn)  # c0..c4 tagged eu, and the <script> one without a tag
+    conn.execute("UPDATE delta_resource SET state = 'synced'")
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/resources")
+        form = {"csrf": csrf, "kind": "customer", "tag": "eu", "id": ["c0", "c1"]}
+        confirm = browser.post("/actions/invalidate", data=form)
+        assert "<strong>2</strong> resources" in confirm.text
+        done = browser.post("/actions/invalidate", data={**form, "confirm": "yes"})
+        assert done.status_code == 303 and "invalidated+2" in done.headers["location"]
+        after = states(conn)
+        assert [after[f"c{i}"] for i in range(5)] == ["scheduled"] * 2 + ["synced"] * 3
+        form = {"csrf": csrf, "kind": "customer", "tag": "eu"}
+        confirm = browser.post("/actions/delete", data=form)
+        assert "<strong>5</strong> resources" in confirm.text
+        done = browser.post("/actions/delete", data={**form, "confirm": "yes"})
+        assert done.status_code == 303 and "deleted+5" in done.headers["location"]
+    after = states(conn)
+    assert [after[f"c{i}"] for i in range(5)] == ["deleting"] * 5
+    assert after[SCRIPT_ID] == "synced"  # not tagged: not a match
+
+
+def test_run_informer_asks_for_a_run_now_and_the_pages_say_so(serve_console, dsn, conn):
+    # The row a leader registers for a controller with an informer, due in an hour.
+    conn.execute("INSERT INTO delta_informer (kind, next_run_at) VALUES ('customer', now() + '1h')")
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        for path in ("/", "/informers"):
+            row = re.search(r'<tr data-kind="customer"><td>customer</td>.*?</tr>',
+                            browser.get(path).text, re.S)  # fmt: skip
+            assert row and re.search(r"<td>in \d+m</td>", row.group(0)), path
+        csrf = csrf_of(browser, "/informers")
+        form = {"csrf": csrf, "kind": "customer", "full": "yes"}
+        done = browser.post("/actions/run-informer", data=form)
+        assert done.status_code == 303
+        assert done.headers["location"].startswith("/informers?done=asked+for+a+full+run")
+        requested = conn.execute(
+            "SELECT requested_at IS NOT NULL, requested_full FROM delta_informer"
+        ).fetchone()
+        assert requested == (True, True)
+        row = re.search(r'<tr data-kind="customer"><td>customer</td>.*?</tr>',
+                        browser.get("/informers").text, re.S)  # fmt: skip
+        assert row and "<td>requested</td>" in row.group(0)
+        unknown = browser.post("/actions/run-informer", data={**form, "kind": "nope"})
+        assert unknown.status_code == 400
+        assert "no informer of kind &#39;nope&#39;" in unknown.text
+
+
+def test_a_large_table_shows_estimates_labelled_and_exact_troubled_counts(
+    serve_console, dsn, conn, monkeypatch
+):
+    from delta_actors.web import reads
+
+    with delta.Client.connect(dsn) as client:
+        client.inform_many([Customer(key=f"c{i:04d}") for i in range(3000)])
+    degrade(conn, ["c0001", "c0002", "c0003"], "TimeoutError: upstream timed out")
+    conn.execute("ANALYZE delta_resource")
+    served = serve_console()
+    exact = re.search(r'<tr data-kind="customer">.*?</tr>', httpx.get(served.url + "/").text,
+                      re.S)  # fmt: skip
+    assert exact and '<td class="total">3,000</td>' in exact.group(0)
+    # The same table past the limit: as a million rows would be read.
+    monkeypatch.setattr(reads, "EXACT_LIMIT", 1000)
+    page = httpx.get(served.url + "/").text
+    row = re.search(r'<tr data-kind="customer">.*?</tr>', page, re.S)
+    assert row
+    assert '<td class="total">≈' in row.group(0)
+    assert re.search(r'data-state="scheduled"[^>]*>scheduled <span class="count">≈', row.group(0))
+    assert 'data-state="degraded"' in row.group(0)
+    assert re.search(r'data-state="degraded"[^>]*>degraded <span class="count">3</span>',
+                     row.group(0))  # fmt: skip
+    assert "≈: the planner's estimate" in page
+
+
+def test_the_token_may_come_from_the_environment(dsn):
+    env = {**os.environ, "DELTA_WEB_TOKEN": "s3cret-token-of-the-console"}
+    proc = subprocess.Popen(
+        [*WEB, "--host", ANYWHERE, "--port", "0", "--dsn", dsn, "--no-access-log"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "Application startup complete" in line:
+                break
+        else:
+            pytest.fail("the console did not start:\n" + "".join(lines))
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert code == 0  # it served, on every address, with the token of the environment
