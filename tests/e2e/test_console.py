@@ -206,6 +206,17 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     expect(page.locator("#errors pre.trace").first).to_contain_text("Traceback")
     expect(page.locator("#object")).to_contain_text('"name": "n6"')
     shoot(page, tmp_path, "resource")
+    # Its upstream fixed, a retry from its page: the page follows the work, live.
+    with psycopg.connect(e2e_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE e2e_console_broken SET error = NULL, held = true WHERE key = 'cus-06'")
+    page.click("button.action-retry")
+    expect(page.locator(".done")).to_have_text("retried 1")
+    page.evaluate("window.notReloaded = true")
+    assert page.locator("#state").inner_text() in {"scheduled", "running"}  # held
+    with psycopg.connect(e2e_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE e2e_console_broken SET held = false")
+    expect(page.locator("#state")).to_have_text("synced", timeout=30_000)
+    assert page.evaluate("window.notReloaded === true"), "the resource page was reloaded"
 
     # Pause billing: new invoices stay queued while its worker goes on claiming nothing.
     page.goto(console_url + "/")

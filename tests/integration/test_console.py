@@ -92,6 +92,7 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(serve_cons
     form = {"kind": "customer", "state": "degraded", "confirm": "yes"}
     with httpx.Client(base_url=served.url) as browser:
         csrf = csrf_of(browser, "/resources")
+        assert browser.get("/actions/retry", params=form).status_code == 405  # POST only
         assert browser.post("/actions/retry", data=form).status_code == 403
         assert browser.post("/actions/retry", data={**form, "csrf": "forged"}).status_code == 403
         assert states(conn)["c1"] == "degraded"
