@@ -498,6 +498,50 @@ def test_a_large_table_shows_estimates_labelled_and_exact_troubled_counts(
     assert "≈: the planner's estimate" in page
 
 
+def test_a_confirmation_past_its_cap_shows_the_planners_estimate_labelled(
+    serve_console, dsn, conn, monkeypatch
+):
+    from delta_actors.web import reads
+
+    with delta.Client.connect(dsn) as client:
+        client.inform_many([Customer(key=f"c{i:04d}") for i in range(3000)])
+        jobs = [job.id for job in client.enqueue_many([Ping(n=i) for i in range(1500)])]
+    degrade(conn, ["c0001", "c0002", "c0003"], "TimeoutError: upstream timed out")
+    conn.execute("UPDATE delta_job SET state = 'discarded', finalized_at = now() WHERE id = %s",
+                 (jobs[0],))  # fmt: skip
+    conn.execute("ANALYZE delta_resource")
+    conn.execute("ANALYZE delta_job")
+    # The same rows past the cap: as a million would be counted.
+    monkeypatch.setattr(reads, "CONFIRM_CAP", 1000)
+    served = serve_console()
+    with httpx.Client(base_url=served.url) as browser:
+        csrf = csrf_of(browser, "/resources")
+        form = {"csrf": csrf, "kind": "customer"}
+        broad = browser.post("/actions/retry", data=form).text
+        assert "<h1>Retry more than 1,000 resources?</h1>" in broad
+        assert "<strong>more than 1,000</strong> resources" in broad
+        about = re.search(r"\(about ([\d,]+), the planner's estimate\)", broad)
+        assert about, broad
+        assert 2000 <= int(about.group(1).replace(",", "")) <= 4000  # of 3,000 rows
+        assert '<button type="submit" id="confirm">Retry every match</button>' in broad
+        narrow = browser.post("/actions/retry", data={**form, "state": "degraded"}).text
+        assert "<strong>3</strong> resources" in narrow and "estimate" not in narrow
+        jobs_form = {"csrf": csrf, "kind": "console-ping"}
+        many = browser.post("/actions/cancel-jobs", data=jobs_form).text
+        # The planner takes a job's kind and its having no resource as independent (the
+        # 3,000 resources' works are jobs too): a third of a third of 4,500, short of the
+        # cap, which the page neither shows as the count nor lets lower it.
+        assert "<strong>more than 1,000</strong> jobs" in many
+        assert "(the planner estimates fewer: its statistics are rough for this filter)" in many
+        one = browser.post("/actions/retry-jobs", data={**jobs_form, "state": "discarded"}).text
+        assert "<strong>1</strong> jobs" in one and "estimate" not in one
+        assert set(states(conn).values()) == {"scheduled", "degraded"}  # nothing done yet
+        # The action behind an estimate still takes every match, not the cap's worth.
+        done = browser.post("/actions/retry", data={**form, "confirm": "yes"})
+        assert done.status_code == 303 and "retried+3%2C000" in done.headers["location"]
+    assert set(states(conn).values()) == {"scheduled"}
+
+
 def test_the_token_may_come_from_the_environment(dsn):
     env = {**os.environ, "DELTA_WEB_TOKEN": "s3cret-token-of-the-console"}
     proc = subprocess.Popen(
