@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
-from delta_actors.db import job_sql, resource_sql
+from delta_actors.db import job_sql, resource_sql, status_sql
 from delta_actors.db.connection import Rows, Statement
 from delta_actors.errors import ConfigError
 from delta_actors.model.job_row import JobRow, JobState, job_row
@@ -58,6 +58,20 @@ class ResourceFilter:
             "namespace": self.namespace, "ids": list(self.ids) if self.ids is not None else None,
             "after_kind": after_kind, "after_id": after_id,
         }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """How many rows a filter matches, counted up to `cap` and estimated past it.
+
+    An exact count reads every match (0.3 s for a million synced resources); past `cap`
+    rows the count stops and `value` is the planner's estimate from the statistics of the
+    last ANALYZE (`is_estimate`), never below `cap` + 1.
+    """
+
+    value: int
+    cap: int
+    is_estimate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,26 @@ def count_resources(where: ResourceFilter) -> Generator[Statement, Rows, int]:
 def count_jobs(where: JobFilter) -> Generator[Statement, Rows, int]:
     rows = yield job_sql.COUNT_JOBS, where.params()
     return int(rows[0][0])
+
+
+def count_resources_up_to(where: ResourceFilter, cap: int) -> Generator[Statement, Rows, Count]:
+    """The matches of `where`: exact up to `cap`, past it the planner's estimate."""
+    params = where.params()
+    rows = yield resource_sql.COUNT_RESOURCES_UP_TO, {**params, "cap": cap}
+    if int(rows[0][0]) <= cap:
+        return Count(int(rows[0][0]), cap)
+    plan = yield resource_sql.ESTIMATE_MATCHING_RESOURCES, params
+    return Count(status_sql.planned_rows(plan[0][0] if plan else None, cap), cap, True)
+
+
+def count_jobs_up_to(where: JobFilter, cap: int) -> Generator[Statement, Rows, Count]:
+    """The plain jobs matching `where`: exact up to `cap`, past it the planner's estimate."""
+    params = where.params()
+    rows = yield job_sql.COUNT_JOBS_UP_TO, {**params, "cap": cap}
+    if int(rows[0][0]) <= cap:
+        return Count(int(rows[0][0]), cap)
+    plan = yield job_sql.ESTIMATE_MATCHING_JOBS, params
+    return Count(status_sql.planned_rows(plan[0][0] if plan else None, cap), cap, True)
 
 
 def retry_resources(

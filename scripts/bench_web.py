@@ -3,25 +3,31 @@
 On a throwaway cluster, inserts `--resources` resources with SQL (three kinds, two
 namespaces; 2 % degraded under five different errors, 0.5 % failed, 1 % deleted, the rest
 synced), `--finished` works finished over the last hour (the overview's chart) and a few
-thousand plain jobs, runs ANALYZE as autovacuum would, then starts `delta-actors web`
-(uvicorn, no access log) and times each page with a real HTTP client: one warm-up
-request each, then `--rounds` rounds that visit every page in turn (so that the machine's
-noise falls on all pages alike), reporting the median, the slowest and the page's size.
+thousand plain jobs (`--jobs`), runs ANALYZE as autovacuum would, then starts
+`delta-actors web` (uvicorn, no access log) and times each page with a real HTTP client:
+one warm-up request each, then `--rounds` rounds that visit every page in turn (so that
+the machine's noise falls on all pages alike), reporting the median, the slowest and the
+page's size. The pages include the confirmations of bulk actions: a POST with the CSRF
+token and a filter but no `confirm=yes`, which counts the matching rows and acts on none.
 Usage:
 
-    python scripts/bench_web.py [--resources 1000000] [--finished 100000] [--rounds 9]
+    python scripts/bench_web.py [--resources 1000000] [--finished 100000] [--jobs 3000]
+                                [--rounds 9]
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import psycopg
@@ -109,16 +115,35 @@ def pages(resources: int) -> list[tuple[str, str]]:
 ]  # fmt: skip
 
 
-def seed(dsn: str, resources: int, finished: int) -> None:
+# Confirmation pages: a POST of the filter without confirm=yes only counts the matches.
+# Resources: a narrow filter (0.4 %), the degraded (2 %), a broad one (96 %), a kind
+# alone (60 %); plain jobs: two states (a third each) and their one kind.
+CONFIRMATIONS: list[tuple[str, str, dict[str, str]]] = [
+    (
+        "confirm retry, kind + degraded + error",
+        "/actions/retry",
+        {"kind": "customer", "state": "degraded", "error": "timed out"},
+    ),
+    ("confirm retry, degraded", "/actions/retry", {"state": "degraded"}),
+    ("confirm retry, synced", "/actions/retry", {"state": "synced"}),
+    ("confirm invalidate, one kind", "/actions/invalidate", {"kind": "customer"}),
+    ("confirm retry jobs, discarded", "/actions/retry-jobs", {"state": "discarded"}),
+    ("confirm cancel jobs, available", "/actions/cancel-jobs", {"state": "available"}),
+    ("confirm cancel jobs, one kind", "/actions/cancel-jobs", {"kind": "send-email"}),
+]
+
+
+def seed(dsn: str, resources: int, finished: int, jobs: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         started = time.perf_counter()
         conn.execute(SEED_RESOURCES, {"n": resources})
         conn.execute(SEED_FINISHED, {"n": finished})
-        conn.execute(SEED_JOBS, {"n": 3000})
+        conn.execute(SEED_JOBS, {"n": jobs})
         conn.execute("INSERT INTO delta_namespace (name) VALUES ('default'), ('billing')")
         conn.execute("VACUUM ANALYZE delta_resource")
         conn.execute("VACUUM ANALYZE delta_job")
-        print(f"seeded {resources:,} resources and {finished:,} finished works in "
+        print(f"seeded {resources:,} resources, {finished:,} finished works and {jobs:,} "
+              f"plain jobs in "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
 
@@ -129,35 +154,69 @@ def free_port() -> int:
 
 
 def measure(
-    url: str, rounds: int, visited: list[tuple[str, str]]
-) -> list[tuple[str, str, float, float, int]]:
-    times: dict[str, list[float]] = {path: [] for _, path in visited}
+    url: str,
+    rounds: int,
+    visited: list[tuple[str, str]],
+    confirmations: list[tuple[str, str, dict[str, str]]],
+) -> tuple[list[tuple[str, str, float, float, int]], dict[str, str]]:
+    """Each page's median, slowest and size, and what each confirmation said."""
+    requests = [(name, path, None) for name, path in visited]
+    requests += [(name, path, form) for name, path, form in confirmations]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in requests}
     sizes: dict[str, int] = {}
+    said: dict[str, str] = {}
     with httpx.Client(base_url=url, timeout=30) as client:
-        for _, path in visited:  # warm-up: connections, prepared plans, the chart's cache
-            response = client.get(path)
-            assert response.status_code == 200, (path, response.status_code, response.text)
-        for _ in range(rounds):
-            for _, path in visited:
-                started = time.perf_counter()
+
+        def send(path: str, form: dict[str, str] | None) -> httpx.Response:
+            if form is None:
                 response = client.get(path)
-                times[path].append(time.perf_counter() - started)
-                assert response.status_code == 200, (path, response.status_code)
-                sizes[path] = len(response.content)
-    return [
-        (name, path, statistics.median(times[path]), max(times[path]), sizes[path])
-        for name, path in visited
-    ]
+            else:  # the CSRF cookie was set by the warm-up's first GET
+                response = client.post(path, data={**form, "csrf": client.cookies["delta_csrf"]})
+                assert "confirm-count" in response.text, (path, form, response.text)
+            assert response.status_code == 200, (path, response.status_code, response.text)
+            return response
+
+        for _, path, form in requests:  # warm-up: connections, prepared plans, the chart
+            send(path, form)
+        for _ in range(rounds):
+            for name, path, form in requests:
+                started = time.perf_counter()
+                response = send(path, form)
+                times[name].append(time.perf_counter() - started)
+                sizes[name] = len(response.content)
+                if form is not None:
+                    said[name] = confirmation_of(response.text)
+    timed = [
+        (name, path if form is None else f"POST {path} {urlencode(form)}",
+         statistics.median(times[name]), max(times[name]), sizes[name])
+        for name, path, form in requests
+    ]  # fmt: skip
+    return timed, said
+
+
+def confirmation_of(page: str) -> str:
+    """The sentence of a confirmation page that says how many rows it would touch."""
+    found = re.search(r'<p id="confirm-count">(.*?)</p>', page, re.S)
+    assert found, page
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(1)))
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages (the figures move with them)."""
+    return " ".join(f"{n:.2f}" for n in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resources", type=int, default=1_000_000)
     parser.add_argument("--finished", type=int, default=100_000)
+    parser.add_argument("--jobs", type=int, default=3000, help="plain jobs (a third each of "
+                        "retryable, discarded, available)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
+    load_before = load_average()
     with migrated_cluster() as dsn:
-        seed(dsn, args.resources, args.finished)
+        seed(dsn, args.resources, args.finished, args.jobs)
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "delta_actors", "web", "--dsn", dsn, "--port", str(port),
@@ -177,17 +236,23 @@ def main() -> None:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the console did not start: {proc.stderr}")
                 time.sleep(0.1)
-            results = measure(url, args.rounds, pages(args.resources))
+            results, said = measure(url, args.rounds, pages(args.resources), CONFIRMATIONS)
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"\n{args.resources:,} resources, {args.finished:,} works finished in the last "
-          f"hour; median and slowest of {args.rounds} requests per page\n")  # fmt: skip
+    print(
+        f"\n{args.resources:,} resources, {args.finished:,} works finished in the last "
+        f"hour, {args.jobs:,} plain jobs; median and slowest of {args.rounds} requests "
+        f"per page; load average before and after: {load_before} / {load_average()}\n"
+    )
     print("| page | URL | median ms | slowest ms | KiB |")
     print("|---|---|---:|---:|---:|")
     for name, path, median, slowest, size in results:
         print(f"| {name} | `{path}` | {median * 1000:.0f} | {slowest * 1000:.0f} | "
               f"{size / 1024:.0f} |")  # fmt: skip
+    print()
+    for name, sentence in said.items():
+        print(f"- {name}: {sentence}")
 
 
 if __name__ == "__main__":

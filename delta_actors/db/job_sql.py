@@ -468,6 +468,15 @@ LIST_JOBS: LiteralString = (
 
 COUNT_JOBS: LiteralString = "SELECT count(*) FROM delta_job AS j WHERE " + _JOB_FILTER
 
+# As COUNT_RESOURCES_UP_TO and ESTIMATE_MATCHING_RESOURCES, for plain jobs.
+COUNT_JOBS_UP_TO: LiteralString = (
+    "SELECT count(*) FROM (SELECT FROM delta_job AS j WHERE " + _JOB_FILTER
+    + "LIMIT %(cap)s + 1) AS m"
+)  # fmt: skip
+ESTIMATE_MATCHING_JOBS: LiteralString = (
+    "EXPLAIN (FORMAT JSON) SELECT FROM delta_job AS j WHERE " + _JOB_FILTER
+)
+
 # The next %(limit)s matches of a filter after the cursor: the first CTE of the batched
 # statements below.
 _PICKED_JOBS: LiteralString = (

@@ -529,6 +529,22 @@ COUNT_RESOURCES: LiteralString = (
     "SELECT count(*) FROM delta_resource AS r WHERE " + _RESOURCE_FILTER
 )
 
+# The matches of a filter counted up to %(cap)s + 1 rows: a broad filter (every synced
+# resource, a kind alone) stops after them instead of reading its million rows, and a
+# result above %(cap)s says to ask ESTIMATE_MATCHING_RESOURCES instead.
+COUNT_RESOURCES_UP_TO: LiteralString = (
+    "SELECT count(*) FROM (SELECT FROM delta_resource AS r WHERE "
+    + _RESOURCE_FILTER
+    + "LIMIT %(cap)s + 1) AS m"
+)
+
+# The planner's count of a filter's matches (EXPLAIN, never run), from the statistics of
+# the last ANALYZE: the bound parameters are planned as constants, so a filter's unused
+# fields drop out as they do in the listing's plan.
+ESTIMATE_MATCHING_RESOURCES: LiteralString = (
+    "EXPLAIN (FORMAT JSON) SELECT FROM delta_resource AS r WHERE " + _RESOURCE_FILTER
+)
+
 # One batch of `retry` (and of a filtered invalidate): the next %(limit)s matches after
 # the cursor, locked in id order, worked again with their stored object: attempts reset,
 # errors kept, one work queued or folded (coalescing). Deleted resources are skipped;

@@ -170,13 +170,14 @@ EXPLAIN (FORMAT JSON) SELECT 1 FROM delta_job WHERE state = 'available' AND name
 """
 
 
-def planned_rows(plan: Any) -> int:
-    """The rows ESTIMATE_AVAILABLE's plan expects, never fewer than the cap counted."""
+def planned_rows(plan: Any, cap: int = QUEUE_COUNT_CAP) -> int:
+    """The rows an `EXPLAIN (FORMAT JSON)` plan expects (ESTIMATE_AVAILABLE's, or a bulk
+    action's matches), never fewer than the `cap` rows a count already went past."""
     try:
         rows = int(plan[0]["Plan"]["Plan Rows"])
     except (TypeError, KeyError, IndexError, ValueError):
         rows = 0
-    return max(rows, QUEUE_COUNT_CAP + 1)
+    return max(rows, cap + 1)
 
 
 # Resources that failed or degraded, and plain jobs waiting to retry or discarded in

@@ -68,7 +68,7 @@ async def on_resources(request: Request) -> Response:
             + ": choose a state, tag, error, namespace or id first"
         )
     fields = filter_fields(where)
-    async with console.pool.connection() as conn:
+    async with console.connection(f"{action} resources") as conn:
         if form.get("confirm") != "yes":
             count = await reads.count_matches(conn, where)
             return render(
@@ -104,7 +104,7 @@ async def on_jobs(request: Request) -> Response:
         "error": where.error, "namespace": where.namespace, "id": list(where.ids or ()),
     }  # fmt: skip
     if form.get("confirm") != "yes":
-        async with console.pool.connection() as conn:
+        async with console.connection(f"count the jobs to {action.removesuffix('-jobs')}") as conn:
             count = await reads.count_job_matches(conn, where)
         return render(
             request, "confirm.html", action=action, count=count, fields=fields, what="jobs",

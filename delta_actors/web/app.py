@@ -10,9 +10,12 @@ URLs are part of the interface (bookmarks, links in alerts):
     /live?kind=&id=                     server-sent events that tell pages to refresh
     POST /actions/...                   every action (web/actions.py)
 
-A page reads through web/reads.py on the console's pool; a bad filter value gets a 400
-page naming the fix, a database error a 503 page with its (redacted) message, and the
-console goes on serving.
+A page reads through web/reads.py on a connection from `Console.connection`, which
+translates every psycopg error (db/connection.translate_errors). A bad filter value, or
+one PostgreSQL cannot store (a NUL byte), gets a 400 page naming the fix; a database
+error (a connection PostgreSQL ended, a privilege missing) a 503 page with its redacted
+message, logged without a traceback; the console goes on serving, and the pool replaces
+broken connections for the next request.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from delta_actors import bulk
-from delta_actors.errors import ConfigError, DeltaError
+from delta_actors.errors import ConfigError, DeltaError, EncodeError
 from delta_actors.model.job_row import JobState
 from delta_actors.model.resource import State
 from delta_actors.web import actions, live, reads
@@ -82,7 +85,7 @@ def create_app(dsn: str, *, read_only: bool = False, token: str | None = None) -
 
 async def overview(request: Request) -> Response:
     console = await opened(request)
-    async with console.pool.connection() as conn:
+    async with console.connection("read the overview") as conn:
         data = await reads.read_overview(conn, console.chart)
     return render(request, "overview.html", overview=data, live_query="")
 
@@ -92,7 +95,7 @@ async def resources(request: Request) -> Response:
     where = resource_filter(request.query_params)
     after = request.query_params.get("after") or None
     troubled = where.state is None or where.state.value in reads.TROUBLED
-    async with console.pool.connection() as conn:
+    async with console.connection("list resources") as conn:
         page = await reads.list_resources(conn, where, after, PAGE)
         groups = await reads.read_error_groups(conn, where) if troubled else None
     return render(
@@ -106,7 +109,7 @@ async def resource(request: Request) -> Response:
     console = await opened(request)
     kind, object_id = request.path_params["kind"], request.path_params["object_id"]
     bulk.resource_filter(kind)  # a malformed kind gets its 400 page
-    async with console.pool.connection() as conn:
+    async with console.connection(f"read {kind} {object_id!r}") as conn:
         found = await reads.read_resource(conn, kind, object_id)
     if found is None:
         return render(
@@ -126,7 +129,7 @@ async def jobs(request: Request) -> Response:
         error=params.get("error") or None, namespace=params.get("namespace") or None,
     )  # fmt: skip
     after = params.get("after") or None
-    async with console.pool.connection() as conn:
+    async with console.connection("list jobs") as conn:
         page = await reads.list_jobs(conn, where, after, PAGE)
         periodic = await reads.read_periodic(conn)
     fields = {
@@ -142,7 +145,7 @@ async def jobs(request: Request) -> Response:
 
 async def informers(request: Request) -> Response:
     console = await opened(request)
-    async with console.pool.connection() as conn:
+    async with console.connection("read the informers") as conn:
         rows = await reads.read_informers(conn)
     return render(request, "informers.html", informers=rows, live_query="")
 
@@ -152,10 +155,12 @@ def _live_query(**params: Any) -> str:
 
 
 async def _error_page(request: Request, exc: Exception) -> Response:
-    status = 400 if isinstance(exc, ConfigError) else 503
+    # A value of the request's own is the caller's to fix; anything else is the database's.
+    status = 400 if isinstance(exc, ConfigError | EncodeError) else 503
     if status == 503:
         logger.warning(
-            "console request failed: %s", exc, extra={"event": "web.request_failed"}
+            "console request %s %s failed: %s", request.method, request.url.path, exc,
+            extra={"event": "web.request_failed"},
         )  # fmt: skip
     return render(
         request, "error.html", status=status,

@@ -11,7 +11,8 @@ never part of a message (db/connection redacts it) nor of any page (pages show
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
@@ -68,6 +69,21 @@ class Console:
             pool, self._pool, self._client = self._pool, None, None
         if pool is not None:
             await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, action: str) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection of the pool for `action`, the console's one seam for psycopg errors.
+
+        Whatever psycopg raises while it is taken or used, a connection that PostgreSQL
+        ended included, becomes the DatabaseError (or SchemaError, EncodeError) of
+        `translate_errors`, naming `action`, its message redacted; the app turns it into
+        an error page. The pool discards a broken connection when it comes back, and the
+        idle ones that broke with it, so the next request gets a working one.
+        """
+        await self.open()
+        with translate_errors(action, self.dsn):
+            async with self.pool.connection() as conn:
+                yield conn
 
     @property
     def pool(self) -> AsyncConnectionPool:

@@ -13,6 +13,9 @@ page costs about the same with a million resources stored as with a hundred:
 - Works finished per minute: a minute that ended more than SETTLED seconds ago no longer
   changes (its rows are written with that minute's timestamps), so its count is cached
   in the `FinishedChart` and each request counts only the minutes after it.
+- The confirmation of a bulk action counts the matches up to CONFIRM_CAP and, past it,
+  shows the planner's estimate, labelled (bulk.Count): an exact count of "every synced
+  resource" read a million rows. The action itself still takes every match.
 - Listings are the keyset pages of delta_actors.bulk, the operator's functions.
 """
 
@@ -37,6 +40,11 @@ from delta_actors.model.resource import Resource, State
 
 EXACT_LIMIT = 200_000  # rows (planner's count) under which resources are counted exactly
 ERROR_SAMPLE = 10_000  # troubled rows read to group errors
+# Matches a confirmation counts exactly; past them, the planner's estimate. At a million
+# rows each, counting 10,000 took 6-17 ms for a resource state or a kind, 13-40 ms for
+# plain jobs, 68 ms for a tag in a namespace (a match in four of the namespace's rows);
+# 50,000 took up to 216 ms, and the exact counts 0.25-0.44 s.
+CONFIRM_CAP = 10_000
 ERROR_GROUPS = 50  # groups shown
 KINDS = 100  # kinds shown on the overview
 CHART_MINUTES = 60
@@ -329,13 +337,13 @@ async def read_error_groups(
     )  # fmt: skip
 
 
-async def count_matches(conn: psycopg.AsyncConnection, where: bulk.ResourceFilter) -> int:
+async def count_matches(conn: psycopg.AsyncConnection, where: bulk.ResourceFilter) -> bulk.Count:
     """How many resources an action on `where` would touch (its confirmation shows it)."""
-    return await drive_async(conn, bulk.count_resources(where))
+    return await drive_async(conn, bulk.count_resources_up_to(where, CONFIRM_CAP))
 
 
-async def count_job_matches(conn: psycopg.AsyncConnection, where: bulk.JobFilter) -> int:
-    return await drive_async(conn, bulk.count_jobs(where))
+async def count_job_matches(conn: psycopg.AsyncConnection, where: bulk.JobFilter) -> bulk.Count:
+    return await drive_async(conn, bulk.count_jobs_up_to(where, CONFIRM_CAP))
 
 
 async def read_resource(

@@ -8,6 +8,7 @@ tmp_path); scripts/console_screenshots.py makes those of docs/console/.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 
 import delta_actors as delta
 from tests.e2e.conftest import ROOT, terminate
@@ -32,6 +33,14 @@ CHROMIUM_ARGS = [
 ACTORS = 3  # default, billing, the leader candidate
 TIMEOUT = "UpstreamTimeout: billing API timed out after 30s"
 REJECTED = "ValueError: card number rejected"
+
+
+FIRST_RUNS = re.compile(r"^[1-9][0-9]* / 0$")  # the informer ran, without a failure
+
+
+def finished(chart: Locator) -> int:
+    """The works a namespace's chart shows finished over the hour (its bars' titles)."""
+    return sum(int(n) for n in chart.locator("title").all_text_contents())
 
 
 def free_port() -> int:
@@ -135,6 +144,8 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     wait_until(lambda: states(e2e_dsn, "invoice") == {"synced": 5}, 30, "invoices")
 
     page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     # The overview: counts of the seeded database, the namespaces, the leader.
     page.goto(console_url + "/")
     customers = page.locator('#resource-counts tr[data-kind="customer"]')
@@ -146,6 +157,11 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
         "claiming"
     )
     expect(page.locator("#leader")).to_contain_text("term")
+    expect(page.locator("#actors tbody tr")).to_have_count(ACTORS)
+    billing_chart = page.locator('#namespaces tr[data-namespace="billing"] svg.chart rect')
+    expect(billing_chart).to_have_count(60)  # a bar a minute, the last hour
+    wait_until(lambda: finished(billing_chart) >= 5, 20, "the invoices' works in the chart")
+    expect(page.locator('#informers tr[data-kind="account"] .runs')).to_have_text(FIRST_RUNS)
     shoot(page, tmp_path, "overview")
 
     # Degraded resources, grouped by error; the timeout group is retried after the fix.
@@ -160,7 +176,7 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     shoot(page, tmp_path, "resources-degraded")
     with psycopg.connect(e2e_dsn, autocommit=True) as conn:
         conn.execute(
-            "UPDATE e2e_console_broken SET error = NULL, seconds = 2 WHERE error = %s",
+            "UPDATE e2e_console_broken SET error = NULL, held = true WHERE error = %s",
             (TIMEOUT,),
         )
     timeouts.locator("button.retry-group").click()
@@ -171,8 +187,10 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     page.evaluate("window.notReloaded = true")
     rows = page.locator("#resources tbody tr[data-id]")
     expect(rows).to_have_count(6)
-    # Each work takes two seconds: the page came before the results did.
-    assert page.locator("#resources td.state-synced").count() < 6
+    # The works are held until the page has shown them unfinished; then they finish.
+    assert page.locator("#resources td.state-synced").count() == 0
+    with psycopg.connect(e2e_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE e2e_console_broken SET held = false")
     expect(page.locator("#resources td.state-synced")).to_have_count(6, timeout=30_000)
     # The same document throughout: the rows changed in place, by the live refresh.
     assert page.evaluate("window.notReloaded === true"), "the page was reloaded"
@@ -188,6 +206,17 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     expect(page.locator("#errors pre.trace").first).to_contain_text("Traceback")
     expect(page.locator("#object")).to_contain_text('"name": "n6"')
     shoot(page, tmp_path, "resource")
+    # Its upstream fixed, a retry from its page: the page follows the work, live.
+    with psycopg.connect(e2e_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE e2e_console_broken SET error = NULL, held = true WHERE key = 'cus-06'")
+    page.click("button.action-retry")
+    expect(page.locator(".done")).to_have_text("retried 1")
+    page.evaluate("window.notReloaded = true")
+    assert page.locator("#state").inner_text() in {"scheduled", "running"}  # held
+    with psycopg.connect(e2e_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE e2e_console_broken SET held = false")
+    expect(page.locator("#state")).to_have_text("synced", timeout=30_000)
+    assert page.evaluate("window.notReloaded === true"), "the resource page was reloaded"
 
     # Pause billing: new invoices stay queued while its worker goes on claiming nothing.
     page.goto(console_url + "/")
@@ -216,7 +245,19 @@ def test_the_console_shows_acts_and_updates_live(supervise, e2e_dsn, console_url
     page.goto(console_url + "/informers")
     expect(page.locator("h1")).to_have_text("Informers")
     shoot(page, tmp_path, "informers")
+
+    # Run an informer now: its run count goes up on the page, live.
+    runs = page.locator('#informers tr[data-kind="account"] .runs')
+    expect(runs).to_have_text(FIRST_RUNS)
+    before = int(runs.inner_text().split(" / ")[0])
+    page.locator('#informers tr[data-kind="account"] button', has_text="Run now").click()
+    expect(page.locator(".done")).to_have_text("asked for a run of account")
+    expect(runs).to_have_text(f"{before + 1} / 0", timeout=20_000)
     page.close()
+    # Everything the pages loaded came from the console: nothing from another site.
+    assert requested
+    foreign = [url for url in requested if not url.startswith((console_url + "/", "data:"))]
+    assert not foreign, foreign
 
 
 def test_closing_the_tab_ends_its_live_stream(supervise, e2e_dsn, console_url, browser):
