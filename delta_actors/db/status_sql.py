@@ -92,15 +92,21 @@ GROUP BY 1, 2
 """
 
 # Each namespace's queue. Available jobs are counted up to QUEUE_COUNT_CAP per namespace
-# (the last column says the count stopped there, and ops/status.py then asks the planner
-# for an estimate): an exact count of a million queued jobs read them all (0.3-0.8 s).
-# The namespaces with available jobs are found by a skip scan of the claim index, one
-# probe per namespace (two names of one hashtext are both found only if the sample
-# reaches the second), and their oldest due time by one probe per priority. The cap is
-# small for a reason: the planner reckons with a hundred namespaces, and at 10,000 the
-# statement's estimated cost made PostgreSQL compile and optimise it with JIT (1 s on
-# each run). Running is bounded by the slots; finished by the window.
+# (a column says the count stopped there, and the caller then asks the planner for an
+# estimate): an exact count of a million queued jobs read them all (0.3-0.8 s). The
+# namespaces with available jobs are found by a skip scan of the claim index, one probe
+# per namespace (two names of one hashtext are both found only if the sample reaches the
+# second), and their oldest due time by one probe per priority. Jobs due later
+# (scheduled, retryable) are counted the same way through delta_job_waiting_idx: counted
+# to the end, a million plain jobs a third of them retryable took 0.7 s. Running is
+# bounded by the slots. Jobs finished in the window are counted up to FINISHED_COUNT_CAP
+# in all (a last column says the count stopped: each namespace's is then a lower bound),
+# as a million jobs discarded or cancelled at once would be. Run it WITHOUT_JIT: the planner reckons
+# with a hundred namespaces, and the capped counts' estimated cost made PostgreSQL compile
+# the statement with JIT on every run (130-340 ms with a million jobs queued, 1 s with a
+# cap of 10,000), for a statement that takes 7 ms.
 QUEUE_COUNT_CAP = 1_000
+FINISHED_COUNT_CAP = 10_000  # jobs finished in the window, all namespaces together
 SELECT_QUEUES: LiteralString = """
 WITH RECURSIVE hashes AS (
     (SELECT hashtext(namespace) AS h FROM delta_job
@@ -137,16 +143,36 @@ available AS (
 running AS (
     SELECT namespace, count(*) AS n FROM delta_job WHERE state = 'running' GROUP BY namespace
 ),
-waiting AS (
-    SELECT namespace, count(*) AS n
-    FROM delta_job WHERE state IN ('scheduled', 'retryable') GROUP BY namespace
+waiting_names AS (
+    (SELECT namespace FROM delta_job
+     WHERE state IN ('scheduled', 'retryable') ORDER BY namespace LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.namespace FROM delta_job AS j
+            WHERE j.state IN ('scheduled', 'retryable') AND j.namespace > w.namespace
+            ORDER BY j.namespace LIMIT 1)
+    FROM waiting_names AS w WHERE w.namespace IS NOT NULL
 ),
-finished AS (
-    SELECT namespace, count(*) AS n
-    FROM delta_job
+waiting AS (
+    SELECT w.namespace, x.n, x.n > %(cap)s AS capped
+    FROM waiting_names AS w
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM (
+            SELECT 1 FROM delta_job AS j
+            WHERE j.state IN ('scheduled', 'retryable') AND j.namespace = w.namespace
+            LIMIT %(cap)s + 1) AS j
+    ) AS x
+    WHERE w.namespace IS NOT NULL
+),
+finished_sample AS (
+    SELECT namespace FROM delta_job
     WHERE state IN ('completed', 'cancelled', 'discarded')
       AND finalized_at > now() - make_interval(secs => %(window)s)
-    GROUP BY namespace
+    LIMIT %(finished_cap)s + 1
+),
+finished AS (
+    SELECT namespace, count(*) AS n,
+           (SELECT count(*) FROM finished_sample) > %(finished_cap)s AS capped
+    FROM finished_sample GROUP BY namespace
 ),
 queues AS (
     SELECT namespace FROM available UNION SELECT namespace FROM running
@@ -154,7 +180,7 @@ queues AS (
 )
 SELECT q.namespace, coalesce(a.n, 0), coalesce(r.n, 0), coalesce(w.n, 0),
        greatest(extract(epoch FROM now() - a.oldest), 0)::float8, coalesce(f.n, 0),
-       coalesce(a.capped, false)
+       coalesce(a.capped, false), coalesce(w.capped, false), coalesce(f.capped, false)
 FROM queues AS q
 LEFT JOIN available AS a ON a.namespace = q.namespace
 LEFT JOIN running AS r ON r.namespace = q.namespace
@@ -168,6 +194,17 @@ ORDER BY q.namespace
 ESTIMATE_AVAILABLE: LiteralString = """
 EXPLAIN (FORMAT JSON) SELECT 1 FROM delta_job WHERE state = 'available' AND namespace = %s
 """
+
+# The same for its jobs due later.
+ESTIMATE_WAITING: LiteralString = """
+EXPLAIN (FORMAT JSON) SELECT 1 FROM delta_job
+WHERE state IN ('scheduled', 'retryable') AND namespace = %s
+"""
+
+# For the transaction of a statement whose cost the planner overestimates (SELECT_QUEUES):
+# JIT compilation would take longer than the statement. LOCAL, so that behind a
+# transaction pooler the setting ends with our transaction.
+WITHOUT_JIT: LiteralString = "SET LOCAL jit = off"
 
 
 def planned_rows(plan: Any, cap: int = QUEUE_COUNT_CAP) -> int:

@@ -8,8 +8,8 @@ have a LIMIT. Counting resources by kind and state would read the whole resource
 (about a second per million rows): below `EXACT_RESOURCES_BELOW` rows it does, past it
 the counts are estimates (`ResourceCount.estimated`) from the planner's statistics
 (`_count_resources`), except the failed, degraded and running ones, which stay exact.
-A namespace's available jobs are counted up to `QUEUE_COUNT_CAP` and estimated past it
-(`QueueStatus.available_estimated`).
+A namespace's available jobs, and those due later, are counted up to `QUEUE_COUNT_CAP`
+and estimated past it (`QueueStatus.available_estimated`, `waiting_estimated`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ EXACT_RESOURCES_BELOW = 100_000
 # States whose counts an estimate would blur, counted exactly (a partial index, the slots).
 _EXACT_STATES = ("failed", "degraded", "running")
 RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
-QUEUE_PARAMS = {"window": RATE_WINDOW, "cap": status_sql.QUEUE_COUNT_CAP}
+QUEUE_PARAMS = {
+    "window": RATE_WINDOW,
+    "cap": status_sql.QUEUE_COUNT_CAP,
+    "finished_cap": status_sql.FINISHED_COUNT_CAP,
+}
 
 
 class LeaderStatus(msgspec.Struct, frozen=True):
@@ -91,6 +95,9 @@ class QueueStatus(msgspec.Struct, frozen=True):
     paused_at: datetime | None = None  # paused (`delta-actors pause`) since then
     # `available` is the planner's estimate: the count stopped at QUEUE_COUNT_CAP.
     available_estimated: bool = False
+    waiting_estimated: bool = False  # the same for `waiting`
+    # The count of finished ones stopped at FINISHED_COUNT_CAP: the pace is a lower bound.
+    finished_capped: bool = False
 
 
 class Failure(msgspec.Struct, frozen=True):
@@ -205,9 +212,12 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
         leader = conn.execute(status_sql.SELECT_LEADER).fetchone()
         actors = conn.execute(status_sql.SELECT_ACTORS).fetchall()
         resources = count_resources(conn, exact_below)
-        queues = conn.execute(status_sql.SELECT_QUEUES, QUEUE_PARAMS).fetchall()
+        queues = read_queues(conn)
         estimates: dict[str, int] = {
-            ns: estimate_available(conn, ns) for ns, *_, capped in queues if capped
+            ns: estimate_available(conn, ns) for ns, *_, capped, _, _ in queues if capped
+        }
+        waiting_estimates: dict[str, int] = {
+            ns: estimate_waiting(conn, ns) for ns, *_, capped, _ in queues if capped
         }
         paused: dict[str, datetime] = dict(
             conn.execute(job_sql.SELECT_PAUSED_NAMESPACES).fetchall()
@@ -239,13 +249,25 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
                 ns,
                 estimates.get(ns, int(available)),
                 running,
-                waiting,
+                waiting_estimates.get(ns, int(waiting)),
                 lag or 0.0,
                 finished / RATE_WINDOW,
                 paused.pop(ns, None),
                 available_estimated=capped,
+                waiting_estimated=waiting_capped,
+                finished_capped=finished_capped,
             )
-            for ns, available, running, waiting, lag, finished, capped in queues
+            for (
+                ns,
+                available,
+                running,
+                waiting,
+                lag,
+                finished,
+                capped,
+                waiting_capped,
+                finished_capped,
+            ) in queues
         ]
         + [QueueStatus(ns, 0, 0, 0, 0.0, 0.0, at) for ns, at in sorted(paused.items())],
         failures=[
@@ -260,9 +282,22 @@ def read_status(conn: psycopg.Connection, *, exact_below: float = EXACT_RESOURCE
     )
 
 
+def read_queues(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """SELECT_QUEUES's rows, read without JIT (see there)."""
+    with conn.transaction():
+        conn.execute(status_sql.WITHOUT_JIT)
+        return conn.execute(status_sql.SELECT_QUEUES, QUEUE_PARAMS).fetchall()
+
+
 def estimate_available(conn: psycopg.Connection, namespace: str) -> int:
     """A namespace's available jobs as the planner reckons, past the counted cap."""
     row = conn.execute(status_sql.ESTIMATE_AVAILABLE, (namespace,)).fetchone()
+    return status_sql.planned_rows(row[0] if row else None)
+
+
+def estimate_waiting(conn: psycopg.Connection, namespace: str) -> int:
+    """A namespace's jobs due later as the planner reckons, past the counted cap."""
+    row = conn.execute(status_sql.ESTIMATE_WAITING, (namespace,)).fetchone()
     return status_sql.planned_rows(row[0] if row else None)
 
 

@@ -120,14 +120,15 @@ def _queues(status: Status) -> str:
         return "no jobs"
     rows = [
         (q.namespace, f"~{q.available}" if q.available_estimated else q.available,
-         q.running, q.waiting, format_age(q.lag),
-         round(q.finished_per_second, 1),
+         q.running, f"~{q.waiting}" if q.waiting_estimated else q.waiting, format_age(q.lag),
+         f">={round(q.finished_per_second, 1)}" if q.finished_capped
+         else round(q.finished_per_second, 1),
          "-" if q.paused_at is None else f"since {format_time(q.paused_at)}")
         for q in status.queues
     ]  # fmt: skip
     headers = ("NAMESPACE", "AVAILABLE", "RUNNING", "WAITING", "LAG", "FINISHED/S", "PAUSED")
     rendered = table(headers, rows)
-    if any(q.available_estimated for q in status.queues):
+    if any(q.available_estimated or q.waiting_estimated for q in status.queues):
         rendered += (
             f"\n~: estimated from the planner's statistics (counted up to {QUEUE_COUNT_CAP:,})"
         )

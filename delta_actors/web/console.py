@@ -31,7 +31,7 @@ from delta_actors.db.connection import (
     translate_errors,
 )
 from delta_actors.db.migrations import check_schema_async
-from delta_actors.web.reads import FinishedChart
+from delta_actors.web.reads import FINISHED_CAP, FinishedChart
 
 POOL_SIZE = 8  # connections: pages, actions and each open live stream's subscription aside
 
@@ -130,6 +130,7 @@ def _environment() -> jinja2.Environment:
     env.filters["number"] = lambda n: f"{n:,}"
     env.globals["query"] = query
     env.globals["queue_cap"] = status_sql.QUEUE_COUNT_CAP
+    env.globals["finished_cap"] = FINISHED_CAP
     return env
 
 

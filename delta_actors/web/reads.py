@@ -12,7 +12,10 @@ page costs about the same with a million resources stored as with a hundred:
   the page says "at least".
 - Works finished per minute: a minute that ended more than SETTLED seconds ago no longer
   changes (its rows are written with that minute's timestamps), so its count is cached
-  in the `FinishedChart` and each request counts only the minutes after it.
+  in the `FinishedChart` and each request counts only the minutes after it. A minute is
+  counted up to FINISHED_CAP; past it the page says "at least".
+- Queue depths are status's (SELECT_QUEUES): available and due later counted up to
+  QUEUE_COUNT_CAP per namespace, the planner's estimate past it, labelled.
 - The confirmation of a bulk action counts the matches up to CONFIRM_CAP and, past it,
   shows the planner's estimate, labelled (bulk.Count): an exact count of "every synced
   resource" read a million rows. The action itself still takes every match.
@@ -37,6 +40,7 @@ from delta_actors.health import ComponentHealth
 from delta_actors.model.job_row import JobError, JobRow
 from delta_actors.model.page import Page
 from delta_actors.model.resource import Resource, State
+from delta_actors.ops.status import QUEUE_PARAMS
 
 EXACT_LIMIT = 200_000  # rows (planner's count) under which resources are counted exactly
 ERROR_SAMPLE = 10_000  # troubled rows read to group errors
@@ -48,9 +52,11 @@ CONFIRM_CAP = 10_000
 ERROR_GROUPS = 50  # groups shown
 KINDS = 100  # kinds shown on the overview
 CHART_MINUTES = 60
+# Works finished a minute counted on the chart; past them the minute shows "at least".
+# The first view counts the hour (60 minutes, at most 120,000 rows), every later one
+# its last three minutes.
+FINISHED_CAP = 2_000
 SETTLED = 120.0  # seconds after its end when a minute's count no longer changes
-RATE_WINDOW = 60.0  # seconds of finished works in a queue's pace
-QUEUE_PARAMS = {"window": RATE_WINDOW, "cap": status_sql.QUEUE_COUNT_CAP}
 TROUBLED = (State.FAILED.value, State.DEGRADED.value)
 ESTIMATED_STATES = tuple(s.value for s in State if s.value not in (*TROUBLED, "running"))
 
@@ -87,6 +93,8 @@ class Namespace:
     lag: float = 0.0
     finished_per_minute: list[int] = field(default_factory=list)
     available_estimated: bool = False  # counted up to QUEUE_COUNT_CAP, then estimated
+    waiting_estimated: bool = False  # the same for `waiting`
+    finished_capped: list[bool] = field(default_factory=list)  # minutes counted to the cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,10 @@ class Overview:
     def estimated(self) -> bool:
         return any(k.estimated for k in self.kinds)
 
+    @property
+    def is_chart_capped(self) -> bool:
+        return any(any(ns.finished_capped) for ns in self.namespaces)
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorGroup:
@@ -185,13 +197,26 @@ class ResourcePage:
     timeline: list[Moment]
 
 
+@dataclass(frozen=True, slots=True)
+class Minute:
+    counts: dict[str, int]  # namespace -> works finished
+    is_capped: bool  # counted up to FINISHED_CAP: each count is a lower bound
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    start: float  # epoch seconds of the first minute
+    finished: dict[str, list[int]]  # namespace -> works finished a minute
+    capped: list[bool]  # per minute: Minute.is_capped
+
+
 class FinishedChart:
     """Works finished per namespace and minute over the last hour, settled minutes cached."""
 
     def __init__(self) -> None:
-        self._settled: dict[int, dict[str, int]] = {}  # minute (epoch s) -> namespace -> n
+        self._settled: dict[int, Minute] = {}  # minute (epoch s) -> its counts
 
-    async def read(self, conn: psycopg.AsyncConnection) -> tuple[float, dict[str, list[int]]]:
+    async def read(self, conn: psycopg.AsyncConnection) -> Chart:
         cur = await conn.execute(console_sql.SELECT_NOW)
         now = float((await cur.fetchone() or (0.0,))[0])
         current = math.floor(now / 60) * 60
@@ -200,49 +225,56 @@ class FinishedChart:
         settled_until = math.floor((now - SETTLED) / 60) * 60  # minutes before it settled
         for minute in [m for m in self._settled if m < start]:
             del self._settled[minute]
-        missing = [m for m in minutes if m < settled_until and m not in self._settled]
-        since = min(missing) if missing else max(start, settled_until)
-        cur = await conn.execute(
-            console_sql.SELECT_FINISHED_PER_MINUTE, {"since": since, "until": current + 60}
-        )
-        fresh: dict[int, dict[str, int]] = {m: {} for m in minutes if m >= since}
-        for namespace, minute, count in await cur.fetchall():
-            fresh.setdefault(int(minute), {})[namespace] = int(count)
-        for minute, counts in fresh.items():
+        counted = [m for m in minutes if m not in self._settled]
+        rows = await _pipelined(conn, [
+            (console_sql.SELECT_FINISHED_IN_MINUTE, {"minute": m, "cap": FINISHED_CAP})
+            for m in counted
+        ])  # fmt: skip
+        fresh: dict[int, Minute] = {}
+        for minute, counts in zip(counted, rows, strict=True):
+            by_namespace = {namespace: int(n) for namespace, n in counts}
+            fresh[minute] = Minute(by_namespace, sum(by_namespace.values()) > FINISHED_CAP)
             if minute < settled_until:
-                self._settled[minute] = counts
+                self._settled[minute] = fresh[minute]
         merged = {**self._settled, **fresh}
-        names = sorted({ns for counts in merged.values() for ns in counts})
-        return float(start), {ns: [merged.get(m, {}).get(ns, 0) for m in minutes] for ns in names}
+        names = sorted({ns for minute in merged.values() for ns in minute.counts})
+        return Chart(
+            float(start),
+            {ns: [merged[m].counts.get(ns, 0) for m in minutes] for ns in names},
+            [merged[m].is_capped for m in minutes],
+        )
 
 
 async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> Overview:
     """Everything the overview shows, in a few bounded statements."""
-    leaders, actors, queues, namespaces, informers = await _pipelined(
-        conn,
-        [
-            (status_sql.SELECT_LEADER, None),
-            (status_sql.SELECT_ACTORS, None),
-            (status_sql.SELECT_QUEUES, QUEUE_PARAMS),
-            (console_sql.SELECT_NAMESPACES, None),
-            (status_sql.SELECT_INFORMERS_STATUS, None),
-        ],
-    )
+    async with conn.transaction():
+        await conn.execute(status_sql.WITHOUT_JIT)  # for SELECT_QUEUES (see there)
+        leaders, actors, queues, namespaces, informers = await _pipelined(
+            conn,
+            [
+                (status_sql.SELECT_LEADER, None),
+                (status_sql.SELECT_ACTORS, None),
+                (status_sql.SELECT_QUEUES, QUEUE_PARAMS),
+                (console_sql.SELECT_NAMESPACES, None),
+                (status_sql.SELECT_INFORMERS_STATUS, None),
+            ],
+        )
     leader = leaders[0] if leaders else None
-    chart_start, finished = await chart.read(conn)
+    chart_read = await chart.read(conn)
+    finished = chart_read.finished
     kinds = await count_resources(conn)
     by_name: dict[str, Namespace] = {
         name: Namespace(name, paused_at) for name, paused_at in namespaces
     }
-    for name, counted, running, waiting, lag, _finished, capped in queues:
+    for name, available, running, waiting, lag, _, capped, waiting_capped, _ in queues:
         paused = by_name[name].paused_at if name in by_name else None
-        available = counted
-        if capped:
-            estimate = await _one(conn, status_sql.ESTIMATE_AVAILABLE, (name,))
-            available = status_sql.planned_rows(estimate[0] if estimate else None)
         by_name[name] = Namespace(
-            name, paused, available, running, waiting, lag or 0.0, available_estimated=capped
-        )
+            name, paused,
+            await _past_cap(conn, status_sql.ESTIMATE_AVAILABLE, name, available, capped),
+            running,
+            await _past_cap(conn, status_sql.ESTIMATE_WAITING, name, waiting, waiting_capped),
+            lag or 0.0, available_estimated=capped, waiting_estimated=waiting_capped,
+        )  # fmt: skip
     for name in finished:
         by_name.setdefault(name, Namespace(name, None))
     return Overview(
@@ -258,6 +290,8 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
                 ns.lag,
                 finished.get(ns.name, [0] * CHART_MINUTES),
                 ns.available_estimated,
+                ns.waiting_estimated,
+                chart_read.capped,
             )
             for ns in sorted(by_name.values(), key=lambda n: n.name)
         ],
@@ -266,7 +300,7 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
             Informer(k, r, s, ea, _last_line(e or ""), n, q, ru, f)
             for k, r, s, ea, e, _cursor, n, q, ru, f in informers
         ],
-        chart_start=chart_start,
+        chart_start=chart_read.start,
     )
 
 
@@ -393,6 +427,16 @@ def _timeline(resource: Resource[Any], works: list[Work]) -> list[Moment]:
     moments.append(Moment(resource.updated_at, f"last change: {resource.state.value}",
                           f"generation {resource.generation}"))  # fmt: skip
     return sorted(moments, key=lambda m: m.at, reverse=True)
+
+
+async def _past_cap(
+    conn: psycopg.AsyncConnection, estimate: Any, namespace: str, counted: int, is_capped: bool
+) -> int:
+    """A queue's count, or, when it stopped at QUEUE_COUNT_CAP, the planner's estimate."""
+    if not is_capped:
+        return int(counted)
+    row = await _one(conn, estimate, (namespace,))
+    return status_sql.planned_rows(row[0] if row else None)
 
 
 def _actor(row: tuple[Any, ...]) -> Actor:

@@ -11,16 +11,18 @@ import re
 from collections.abc import Iterator
 from typing import Any, LiteralString
 
+import httpx
 import psycopg
 import pytest
 
 import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
-from delta_actors.db import job_sql, resource_sql, status_sql
-from delta_actors.ops.status import read_status
+from delta_actors.db import console_sql, job_sql, resource_sql, status_sql
+from delta_actors.ops.status import QUEUE_PARAMS, read_status
 from delta_actors.queue.completer import job_params, work_params
 from delta_actors.queue.results import job_done, work_synced
 from delta_actors.resources.store import InformParams, inform, prepare
+from delta_actors.web.reads import FINISHED_CAP
 
 ROWS = 200_000
 
@@ -131,7 +133,7 @@ def test_status_counts_a_large_queue_up_to_the_cap_and_estimates_past_it(large):
            SELECT 'noop', 'reports', '\\x', 5 FROM generate_series(1, 5)"""
     )
     large.execute("ANALYZE delta_job")
-    params = {"window": 60.0, "cap": status_sql.QUEUE_COUNT_CAP}
+    params = QUEUE_PARAMS
     plan = "\n".join(
         row[0]
         for row in large.execute(
@@ -146,6 +148,60 @@ def test_status_counts_a_large_queue_up_to_the_cap_and_estimates_past_it(large):
     assert 0.8 * ROWS <= default.available <= 1.2 * ROWS, default
     assert default.lag > 0
     assert (reports.available, reports.available_estimated) == (5, False)
+
+
+def test_the_overview_reads_a_bounded_share_of_many_plain_jobs(dsn, serve_console):
+    """200,000 retryable plain jobs and 200,000 discarded within a minute: the count of
+    jobs due later stops at the queue's cap and the chart's count of that minute at its
+    own, neither statement is compiled with JIT, and the page labels both figures."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO delta_job (kind, namespace, args, max_attempts, state, attempt,
+                                      scheduled_at, finalized_at)
+               SELECT 'send', 'default', '\\x', 5,
+                      (CASE WHEN i %% 2 = 0 THEN 'retryable' ELSE 'discarded' END)::delta_job_state,
+                      1, now() + interval '1 hour', CASE WHEN i %% 2 = 1 THEN now() END
+               FROM generate_series(1, %s) AS i""",
+            (2 * ROWS,),
+        )
+        conn.execute("ANALYZE delta_job")
+        with conn.transaction():  # as status and the overview read it
+            conn.execute(status_sql.WITHOUT_JIT)
+            queues = _analyzed(conn, status_sql.SELECT_QUEUES, QUEUE_PARAMS)
+        row = conn.execute(
+            "SELECT floor(extract(epoch FROM max(finalized_at)) / 60) * 60 FROM delta_job"
+        ).fetchone()
+        assert row is not None
+        minute = _analyzed(conn, console_sql.SELECT_FINISHED_IN_MINUTE,
+                           {"minute": int(row[0]), "cap": FINISHED_CAP})  # fmt: skip
+        status = {q.namespace: q for q in read_status(conn).queues}["default"]
+    assert _most_rows(queues) <= status_sql.FINISHED_COUNT_CAP + 1, queues
+    assert _most_rows(minute) <= FINISHED_CAP + 1, minute
+    assert "JIT" not in queues and "JIT" not in minute
+    assert status.waiting_estimated and 0.8 * ROWS <= status.waiting <= 1.2 * ROWS, status
+    assert status.finished_capped, status
+    page = httpx.get(serve_console().url + "/").text
+    default = re.search(r'<tr data-namespace="default">.*?</tr>', page, re.S)
+    assert default, page
+    assert re.search(
+        r'<td class="waiting"><span title="the planner\'s estimate[^"]*">≈', default[0]
+    )
+    assert f"<title>at least {FINISHED_CAP + 1}</title>" in default[0]
+    assert 'id="finished-capped"' in page
+
+
+def _analyzed(conn: psycopg.Connection, statement: LiteralString, params: object) -> str:
+    rows = conn.execute(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + statement,
+        params,  # type: ignore[arg-type]
+        prepare=False,
+    ).fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+def _most_rows(plan: str) -> int:
+    """The most rows any node of an analyzed plan returned."""
+    return max(int(n) for n in re.findall(r"actual rows=(\d+)", plan))
 
 
 LIVE_CLAIMS = 50
