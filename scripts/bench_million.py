@@ -12,8 +12,9 @@ the embedded database gets from this machine's memory, `local/cluster.tuned_sett
    first, one deep by cursor, and one per filter), each the median of `--calls`.
 
 Some resources are made different so that every filter has something to find: every
-tenth batch goes to namespace `other` with tag `tenth`, and `--troubled` resources are
-set degraded with an error. Prints tables and writes JSON (`--out`).
+tenth batch goes to namespace `other` with tag `tenth`, `--troubled` resources are
+set degraded with an error, and as many others, spread over the table, get tag `rare`.
+Prints tables and writes JSON (`--out`).
 
 Usage: python scripts/bench_million.py [--tuned] [--count 1000000] [--quick]
 """
@@ -42,7 +43,7 @@ import delta_actors as delta
 from delta_actors.db import migrations, status_sql
 from delta_actors.db.connection import Rows, Statement
 from delta_actors.local import cluster as local_cluster
-from delta_actors.ops.status import inspect_resource, read_status
+from delta_actors.ops.status import QUEUE_PARAMS, inspect_resource, read_status
 from delta_actors.resources.store import InformParams, inform, prepare
 
 
@@ -139,8 +140,10 @@ def read_timings(dsn: str, count: int, calls: int) -> dict[str, float]:
         record("status (read_status)", lambda: read_status(conn))
         for name in dir(status_sql):
             statement = getattr(status_sql, name)
-            if name.isupper() and isinstance(statement, str) and "%s" not in statement:
-                args = {"window": 60.0, "limit": 10, "id": 1}
+            # Queries only: a setting (WITHOUT_JIT) is a part of a transaction, not a read.
+            query = isinstance(statement, str) and not statement.startswith("SET ")
+            if name.isupper() and query and "%s" not in statement:
+                args = {**QUEUE_PARAMS, "limit": 10, "id": 1}
                 record(f"  {name}", lambda s=statement, a=args: conn.execute(s, a).fetchall())
         middle = f"item-{count // 2}"
         record("inspect", lambda: inspect_resource(conn, "item", middle))
@@ -157,6 +160,9 @@ def read_timings(dsn: str, count: int, calls: int) -> dict[str, float]:
             "list: state=running (none)": lambda: client.list(Item, state="running"),
             "list: tag=tenth": lambda: client.list(Item, tags=["tenth"]),
             "list: tag=absent (none)": lambda: client.list(Item, tags=["absent"]),
+            "list: tag=tenth, a page deep": lambda: client.list(Item, tags=["tenth"], after=deep),
+            "list: tag=rare": lambda: client.list(Item, tags=["rare"]),
+            "list: tag=rare, a page deep": lambda: client.list(Item, tags=["rare"], after=deep),
             "list: error=timeout": lambda: client.list(Item, error="timeout"),
             "list: namespace=other": lambda: client.list(Item, namespace="other"),
             "list: namespace=absent (none)": lambda: client.list(Item, namespace="absent"),
@@ -200,6 +206,19 @@ def make_troubled(dsn: str, count: int, troubled: int) -> None:
                WHERE kind = 'item' AND object_id = ANY(%s)""",
             (ids,),
         )
+
+
+def make_rare(dsn: str, count: int, rare: int) -> None:
+    """Tag `rare` resources spread over the table (none of them troubled) `rare`."""
+    step = max(count // max(rare, 1), 1)
+    ids = [f"item-{i}" for i in range(step // 2, count, step)][:rare]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """UPDATE delta_resource SET tags = tags || '{rare}'::text[]
+               WHERE kind = 'item' AND object_id = ANY(%s)""",
+            (ids,),
+        )
+        conn.execute("ANALYZE delta_resource")
 
 
 def sizes(dsn: str) -> dict[str, int]:
@@ -272,6 +291,7 @@ def main() -> None:
         else:
             new, new_total, unchanged, unchanged_total = bench_informs(dsn, args)
         make_troubled(dsn, args.count, args.troubled)
+        make_rare(dsn, args.count, args.troubled)
         relations = sizes(dsn)
         print(f"\n{'read (medians of ' + str(args.calls) + ')':<42}")
         reads = read_timings(dsn, args.count, args.calls)

@@ -81,6 +81,64 @@ def test_a_page_deep_into_a_kind_starts_at_its_cursor(large):
     assert "Seq Scan" not in plan
 
 
+@pytest.fixture
+def tagged(large: psycopg.Connection) -> psycopg.Connection:
+    """`large`, with a tenth of its resources tagged `common` and 100 tagged `rare`."""
+    large.execute("UPDATE delta_resource SET tags = '{common}' WHERE id % 10 = 0")
+    large.execute("UPDATE delta_resource SET tags = tags || '{rare}' WHERE id % 2000 = 7")
+    large.execute("VACUUM ANALYZE delta_resource")
+    return large
+
+
+@pytest.mark.parametrize("after", [None, "item/item-150000"], ids=["first page", "cursor"])
+@pytest.mark.parametrize("tag", ["absent", "rare"])
+def test_a_tag_few_resources_carry_is_read_from_the_tags_index(tagged, tag, after):
+    """No walk of the kind in page order testing each row's tags: the tags index gives
+    the few rows, which are sorted. After a cursor too (a page the planner once took
+    for nearly empty, and walked)."""
+    where = ResourceFilter(kind="item", tags=(tag,))
+    params = {**where.params(after), "limit": 100}
+    plan = _plan(tagged, resource_sql.LIST_RESOURCES, params)
+    assert "delta_resource_tags_idx" in plan, plan
+    assert "Seq Scan on delta_resource" not in plan, plan
+    rows = tagged.execute(resource_sql.LIST_RESOURCES, params, prepare=False).fetchall()
+    first = tagged.execute(
+        resource_sql.LIST_RESOURCES, {**where.params(None), "limit": 100}, prepare=False
+    ).fetchall()
+    every = sorted(row[2] for row in first)  # all of them: no more than a page
+    assert len(every) == (0 if tag == "absent" else 100)
+    start = after.partition("/")[2] if after else ""
+    assert [row[2] for row in rows] == [key for key in every if key > start]
+
+
+@pytest.mark.parametrize("after", [None, "item/item-150000"], ids=["first page", "cursor"])
+def test_a_tag_many_resources_carry_walks_the_identity_index(tagged, after):
+    """A page of a common tag is found within a few rows of the walk in page order,
+    cheaper than sorting all of them: the planner walks, though it could read the
+    tags index (the plan it makes when it may not walk)."""
+    where = ResourceFilter(kind="item", tags=("common",))
+    params = {**where.params(after), "limit": 100}
+    plan = _plan(tagged, resource_sql.LIST_RESOURCES, params)
+    assert "Index Scan using delta_resource_identity_idx" in plan, plan
+    assert "delta_resource_tags_idx" not in plan, plan
+    if after is not None:
+        assert "object_id > 'item-150000'::text" in plan, plan
+    with tagged.transaction(force_rollback=True):
+        tagged.execute("SET LOCAL enable_indexscan = off")
+        assert "delta_resource_tags_idx" in _plan(tagged, resource_sql.LIST_RESOURCES, params)
+
+
+def test_the_estimate_of_a_tags_matches_leaves_the_index_predicate_out(tagged):
+    """A confirmation's count past its cap: near the 20,000 rows that carry the tag, not
+    lowered by the index's predicate counted as a condition of its own."""
+    where = ResourceFilter(kind="item", tags=("common",))
+    row = tagged.execute(
+        resource_sql.ESTIMATE_MATCHING_RESOURCES, where.params(), prepare=False
+    ).fetchone()
+    assert row is not None
+    assert 15_000 <= status_sql.planned_rows(row[0], 0) <= 25_000, row[0]
+
+
 def test_inspect_reads_a_resources_works_through_their_indexes(large):
     """The works of one resource: the two partial indexes on resource_id."""
     plan = _plan(large, status_sql.SELECT_LIVE_WORKS_OF_RESOURCE, {"id": 12345})

@@ -39,6 +39,7 @@ NOT_PREPARED = {
     "_FLOORS": "a function scan (the claim floors) spliced into statements",
     "_NOT_BUSY": "a condition spliced into statements",
     "_RESOURCE_FILTER": "a condition spliced into statements",
+    "_RESOURCE_MATCHES": "a condition spliced into statements",
     "CLAIM_FENCE": "the results' fence, a condition spliced into statements",
     "_JOB_FILTER": "a condition spliced into statements",
     "_PICKED_JOBS": "the first CTE spliced into statements",
