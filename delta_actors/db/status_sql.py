@@ -107,6 +107,9 @@ GROUP BY 1, 2
 # cap of 10,000), for a statement that takes 7 ms.
 QUEUE_COUNT_CAP = 1_000
 FINISHED_COUNT_CAP = 10_000  # jobs finished in the window, all namespaces together
+RATE_WINDOW = 60.0  # seconds over which a namespace's finished jobs per second are averaged
+# SELECT_QUEUES's parameters, the same for `status` (ops/status.py) and the console.
+QUEUE_PARAMS = {"window": RATE_WINDOW, "cap": QUEUE_COUNT_CAP, "finished_cap": FINISHED_COUNT_CAP}
 SELECT_QUEUES: LiteralString = """
 WITH RECURSIVE hashes AS (
     (SELECT hashtext(namespace) AS h FROM delta_job

@@ -33,12 +33,8 @@ RECENT_FAILURES = 10
 EXACT_RESOURCES_BELOW = 100_000
 # States whose counts an estimate would blur, counted exactly (a partial index, the slots).
 _EXACT_STATES = ("failed", "degraded", "running")
-RATE_WINDOW = 60.0  # seconds over which `finished_per_second` is averaged
-QUEUE_PARAMS = {
-    "window": RATE_WINDOW,
-    "cap": status_sql.QUEUE_COUNT_CAP,
-    "finished_cap": status_sql.FINISHED_COUNT_CAP,
-}
+RATE_WINDOW = status_sql.RATE_WINDOW  # seconds over which `finished_per_second` is averaged
+QUEUE_PARAMS = status_sql.QUEUE_PARAMS
 
 
 class LeaderStatus(msgspec.Struct, frozen=True):

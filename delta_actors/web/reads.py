@@ -40,7 +40,6 @@ from delta_actors.health import ComponentHealth
 from delta_actors.model.job_row import JobError, JobRow
 from delta_actors.model.page import Page
 from delta_actors.model.resource import Resource, State
-from delta_actors.ops.status import QUEUE_PARAMS
 
 EXACT_LIMIT = 200_000  # rows (planner's count) under which resources are counted exactly
 ERROR_SAMPLE = 10_000  # troubled rows read to group errors
@@ -254,7 +253,7 @@ async def read_overview(conn: psycopg.AsyncConnection, chart: FinishedChart) -> 
             [
                 (status_sql.SELECT_LEADER, None),
                 (status_sql.SELECT_ACTORS, None),
-                (status_sql.SELECT_QUEUES, QUEUE_PARAMS),
+                (status_sql.SELECT_QUEUES, status_sql.QUEUE_PARAMS),
                 (console_sql.SELECT_NAMESPACES, None),
                 (status_sql.SELECT_INFORMERS_STATUS, None),
             ],
