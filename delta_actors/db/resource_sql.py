@@ -122,6 +122,9 @@ CLAIM_FENCE: LiteralString = (
 # inserted ON CONFLICT DO NOTHING, because an inform may have queued one meanwhile (which
 # reads the newest object anyway). The resource takes the outcome only if its generation
 # is still the one the work saw; a newer change keeps its own state and queued work.
+# Each written row says whether its resource has a work queued and available (an
+# inform's, while this one ran): the worker then moves its claim floor back to where
+# this work's claim read from (queue/floors.py), and only then.
 COMPLETE_WORKS: LiteralString = (
     """
 WITH u AS (
@@ -212,7 +215,10 @@ notified AS (
     SELECT count(pg_notify('delta_jobs', q.namespace)) AS n
     FROM (SELECT DISTINCT namespace FROM followups WHERE state = 'available') AS q
 )
-SELECT f.id, (SELECT n FROM notified) FROM finished AS f
+SELECT f.id, (SELECT n FROM notified),
+       EXISTS (SELECT 1 FROM delta_job AS q
+               WHERE q.resource_id = f.resource_id AND q.state = 'available') AS follow_up
+FROM finished AS f
 """
 )
 

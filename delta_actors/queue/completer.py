@@ -52,7 +52,7 @@ class Completer:
         actor_id: int,
         *,
         max_pending: int,
-        on_written: Callable[[list[Result], set[int]], None],
+        on_written: Callable[[list[Result], set[int], set[int]], None],
         progress: Progress | None = None,
     ) -> None:
         self._pool = pool
@@ -113,7 +113,8 @@ class Completer:
         The test Runner's path (delta_actors.testing): the same statements, effects and
         fallbacks as run(), with no queue, no retry and no callback; errors raise.
         """
-        return await self._write(batch)
+        stale, _follow_ups = await self._write(batch)  # the Runner reads from no floor
+        return stale
 
     async def _write_pending(self) -> None:
         delay = 0.05
@@ -123,7 +124,7 @@ class Completer:
             self._writing = len(batch)
             self._batch = batch
             try:
-                stale = await self._write(batch)
+                stale, follow_ups = await self._write(batch)
             except Exception as exc:  # noqa: BLE001 (results are never dropped here)
                 # Keep the batch, in front of what came since, and try again.
                 self._pending = batch + self._pending
@@ -142,12 +143,15 @@ class Completer:
             self._progress.ok()
             if len(self._pending) < self._max_pending:
                 self._room.set()
-            self._on_written(batch, stale)
+            self._on_written(batch, stale, follow_ups)
         self._idle.set()
 
-    async def _write(self, batch: list[Result]) -> set[int]:
+    async def _write(self, batch: list[Result]) -> tuple[set[int], set[int]]:
+        """Write `batch`; return the ids of its stale results, and of its written works
+        whose resource has a work queued and available (COMPLETE_WORKS says)."""
+        follow_ups: set[int] = set()
         try:
-            return await self._write_batch(batch)
+            return await self._write_batch(batch, follow_ups), follow_ups
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) or not _has_effects(batch):
                 raise
@@ -159,11 +163,11 @@ class Completer:
         with_effects = [r for r in batch if _has_effects([r])]
         others = [r for r in batch if not _has_effects([r])]
         if others:
-            stale |= await self._write_batch(others)
+            stale |= await self._write_batch(others, follow_ups)
         for result in with_effects:
             assert isinstance(result, WorkResult)
             try:
-                stale |= await self._write_batch([result])
+                stale |= await self._write_batch([result], follow_ups)
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise
@@ -175,10 +179,13 @@ class Completer:
                 message = f"its effects were refused by the database: {describe(exc)}"
                 error = error_entry(result.attempt, exc, message)
                 refused = results.effects_refused(result, error)
-                stale |= await self._write_batch([refused])
-        return stale
+                stale |= await self._write_batch([refused], follow_ups)
+        return stale, follow_ups
 
-    async def _write_batch(self, batch: list[Result]) -> set[int]:
+    async def _write_batch(self, batch: list[Result], follow_ups: set[int]) -> set[int]:
+        """Write `batch` (one transaction if it has effects); return its stale ids, and add
+        to `follow_ups` those of its written works with a work queued for their resource
+        (an over-count if the transaction then fails: a floor moved back costs a read)."""
         jobs = [r for r in batch if isinstance(r, JobResult)]
         works = [r for r in batch if isinstance(r, WorkResult)]
         stale: set[int] = set()
@@ -196,7 +203,9 @@ class Completer:
                 cur = await conn.execute(
                     resource_sql.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=True
                 )
-                stale |= await _not_written(cur, works)
+                rows = await cur.fetchall()
+                stale |= {r.id for r in works} - {row[0] for row in rows}
+                follow_ups.update(row[0] for row in rows if row[2])
             if effects:
                 for result in works:
                     if result.id not in stale:

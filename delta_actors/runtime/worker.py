@@ -501,12 +501,18 @@ class Worker:
             if self._maybe_more:
                 self._wake.set()
 
-    def _results_written(self, results: list[Result], stale: set[int]) -> None:
+    def _results_written(
+        self, results: list[Result], stale: set[int], follow_ups: set[int]
+    ) -> None:
         if self._unwritten_works:
             rewound = False
             for result in results:
                 claim = self._unwritten_works.pop(result.id, None)
-                if claim is not None:
+                # Only a work queued for its resource while it ran lies below the floors
+                # now (skipped while busy); moving them back for every work would make
+                # the next claims read again what was claimed since, which a held
+                # snapshot keeps as dead row versions (queue/floors.py).
+                if claim is not None and result.id in follow_ups:
                     if claim.floor_at is not None:
                         shape = shape_of(claim.kind, self._app.limits)
                         self._floors.rewind(shape, claim.priority, claim.floor_at)

@@ -293,7 +293,7 @@ class _Session:
             raise
         self._client = AsyncClient(self._pool, app=self._app)
         self._completer = Completer(
-            self._pool, self._actor_id, max_pending=1, on_written=lambda _r, _s: None
+            self._pool, self._actor_id, max_pending=1, on_written=lambda _r, _s, _f: None
         )
         self._jobs = JobRunner(self._app, self._invoker, self._stats, self._retry_policy)
         self._works = Reconciler(self._app, self._invoker, self._stats, self._retry_policy)

@@ -218,7 +218,10 @@ async def test_a_stale_result_writes_none_of_its_effects_and_a_current_one_all(d
         written: list[set[int]] = []
         async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
             completer = Completer(
-                pool, 7, max_pending=10, on_written=lambda _, stale_ids: written.append(stale_ids)
+                pool,
+                7,
+                max_pending=10,
+                on_written=lambda _, stale_ids, _f: written.append(stale_ids),
             )
             for result in batch:
                 await completer.add(result)

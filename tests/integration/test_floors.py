@@ -179,6 +179,46 @@ async def test_a_follow_up_work_below_the_floor_runs_when_its_previous_work_ends
         await client.close()
 
 
+async def test_a_work_without_a_follow_up_leaves_the_floors_where_the_claims_put_them(dsn):
+    """A work whose resource got no new work while it ran moves no floor back when its
+    result is written: the claims after it do not read again what was claimed meanwhile
+    (a held snapshot keeps all of it as dead row versions)."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    class NoteController(delta.Controller[Note]):
+        async def work(self, resource: delta.Resource[Note]) -> None:
+            runs.append(resource.object.body)
+            await release.wait()
+
+    app = delta.App(controllers=[NoteController()], jobs={Ping: lambda job: None})
+    client = await delta.AsyncClient.connect(dsn, app=app)
+    try:
+        async with running_worker(app, dsn, floor_margin=0.2, sweep_interval=3600.0) as worker:
+            await client.inform(Note(key="n1", body="v1"))
+            await wait_until_async(lambda: runs == ["v1"], 10, "the work to start")
+            await asyncio.sleep(0.3)  # more than the margin: the next claim passes it
+            await client.enqueue(Ping(n=1))
+
+            async def ping_done() -> bool:
+                page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
+                return len(page.items) == 1
+
+            await wait_until_async(ping_done, 10, "the ping to complete")
+            floors = list(worker._floors.of())
+            release.set()
+
+            async def synced() -> bool:
+                found = await client.get(Note, "n1")
+                return found is not None and found.state == delta.State.SYNCED
+
+            await wait_until_async(synced, 10, "the work's result")
+            after = worker._floors.of()
+            assert all(now >= before for now, before in zip(after, floors, strict=True))
+    finally:
+        await client.close()
+
+
 async def test_the_sweep_survives_its_connection_being_killed(dsn):
     """A sweep whose connection is terminated fails, is logged and counted; the loop goes
     on and the next sweep succeeds on a new connection."""
