@@ -31,6 +31,11 @@ class Note(Keyed, kind="note"):
     body: str
 
 
+async def _ping_done(client: delta.AsyncClient) -> bool:
+    page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
+    return len(page.items) == 1
+
+
 def _claim_params() -> dict[str, object]:
     return {"namespace": "default", "limit": 10, "actor": 1}
 
@@ -167,11 +172,7 @@ async def test_a_follow_up_work_below_the_floor_runs_when_its_previous_work_ends
             await asyncio.sleep(0.3)  # more than the margin: then the floor passes it
             await client.enqueue(Ping(n=1))
 
-            async def ping_done() -> bool:
-                page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
-                return len(page.items) == 1
-
-            await wait_until_async(ping_done, 10, "the ping to complete")
+            await wait_until_async(lambda: _ping_done(client), 10, "the ping to complete")
             assert runs == ["v1"]
             release.set()
             await wait_until_async(lambda: runs == ["v1", "v2"], 5, "the follow-up work")
@@ -200,11 +201,7 @@ async def test_a_work_without_a_follow_up_leaves_the_floors_where_the_claims_put
             await asyncio.sleep(0.3)  # more than the margin: the next claim passes it
             await client.enqueue(Ping(n=1))
 
-            async def ping_done() -> bool:
-                page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
-                return len(page.items) == 1
-
-            await wait_until_async(ping_done, 10, "the ping to complete")
+            await wait_until_async(lambda: _ping_done(client), 10, "the ping to complete")
             floors = list(worker._floors.of())
             release.set()
 

@@ -53,6 +53,16 @@ def large(dsn: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+def _worker_actor(conn: psycopg.Connection) -> int:
+    """A worker's actor row, to claim as."""
+    row = conn.execute(
+        "INSERT INTO delta_actor (host, pid, namespace, role)"
+        " VALUES ('h', 1, 'default', 'worker') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _plan(conn: psycopg.Connection, statement: str, params: object) -> str:
     rows = conn.execute("EXPLAIN " + statement, params, prepare=False).fetchall()  # type: ignore[arg-type]
     return "\n".join(row[0] for row in rows)
@@ -166,11 +176,7 @@ def test_a_namespace_alone_enters_its_resources_in_list_order(large):
 def test_a_workers_look_for_cancel_requests_skips_the_jobs_it_claimed(dsn):
     """200,000 jobs the worker claimed and finished: its look reads none of them."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        actor = conn.execute(
-            "INSERT INTO delta_actor (host, pid, namespace, role)"
-            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
-        ).fetchone()
-        assert actor is not None
+        actor = (_worker_actor(conn),)
         conn.execute(
             """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
                                       claimed_by, attempted_at)
@@ -278,11 +284,7 @@ def test_results_read_only_their_own_claims(dsn, statement, snapshot):
     the batch reads a few buffers per id, not the actor's ended claims, and hashes its ids
     once rather than reading them again for each row it finds."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        actor = conn.execute(
-            "INSERT INTO delta_actor (host, pid, namespace, role)"
-            " VALUES ('h', 1, 'default', 'worker') RETURNING id"
-        ).fetchone()
-        assert actor is not None
+        actor = (_worker_actor(conn),)
         with psycopg.connect(dsn) as holder:
             if snapshot == "held":
                 holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
