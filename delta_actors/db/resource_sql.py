@@ -92,9 +92,10 @@ r.deletion_requested_at
     )
 
 
+# `OFFSET 0`: a probe per resource, never a hash of every running job (job_sql._NOT_BUSY).
 RESOURCE_COLUMNS: LiteralString = resource_columns(
     """CASE WHEN EXISTS (
-    SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running')
+    SELECT 1 FROM delta_job AS w WHERE w.resource_id = r.id AND w.state = 'running' OFFSET 0)
 THEN 'running' ELSE r.state::text END"""
 )
 
@@ -205,7 +206,8 @@ followups AS (
     WHERE x.delay IS NOT NULL AND x.state <> 'degraded'
       AND (NOT x.moved_on OR (x.state IN ('scheduled', 'deleting') AND NOT EXISTS (
             SELECT 1 FROM delta_job AS w
-            WHERE w.resource_id = x.id AND w.state = 'running' AND w.id <> x.job_id)))
+            WHERE w.resource_id = x.id AND w.state = 'running' AND w.id <> x.job_id
+            OFFSET 0)))
     ON CONFLICT (resource_id)
         WHERE resource_id IS NOT NULL AND state IN ('available', 'scheduled', 'retryable')
         DO NOTHING
@@ -217,7 +219,8 @@ notified AS (
 )
 SELECT f.id, (SELECT n FROM notified),
        EXISTS (SELECT 1 FROM delta_job AS q
-               WHERE q.resource_id = f.resource_id AND q.state = 'available') AS follow_up
+               WHERE q.resource_id = f.resource_id AND q.state = 'available' OFFSET 0)
+           AS follow_up
 FROM finished AS f
 """
 )

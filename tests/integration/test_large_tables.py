@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 import httpx
@@ -338,3 +339,36 @@ def _run_planned(
                 if found := re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", below):
                     read += int(found.group(1)) + int(found.group(2) or 0)
     return plan, int(changed.group(1)) if changed else -1, read
+
+
+def test_a_claim_of_resource_works_probes_each_resources_running_work(dsn):
+    """Queued resource works beside 200,000 ended claims that a held snapshot keeps in the
+    running index: the claim's busy check probes each candidate's resource (the partial
+    index on resource_id), never a hash of every running job read through that index."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        actor = _worker_actor(conn)
+        with psycopg.connect(dsn) as holder:
+            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            holder.execute("SELECT 1").fetchone()
+            conn.execute(CLAIM_JOB, (actor, ROWS))
+            conn.execute(
+                "UPDATE delta_job SET state = 'completed', claimed_by = NULL,"
+                " finalized_at = now() WHERE state = 'running'"
+            )
+            conn.execute(
+                """INSERT INTO delta_resource (kind, object_id, namespace, object, hash,
+                                               max_attempts)
+                   SELECT 'item', 'item-' || i, 'default', '\\x', '\\x', 10
+                   FROM generate_series(1, 100) AS i"""
+            )
+            conn.execute(
+                """INSERT INTO delta_job (kind, namespace, args, resource_id, max_attempts)
+                   SELECT kind, namespace, '\\x', id, max_attempts FROM delta_resource"""
+            )
+            conn.execute("ANALYZE delta_job")
+            params = {"namespace": "default", "limit": 50, "actor": actor,
+                      "floors": [datetime(2000, 1, 1, tzinfo=UTC)] * 4}  # fmt: skip
+            plan, _done, _read = _run_planned(conn, job_sql.CLAIM_JOBS, params)
+    assert "hashed SubPlan" not in plan, plan
+    assert "delta_job_running_idx" not in plan, plan
+    assert "delta_job_resource_running_idx" in plan, plan
