@@ -166,21 +166,26 @@ def count_jobs(where: JobFilter) -> Generator[Statement, Rows, int]:
 
 def count_resources_up_to(where: ResourceFilter, cap: int) -> Generator[Statement, Rows, Count]:
     """The matches of `where`: exact up to `cap`, past it the planner's estimate."""
-    params = where.params()
-    rows = yield resource_sql.COUNT_RESOURCES_UP_TO, {**params, "cap": cap}
-    if int(rows[0][0]) <= cap:
-        return Count(int(rows[0][0]), cap)
-    plan = yield resource_sql.ESTIMATE_MATCHING_RESOURCES, params
-    return Count(status_sql.planned_rows(plan[0][0] if plan else None, cap), cap, True)
+    return (yield from _count_up_to(
+        resource_sql.COUNT_RESOURCES_UP_TO, resource_sql.ESTIMATE_MATCHING_RESOURCES,
+        where.params(), cap,
+    ))  # fmt: skip
 
 
 def count_jobs_up_to(where: JobFilter, cap: int) -> Generator[Statement, Rows, Count]:
     """The plain jobs matching `where`: exact up to `cap`, past it the planner's estimate."""
-    params = where.params()
-    rows = yield job_sql.COUNT_JOBS_UP_TO, {**params, "cap": cap}
+    return (yield from _count_up_to(
+        job_sql.COUNT_JOBS_UP_TO, job_sql.ESTIMATE_MATCHING_JOBS, where.params(), cap
+    ))  # fmt: skip
+
+
+def _count_up_to(
+    count: LiteralString, estimate: LiteralString, params: dict[str, Any], cap: int
+) -> Generator[Statement, Rows, Count]:
+    rows = yield count, {**params, "cap": cap}
     if int(rows[0][0]) <= cap:
         return Count(int(rows[0][0]), cap)
-    plan = yield job_sql.ESTIMATE_MATCHING_JOBS, params
+    plan = yield estimate, params
     return Count(status_sql.planned_rows(plan[0][0] if plan else None, cap), cap, True)
 
 
