@@ -40,26 +40,34 @@ from bench_queue import Item
 from benchlib import exit_cleanly_on_sigterm
 
 import delta_actors as delta
-from delta_actors.db import migrations, status_sql
+from delta_actors.db import migrations, resource_sql, status_sql
 from delta_actors.db.connection import Rows, Statement
 from delta_actors.local import cluster as local_cluster
 from delta_actors.ops.status import QUEUE_PARAMS, inspect_resource, read_status
 from delta_actors.resources.store import InformParams, inform, prepare
 
+_SLOTS = {
+    resource_sql.SELECT_STORED_RESOURCES: 0,
+    resource_sql.SELECT_STORED_RESOURCES_FOR_UPDATE: 0,
+    resource_sql.WRITE_RESOURCES: 1,
+}
+
 
 def timed_drive(
     conn: psycopg.Connection, steps: Generator[Statement, Rows, Any], spent: list[float]
 ) -> Any:
-    """`db.connection.drive`, adding each statement's wall time to `spent[i]`."""
+    """`db.connection.drive`, adding the wall time of the reads of stored identities to
+    `spent[0]`, of the writes to `spent[1]` (a large inform's two settings of `jit` to
+    neither)."""
     try:
         statement = next(steps)
-        index = 0
         while True:
             started = time.perf_counter()
             cur = conn.execute(*statement, prepare=False)
             rows = cur.fetchall() if cur.description else []
-            spent[min(index, len(spent) - 1)] += time.perf_counter() - started
-            index += 1
+            slot = _SLOTS.get(statement[0])
+            if slot is not None:
+                spent[slot] += time.perf_counter() - started
             statement = steps.send(rows)
     except StopIteration as stop:
         return stop.value

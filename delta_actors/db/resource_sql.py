@@ -248,6 +248,14 @@ CROSS JOIN LATERAL (
 """
 )
 
+# A large inform's statements run without JIT (resources/store.py: JIT_OFF_FROM): the
+# setting as it was (read first, by the fenced subquery), then off for the transaction.
+JIT_OFF: LiteralString = """
+SELECT s.before, set_config('jit', 'off', true)
+FROM (SELECT current_setting('jit') AS before OFFSET 0) AS s
+"""
+RESTORE_JIT: LiteralString = "SELECT set_config('jit', %(jit)s, true)"
+
 # Phase 1 again, for identities that lost a race (few): lock them, in id order like every
 # resource write, so that this round cannot lose again. `= ANY` on both columns of the
 # identity index; the caller drops rows whose (kind, object_id) pair it did not ask for.

@@ -74,12 +74,53 @@ def test_an_inform_batch_probes_the_identity_index_not_the_table(large):
     objects = [Item(key=f"item-{i}") for i in range(ROWS - 2_500, ROWS + 2_500)]
     params = InformParams()
     steps = inform(prepare(objects, params, None), params)
-    read = next(steps)
+    jit_off = next(steps)
+    assert jit_off[0] == resource_sql.JIT_OFF
+    read = steps.send(large.execute(*jit_off).fetchall())
     assert "Seq Scan on delta_resource" not in _plan(large, *read)
     stored = large.execute(*read, prepare=False).fetchall()
     assert len(stored) == 2_500
     write = steps.send(stored)  # the rows of the 2,500 stored ones are unchanged
     assert "Seq Scan" not in _plan(large, *write)
+
+
+def _uses_jit(conn: psycopg.Connection, statement: str, params: object) -> bool:
+    """Whether PostgreSQL compiles `statement` with JIT here; run and rolled back."""
+    with conn.transaction(force_rollback=True):
+        cur = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement,  # type: ignore[arg-type]
+            params, prepare=False,
+        )  # fmt: skip
+        row = cur.fetchone()
+    assert row is not None
+    return "JIT" in row[0][0]
+
+
+def test_a_large_inform_runs_without_jit_and_leaves_the_setting_as_it_was(large):
+    """JIT forced on every statement (jit_above_cost 0): an inform of 1,000 objects, half
+    of them stored, reads and writes without it, then gives the setting back."""
+    jit_available = large.execute("SELECT pg_jit_available()").fetchone()
+    assert jit_available == (True,), "this test needs a server with JIT (llvmjit) installed"
+    objects = [Item(key=f"item-{i}") for i in range(ROWS - 500, ROWS + 500)]
+    params = InformParams()
+    read, write = resource_sql.SELECT_STORED_RESOURCES, resource_sql.WRITE_RESOURCES
+    ran: dict[str, tuple[bool, Any]] = {}
+    with large.transaction():
+        large.execute("SET LOCAL jit_above_cost = 0")
+        steps = inform(prepare(objects, params, None), params)
+        statement = next(steps)
+        try:
+            while True:
+                if statement[0] in (read, write):
+                    ran[statement[0]] = (_uses_jit(large, *statement), statement[1])
+                statement = steps.send(large.execute(*statement, prepare=False).fetchall())
+        except StopIteration as stop:
+            informed = stop.value
+        assert large.execute("SELECT current_setting('jit')").fetchone() == ("on",)
+        # The control: the same read, now that the setting is back, is compiled.
+        assert _uses_jit(large, read, ran[read][1])
+    assert [r.outcome.value for r in informed].count("created") == 500
+    assert not ran[read][0] and not ran[write][0]
 
 
 def test_a_page_deep_into_a_kind_starts_at_its_cursor(large):
