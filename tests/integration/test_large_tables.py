@@ -106,6 +106,7 @@ def test_a_large_inform_runs_without_jit_and_leaves_the_setting_as_it_was(large)
     read, write = resource_sql.SELECT_STORED_RESOURCES, resource_sql.WRITE_RESOURCES
     ran: dict[str, tuple[bool, Any]] = {}
     with large.transaction():
+        large.execute("SET LOCAL jit = on")
         large.execute("SET LOCAL jit_above_cost = 0")
         steps = inform(prepare(objects, params, None), params)
         statement = next(steps)
