@@ -85,7 +85,8 @@ def test_an_inform_batch_probes_the_identity_index_not_the_table(large):
 
 
 def _uses_jit(conn: psycopg.Connection, statement: str, params: object) -> bool:
-    """Whether PostgreSQL compiles `statement` with JIT here; run and rolled back."""
+    """Whether PostgreSQL compiles `statement` with JIT here; run and rolled back. (Not
+    _run_planned: EXPLAIN prints its JIT section only with COSTS, which that leaves out.)"""
     with conn.transaction(force_rollback=True):
         cur = conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + statement,  # type: ignore[arg-type]
