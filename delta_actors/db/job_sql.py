@@ -8,7 +8,7 @@ from typing import Final, LiteralString
 
 import msgspec
 
-from delta_actors.db.resource_sql import CLAIM_FENCE, resource_columns
+from delta_actors.db.resource_sql import BY_ID, BY_ROW_VERSION, CLAIM_FENCE, resource_columns
 
 
 class InsertedJob(msgspec.Struct, frozen=True):
@@ -189,7 +189,8 @@ claimed AS (
         + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id,
-              j.priority, j.scheduled_at, j.namespace, j.metadata::text AS metadata
+              j.priority, j.scheduled_at, j.namespace, j.metadata::text AS metadata,
+              j.ctid::text AS tid
 ),"""
         + then
         + """
@@ -205,7 +206,7 @@ SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.priorit
        -- and the jobs of one bulk enqueue all share theirs.
        CASE WHEN row_number() OVER (PARTITION BY c.priority ORDER BY c.scheduled_at) = 1
             THEN c.scheduled_at END,
-       c.namespace, c.metadata, res.*
+       c.namespace, c.metadata, c.tid, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
     )
@@ -299,11 +300,15 @@ CLAIM_CONNECTION_SETTINGS: LiteralString = (
 )
 REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
-# Fenced on the claim (resource_sql.CLAIM_FENCE, which says why it reads as it does).
-# Arrays of numbers and labels come as literals (completer.array_literal); errors, when a
-# batch has any, as a binary array, else NULL (unnest pads it with NULLs).
-COMPLETE_JOBS: LiteralString = (
-    """
+
+# Fenced on the claim (resource_sql.CLAIM_FENCE, which says why it reads as it does), the
+# rows found by `found`: COMPLETE_JOBS by id, COMPLETE_CLAIMED_JOBS by the row versions
+# the claims wrote (resource_sql.BY_ROW_VERSION). Arrays of numbers and labels come as
+# literals (completer.array_literal); errors, when a batch has any, as a binary array,
+# else NULL (unnest pads it with NULLs).
+def _complete_jobs(found: LiteralString) -> LiteralString:
+    return (
+        """
 UPDATE delta_job AS j
 SET state = u.state,
     attempt = j.attempt - (NOT u.counts_attempt)::integer,
@@ -317,12 +322,18 @@ SET state = u.state,
 FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_state[],
             %(delays)s::float8[], %(errors)b::jsonb[], %(counts_attempts)s::boolean[])
      AS u(id, attempt, state, delay, error, counts_attempt)
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND """
-    + CLAIM_FENCE
-    + """
+WHERE """
+        + found
+        + """ AND j.id = u.id AND """
+        + CLAIM_FENCE
+        + """
 RETURNING j.id
 """
-)
+    )
+
+
+COMPLETE_JOBS: LiteralString = _complete_jobs(BY_ID)
+COMPLETE_CLAIMED_JOBS: LiteralString = _complete_jobs(BY_ROW_VERSION)
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
 # workers of the queue are woken to take it.

@@ -100,7 +100,7 @@ class Claimer:
                 self._replan_at = loop.time() + self._replan_interval
             cur = await conn.execute(
                 job_sql.CLAIM_JOBS,
-                {**params, "floors": self.floors.of(UNLIMITED)},
+                {**params, "floors": self.floors.literal(UNLIMITED)},
                 prepare=self._prepare,
             )
             rows = await cur.fetchall()
@@ -136,7 +136,7 @@ class Claimer:
             kind_params = {
                 **params, "limit": wanted - len(rows), "kind": kind,
                 "concurrency": limit.concurrency, "rate_count": limit.rate_count,
-                "rate_window": limit.rate_window or 0.0, "floors": self.floors.of(kind),
+                "rate_window": limit.rate_window or 0.0, "floors": self.floors.literal(kind),
             }  # fmt: skip
             prepare = self._prepare
             async with conn.transaction():
@@ -150,7 +150,7 @@ class Claimer:
                 job_sql.CLAIM_UNLIMITED_JOBS,
                 {
                     **params, "limit": wanted - len(rows), "limited": kinds,
-                    "floors": self.floors.of(UNLIMITED),
+                    "floors": self.floors.literal(UNLIMITED),
                 },
                 prepare=self._prepare,
             )  # fmt: skip

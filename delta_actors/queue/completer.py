@@ -4,7 +4,11 @@ Results queue up in memory and are written by one task with one `UPDATE ... FROM
 per batch. Only one write is in flight at a time, so batches grow by themselves under load
 (group commit) while a lone result is written at once. The UPDATE is fenced on (state,
 attempt, actor): a claim that was rescued or handed back meanwhile matches no row, and is
-reported as stale rather than overwriting a newer result.
+reported as stale rather than overwriting a newer result. It looks for each claim's row
+where the claim left it (the row version, resource_sql.BY_ROW_VERSION) when the worker
+gave that with the result; the results it did not find there, and those given without
+one, are written by id in a second statement (a row updated since its claim, such as by
+a cancel request, is found only so), and only what that one does not find is stale.
 
 A failed write keeps its batch and is retried with backoff; a result is only dropped when
 the owner gives up at its stop deadline, and then rescue runs the job again (at least once).
@@ -28,7 +32,7 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -61,6 +65,7 @@ class Completer:
         self._on_written = on_written
         self._progress = progress or Progress("results", 1.0)
         self._pending: list[Result] = []
+        self._tids: dict[int, str] = {}  # of pending results: where their claims left the rows
         self._has_pending = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -79,9 +84,12 @@ class Completer:
         """Job ids whose results are queued or being written."""
         return {r.id for r in self._pending} | {r.id for r in self._batch}
 
-    async def add(self, result: Result) -> None:
-        """Queue `result`; waits while the backlog is full (backpressure on claiming)."""
+    async def add(self, result: Result, tid: str | None = None) -> None:
+        """Queue `result`, of a claim that left its row at `tid` if given; waits while the
+        backlog is full (backpressure on claiming)."""
         self._pending.append(result)
+        if tid is not None:
+            self._tids[result.id] = tid
         self._has_pending.set()
         self._idle.clear()
         if len(self._pending) >= self._max_pending:
@@ -113,21 +121,23 @@ class Completer:
         The test Runner's path (delta_actors.testing): the same statements, effects and
         fallbacks as run(), with no queue, no retry and no callback; errors raise.
         """
-        stale, _follow_ups = await self._write(batch)  # the Runner reads from no floor
+        stale, _follow_ups = await self._write(batch, {})  # the Runner reads from no floor
         return stale
 
     async def _write_pending(self) -> None:
         delay = 0.05
         while self._pending:
             batch, self._pending = self._pending, []
+            tids, self._tids = self._tids, {}
             self._has_pending.clear()
             self._writing = len(batch)
             self._batch = batch
             try:
-                stale, follow_ups = await self._write(batch)
+                stale, follow_ups = await self._write(batch, tids)
             except Exception as exc:  # noqa: BLE001 (results are never dropped here)
                 # Keep the batch, in front of what came since, and try again.
                 self._pending = batch + self._pending
+                self._tids.update(tids)  # none of these ids came again: their claims run on
                 self._has_pending.set()
                 self._progress.failed(exc)
                 log_failure(
@@ -146,12 +156,13 @@ class Completer:
             self._on_written(batch, stale, follow_ups)
         self._idle.set()
 
-    async def _write(self, batch: list[Result]) -> tuple[set[int], set[int]]:
-        """Write `batch`; return the ids of its stale results, and of its written works
-        whose resource has a work queued and available (COMPLETE_WORKS says)."""
+    async def _write(self, batch: list[Result], tids: dict[int, str]) -> tuple[set[int], set[int]]:
+        """Write `batch` (its claims' rows where `tids` says); return the ids of its stale
+        results, and of its written works whose resource has a work queued and available
+        (COMPLETE_WORKS says)."""
         follow_ups: set[int] = set()
         try:
-            return await self._write_batch(batch, follow_ups), follow_ups
+            return await self._write_batch(batch, tids, follow_ups), follow_ups
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) or not _has_effects(batch):
                 raise
@@ -163,11 +174,11 @@ class Completer:
         with_effects = [r for r in batch if _has_effects([r])]
         others = [r for r in batch if not _has_effects([r])]
         if others:
-            stale |= await self._write_batch(others, follow_ups)
+            stale |= await self._write_batch(others, tids, follow_ups)
         for result in with_effects:
             assert isinstance(result, WorkResult)
             try:
-                stale |= await self._write_batch([result], follow_ups)
+                stale |= await self._write_batch([result], tids, follow_ups)
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise
@@ -179,10 +190,12 @@ class Completer:
                 message = f"its effects were refused by the database: {describe(exc)}"
                 error = error_entry(result.attempt, exc, message)
                 refused = results.effects_refused(result, error)
-                stale |= await self._write_batch([refused], follow_ups)
+                stale |= await self._write_batch([refused], tids, follow_ups)
         return stale, follow_ups
 
-    async def _write_batch(self, batch: list[Result], follow_ups: set[int]) -> set[int]:
+    async def _write_batch(
+        self, batch: list[Result], tids: dict[int, str], follow_ups: set[int]
+    ) -> set[int]:
         """Write `batch` (one transaction if it has effects); return its stale ids, and add
         to `follow_ups` those of its written works with a work queued for their resource
         (an over-count if the transaction then fails: a floor moved back costs a read)."""
@@ -192,18 +205,10 @@ class Completer:
         effects = _has_effects(works)
         async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
-                # Prepared, so the server parses it once, but planned on every execution
-                # (the pool's force_custom_plan): a generic plan of these unnest joins
-                # ran 2.5x slower.
-                cur = await conn.execute(
-                    job_sql.COMPLETE_JOBS, job_params(jobs, self._actor_id), prepare=True
-                )
-                stale |= await _not_written(cur, jobs)
+                rows = await self._fenced(conn, _JOB_STATEMENTS, jobs, tids, job_params)
+                stale |= {r.id for r in jobs} - {row[0] for row in rows}
             if works:
-                cur = await conn.execute(
-                    resource_sql.COMPLETE_WORKS, work_params(works, self._actor_id), prepare=True
-                )
-                rows = await cur.fetchall()
+                rows = await self._fenced(conn, _WORK_STATEMENTS, works, tids, work_params)
                 stale |= {r.id for r in works} - {row[0] for row in rows}
                 follow_ups.update(row[0] for row in rows if row[2])
             if effects:
@@ -212,6 +217,42 @@ class Completer:
                         for effect in result.effects:
                             await effect.write(conn)
         return stale
+
+    async def _fenced(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        statements: tuple[LiteralString, LiteralString],
+        batch: Sequence[_R],
+        tids: dict[int, str],
+        params_of: Callable[[list[_R], int], dict[str, object]],
+    ) -> list[tuple[Any, ...]]:
+        """Run one results statement for `batch` and return the rows it wrote: by the row
+        versions in `tids` (the first statement) for the results that have one, then by id
+        (the second) for the others and for those not found there (see the module
+        docstring). Prepared, so the server parses each once, but planned on every
+        execution (the pool's force_custom_plan): a generic plan of these unnest joins ran
+        2.5x slower."""
+        by_version, by_id = statements
+        located = [r for r in batch if r.id in tids] if tids else []
+        rest = [r for r in batch if r.id not in tids] if located else list(batch)
+        rows: list[tuple[Any, ...]] = []
+        if located:
+            params = params_of(located, self._actor_id)
+            params["tids"] = tid_literal([tids[r.id] for r in located])
+            cur = await conn.execute(by_version, params, prepare=True)
+            rows = await cur.fetchall()
+            if len(rows) < len(located):
+                found = {row[0] for row in rows}
+                rest += [r for r in located if r.id not in found]
+        if rest:
+            cur = await conn.execute(by_id, params_of(rest, self._actor_id), prepare=True)
+            rows += await cur.fetchall()
+        return rows
+
+
+_R = TypeVar("_R", JobResult, WorkResult)
+_JOB_STATEMENTS = (job_sql.COMPLETE_CLAIMED_JOBS, job_sql.COMPLETE_JOBS)
+_WORK_STATEMENTS = (resource_sql.COMPLETE_CLAIMED_WORKS, resource_sql.COMPLETE_WORKS)
 
 
 def _has_effects(batch: Sequence[Result]) -> bool:
@@ -268,15 +309,12 @@ def array_literal(values: Sequence[int | float | enum.StrEnum | None]) -> str | 
     return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
+def tid_literal(tids: Sequence[str]) -> str:
+    """Row versions ("(page,item)", as a claim returns them) as a PostgreSQL tid[] literal."""
+    return "{" + ",".join(f'"{tid}"' for tid in tids) + "}"
+
+
 def _errors(batch: Sequence[Result]) -> list[str | None] | None:
     """The batch's encoded errors, for a binary jsonb[]; None when it has none."""
     errors = [r.error for r in batch]
     return errors if any(e is not None for e in errors) else None
-
-
-async def _not_written(cur: psycopg.AsyncCursor[Any], batch: list[Any]) -> set[int]:
-    """Return the ids of `batch` that the fenced statement did not write (stale claims)."""
-    if cur.rowcount == len(batch):
-        return set()
-    written = {row[0] for row in await cur.fetchall()}
-    return {r.id for r in batch} - written

@@ -101,13 +101,24 @@ class Floors:
     def __init__(self, margin: float = FLOOR_MARGIN) -> None:
         self._margin = timedelta(seconds=margin)
         self._floors: dict[str, list[datetime]] = {}
+        self._literals: dict[str, str] = {}  # of shapes whose floors have not moved since
 
     def of(self, shape: str = UNLIMITED) -> list[datetime]:
-        """The floors of one claim shape, priority 1 first (the statements' parameter)."""
+        """The floors of one claim shape, priority 1 first; only this class changes them."""
         floors = self._floors.get(shape)
         if floors is None:
             floors = self._floors[shape] = [_START] * len(PRIORITIES)
         return floors
+
+    def literal(self, shape: str = UNLIMITED) -> str:
+        """The floors of `shape` as a PostgreSQL array literal: the claim statements'
+        parameter. Kept until a floor moves: psycopg takes 16 us to dump the list, about
+        a tenth of a claim's own CPU at concurrency 10, against 1 us for the text."""
+        literal = self._literals.get(shape)
+        if literal is None:
+            literal = "{" + ",".join(f.isoformat() for f in self.of(shape)) + "}"
+            self._literals[shape] = literal
+        return literal
 
     def lowest(self) -> list[datetime]:
         """The lowest floor of each priority over every shape."""
@@ -126,18 +137,23 @@ class Floors:
                 oldest[priority] = scheduled_at
         for priority, scheduled_at in oldest.items():
             i = priority - 1
-            floors[i] = max(floors[i], scheduled_at - self._margin)
+            if scheduled_at - self._margin > floors[i]:
+                floors[i] = scheduled_at - self._margin
+                self._literals.pop(shape, None)
 
     def rewind(self, shape: str, priority: int, floor_at: datetime) -> None:
         """Lower the floor of `priority` in `shape` to `floor_at`, where a claim read from."""
         floors = self.of(shape)
-        floors[priority - 1] = min(floors[priority - 1], floor_at)
+        if floor_at < floors[priority - 1]:
+            floors[priority - 1] = floor_at
+            self._literals.pop(shape, None)
 
     def swept(self, shape: str, priority: int, oldest: datetime | None, now: datetime) -> bool:
         """Set a floor from a sweep: to the oldest claimable row, or with none to `now`
         less the margin; return whether the floor went down (a row below it)."""
         floors = self.of(shape)
         i = priority - 1
+        self._literals.pop(shape, None)
         if oldest is None:
             floors[i] = max(floors[i], now - self._margin)
             return False

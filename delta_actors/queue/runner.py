@@ -74,6 +74,7 @@ class Claim:
     resource: StoredRow | None  # a resource work's resource, with its object
     namespace: str = DEFAULT_NAMESPACE
     metadata: str | None = None  # the row's metadata (JSON text): what queued it, traced
+    tid: str | None = None  # the row version the claim wrote, where its result looks first
     floor_at: datetime | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
@@ -86,10 +87,10 @@ class Claim:
     @classmethod
     def from_row(cls, row: tuple[Any, ...], traced: bool = False) -> Claim:
         """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
-        resource = StoredRow(*row[10:]) if row[5] is not None else None
+        resource = StoredRow(*row[11:]) if row[5] is not None else None
         return cls(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource,
-            row[8], row[9], traced=traced,
+            row[8], row[9], row[10], traced=traced,
         )  # fmt: skip
 
 

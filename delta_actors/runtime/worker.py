@@ -496,7 +496,7 @@ class Worker:
             # below where the claims now read (queue/floors.py).
             self._unwritten_works[claim.id] = claim
         try:
-            await self._completer.add(result)
+            await self._completer.add(result, claim.tid)
         finally:
             self._running.pop(claim.id, None)
             if claim.kind in self._app.limits:
@@ -589,7 +589,7 @@ class Worker:
         for claim in handed_back:
             if claim.resource_id is not None:
                 # A work's job row never goes back to the queue (see COMPLETE_WORKS).
-                await self._completer.add(Reconciler.hand_back(claim))
+                await self._completer.add(Reconciler.hand_back(claim), claim.tid)
                 self.stats.handed_back += 1
         claims = [c for c in handed_back if c.resource_id is None]
         if not claims:

@@ -9,11 +9,14 @@ import subprocess
 import sys
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors.db import actor_sql, job_sql
 from delta_actors.queue.claimer import Claimer
+from delta_actors.queue.completer import Completer
 from delta_actors.queue.floors import Floors
+from delta_actors.queue.results import job_done
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
@@ -378,3 +381,71 @@ async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'delta-claim-default'"
         )
         assert await cur.fetchone() == (1,)
+
+
+def _held_until(release: asyncio.Event) -> delta.App:
+    """An app whose notes run until `release` is set."""
+
+    async def wait(job: Note) -> None:
+        await release.wait()
+
+    return delta.App(jobs={Note: wait})
+
+
+async def test_a_result_finds_its_claim_after_the_row_moved(dsn):
+    """Results look for their rows where their claims left them (the row version), then
+    by id: a running job whose row was updated meanwhile (by something that leaves the
+    claim current, here a rewrite of its errors) is still written, and not counted stale."""
+    release = asyncio.Event()
+    client = await delta.AsyncClient.connect(dsn)
+    try:
+        moved, kept = await client.enqueue_many([Note(n=0), Note(n=1)])
+        async with running_worker(_held_until(release), dsn, max_workers=2) as worker:
+            for job in (moved, kept):
+                await wait_until_async(
+                    lambda job=job: is_state(client, job.id, delta.JobState.RUNNING)
+                )
+            claimed_at = worker._running[moved.id].tid
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT ctid::text FROM delta_job WHERE id = %s", (moved.id,)
+                )
+                assert await cur.fetchone() == (claimed_at,)  # the claim knows where its row is
+                cur = await conn.execute(
+                    "UPDATE delta_job SET errors = errors WHERE id = %s RETURNING ctid::text",
+                    (moved.id,),
+                )
+                assert await cur.fetchone() != (claimed_at,)  # and now it is elsewhere
+            release.set()
+            await wait_until_async(lambda: worker.stats.completed == 2, 5, "both written")
+            assert worker.stats.stale == 0
+        assert job_states(dsn) == {"completed": 2}
+    finally:
+        await client.close()
+
+
+async def test_results_take_no_other_row_than_their_own_where_their_claim_was(dsn):
+    """A row version that now holds another row (vacuum freed the line pointer and a new
+    row took it) must not take the result: the statement joins the rows it finds there
+    on the result's id. Given another running job's row version, a result leaves that job
+    running and is written by id; a result given none is written by id too."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            """INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,
+                                      claimed_by, attempted_at)
+               SELECT 'note', 'default', '\\x', 'running', 1, 5, 7, now()
+               FROM generate_series(1, 3) RETURNING id, ctid::text"""
+        )
+        (a, _a_at), (b, b_at), (c, _c_at) = await cur.fetchall()
+    written: list[set[int]] = []
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        completer = Completer(
+            pool, 7, max_pending=10, on_written=lambda _, stale, _f: written.append(stale)
+        )
+        await completer.add(job_done(a, 1), b_at)  # where b is
+        await completer.add(job_done(c, 1))
+        await completer._write_pending()
+        assert written == [set()]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT id, state::text FROM delta_job ORDER BY id")
+        assert await cur.fetchall() == [(a, "completed"), (b, "running"), (c, "completed")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime, timedelta
 from typing import LiteralString
 
 import psycopg
@@ -265,3 +266,32 @@ async def test_the_sweep_keeps_an_idle_producers_floors_near_the_present(dsn):
     finally:
         await pool.close()
         await client.close()
+
+
+def test_the_claims_floor_parameter_reads_as_the_floors_and_follows_them(dsn):
+    """The claims take the floors as an array literal, kept from claim to claim: it reads
+    in PostgreSQL as the floors themselves, and is made again once a floor moves, by a
+    claim, a rewind or a sweep; a claim that moves nothing keeps it."""
+    floors = Floors(margin=0.0)
+    start = floors.of()[0]
+    at = datetime(2026, 12, 2, 5, 6, 7, 891011, tzinfo=UTC)
+    with psycopg.connect(dsn) as conn:
+
+        def read(shape: str = UNLIMITED) -> list[datetime]:
+            row = conn.execute("SELECT %s::timestamptz[]", (floors.literal(shape),)).fetchone()
+            assert row is not None
+            return list(row[0])
+
+        assert read() == [start] * 4
+        kept = floors.literal()
+        floors.claimed(UNLIMITED, [(2, None)])
+        assert floors.literal() is kept
+        floors.claimed(UNLIMITED, [(2, at)])
+        assert read() == [start, at, start, start]
+        floors.claimed(UNLIMITED, [(2, at - timedelta(seconds=1))])  # floors never go down
+        assert read() == [start, at, start, start]
+        floors.rewind(UNLIMITED, 2, at - timedelta(hours=1))
+        assert read() == [start, at - timedelta(hours=1), start, start]
+        floors.swept(UNLIMITED, 4, None, at)
+        assert read() == [start, at - timedelta(hours=1), start, at]
+        assert read("fx-limited") == [start] * 4  # each shape has its own

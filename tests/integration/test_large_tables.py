@@ -20,7 +20,7 @@ import delta_actors as delta
 from delta_actors.bulk import ResourceFilter
 from delta_actors.db import console_sql, job_sql, resource_sql, status_sql
 from delta_actors.ops.status import QUEUE_PARAMS, read_status
-from delta_actors.queue.completer import job_params, work_params
+from delta_actors.queue.completer import job_params, tid_literal, work_params
 from delta_actors.queue.results import job_done, work_synced
 from delta_actors.resources.store import InformParams, inform, prepare
 from delta_actors.web.reads import FINISHED_CAP
@@ -319,14 +319,17 @@ CLAIM_JOB = """INSERT INTO delta_job (kind, namespace, args, state, attempt, max
                FROM generate_series(1, %s) RETURNING id"""
 
 
-@pytest.mark.parametrize("statement", ["jobs", "works", "hand back"])
+@pytest.mark.parametrize(
+    "statement", ["jobs", "jobs where claimed", "works", "works where claimed", "hand back"]
+)
 @pytest.mark.parametrize("snapshot", ["held", "none"])
 def test_results_read_only_their_own_claims(dsn, statement, snapshot):
     """A batch of results for 50 live claims, beside 200,000 claims of the same actor that
     ended: while another session held a snapshot (vacuum may remove none of their index
     entries, and the statistics see few running rows), or with none (vacuumed). Either way
-    the batch reads a few buffers per id, not the actor's ended claims, and hashes its ids
-    once rather than reading them again for each row it finds."""
+    the batch, found by id or where its claims left the rows, reads a few buffers per id,
+    not the actor's ended claims, and hashes its ids once rather than reading them again
+    for each row it finds."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         actor = (_worker_actor(conn),)
         with psycopg.connect(dsn) as holder:
@@ -338,15 +341,26 @@ def test_results_read_only_their_own_claims(dsn, statement, snapshot):
                 "UPDATE delta_job SET state = 'completed', claimed_by = NULL,"
                 " finalized_at = now() WHERE state = 'running'"
             )
-            ids = [row[0] for row in conn.execute(CLAIM_JOB, (actor[0], LIVE_CLAIMS))]
+            claimed = conn.execute(CLAIM_JOB + ", ctid::text", (actor[0], LIVE_CLAIMS)).fetchall()
+            ids, tids = [row[0] for row in claimed], [row[1] for row in claimed]
             conn.execute("ANALYZE delta_job" if snapshot == "held" else "VACUUM ANALYZE delta_job")
-            if statement == "jobs":
-                params: Any = job_params([job_done(i, 1) for i in ids], actor[0])
-                plan, done, read = _run_planned(conn, job_sql.COMPLETE_JOBS, params)
-            elif statement == "works":
+            where_claimed = {"tids": tid_literal(tids)} if "where claimed" in statement else {}
+            if statement.startswith("jobs"):
+                params: Any = {
+                    **job_params([job_done(i, 1) for i in ids], actor[0]),
+                    **where_claimed,
+                }
+                found = job_sql.COMPLETE_CLAIMED_JOBS if where_claimed else job_sql.COMPLETE_JOBS
+                plan, done, read = _run_planned(conn, found, params)
+            elif statement.startswith("works"):
                 results = [work_synced(i, 1, 1) for i in ids]
-                params = work_params(results, actor[0])
-                plan, done, read = _run_planned(conn, resource_sql.COMPLETE_WORKS, params)
+                params = {**work_params(results, actor[0]), **where_claimed}
+                found = (
+                    resource_sql.COMPLETE_CLAIMED_WORKS
+                    if where_claimed
+                    else resource_sql.COMPLETE_WORKS
+                )
+                plan, done, read = _run_planned(conn, found, params)
             else:
                 params = {"ids": ids, "attempts": [1] * len(ids), "actor": actor[0]}
                 plan, done, read = _run_planned(conn, job_sql.HAND_BACK_JOBS, params)
