@@ -126,8 +126,6 @@ class Harness(FaultInjection, HarnessChecks):
             from delta_actors.local.cluster import throwaway_cluster
 
             self.cluster = throwaway_cluster()
-            if self.args.hosts:
-                self.start_hosts()
             with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
                 # The throwaway cluster acknowledges commits before their WAL is written;
                 # an immediate shutdown then loses commits that the workload saw succeed.
@@ -136,8 +134,13 @@ class Harness(FaultInjection, HarnessChecks):
                 conn.execute("ALTER SYSTEM SET synchronous_commit = on")
                 # Rescue waiting on a lock held by a cut-off host's session shows in the log.
                 conn.execute("ALTER SYSTEM SET log_lock_waits = on")
-                conn.execute("SELECT pg_reload_conf()")
+                # The liveness sampler times a due job from its commit (chaos_liveness).
+                conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
                 conn.execute("CREATE DATABASE chaos")
+            if self.args.hosts:
+                self.start_hosts()  # restarts PostgreSQL, with its own settings too
+            else:
+                self.cluster.restart("fast")  # track_commit_timestamp takes a restart
             self.dsn = self.cluster.dsn("chaos")
         from delta_actors.db.migrations import migrate
 

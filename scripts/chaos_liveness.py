@@ -24,13 +24,23 @@ import delta_actors as delta
 
 # One sample: the lease, the newest informer run, and the most overdue job that waits
 # for promotion (scheduled or retryable, due, not yet available: the leader's Promoter).
+# A job is overdue from when it was both due and visible: a row committed after its
+# scheduled_at (a result, or an effect's job, whose transaction a slow link held open for
+# seconds) was nobody's to promote before its commit. The commit time of the row version
+# is known where the server tracks commit timestamps (the harness's own cluster does);
+# elsewhere the clock starts at scheduled_at, stricter than the leader deserves.
+WAITING_SINCE = {
+    True: "greatest(scheduled_at, pg_xact_commit_timestamp(xmin))",
+    False: "scheduled_at",
+}
 SAMPLE_LIVENESS = """
 SELECT l.actor_id, l.term, l.expires_at > now(),
        (SELECT max(started_at) FROM chaos_informer_run),
-       (SELECT extract(epoch FROM now() - min(scheduled_at))::float8 FROM delta_job
+       (SELECT extract(epoch FROM now() - min({since}))::float8 FROM delta_job
         WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now())
 FROM (SELECT 1) AS one LEFT JOIN delta_leader AS l ON l.name = 'default'
 """
+COMMIT_TIMESTAMPS = "SELECT current_setting('track_commit_timestamp')::bool"
 
 # ------------------------------------------------------------------------- liveness
 
@@ -40,7 +50,8 @@ class Sample:
     at: float  # time.time()
     lease: tuple[int, int] | None  # (actor id, term) of an unexpired lease; None: no leader
     informer_age: float  # seconds since the newest informer run started
-    promotion_delay: float  # seconds the most overdue unpromoted job is past due; 0: none
+    promotion_delay: float  # seconds the most overdue unpromoted job is past due and
+    # visible (committed); 0: none
 
 
 class Liveness:
@@ -49,8 +60,9 @@ class Liveness:
     The app's `beacon` informer (every INFORM_INTERVAL) records each run's start, and a
     probe job is enqueued every PROBE_INTERVAL, PROBE_DELAY ahead, so there is always a
     scheduled job for the leader to promote. A sampler reads, every SAMPLE_INTERVAL, the
-    lease, the age of the newest informer run, and how far past due the most overdue job
-    still waiting for promotion (scheduled or retryable) is.
+    lease, the age of the newest informer run, and how long the most overdue job still
+    waiting for promotion (scheduled or retryable) has been both due and committed (see
+    SAMPLE_LIVENESS; `commit_timestamps` in the report says which clock was used).
 
     A sample breaks the bound when its informer gap or promotion delay exceeds
     LIVENESS_BOUND while one (actor, term) has held an unexpired lease for longer than
@@ -69,6 +81,7 @@ class Liveness:
         self.dsn = dsn
         self.samples: list[Sample] = []
         self.probes_enqueued = 0
+        self.commit_timestamps: bool | None = None  # known once the sampler connected
         self.started = time.time()
         self.stop = threading.Event()
         self.threads = [
@@ -94,25 +107,30 @@ class Liveness:
                         self.dsn, autocommit=True, connect_timeout=5,
                         application_name="chaos-sampler",
                     )  # fmt: skip
-                row = conn.execute(SAMPLE_LIVENESS).fetchone()
+                self.samples.append(self.read(conn))
             except psycopg.OperationalError:
                 if conn is not None:
                     conn.close()
                 conn = None
-                continue
-            assert row is not None
-            actor_id, term, unexpired, informed_at, overdue = row
-            at = time.time()
-            self.samples.append(
-                Sample(
-                    at,
-                    (actor_id, term) if unexpired else None,
-                    at - (informed_at or self.started),
-                    max(0.0, overdue or 0.0),
-                )
-            )
         if conn is not None:
             conn.close()
+
+    def read(self, conn: psycopg.Connection) -> Sample:
+        """One sample, read now on `conn`."""
+        if self.commit_timestamps is None:
+            tracked = conn.execute(COMMIT_TIMESTAMPS).fetchone()
+            self.commit_timestamps = bool(tracked and tracked[0])
+        since = WAITING_SINCE[self.commit_timestamps]
+        row = conn.execute(SAMPLE_LIVENESS.format(since=since)).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        actor_id, term, unexpired, informed_at, overdue = row
+        at = time.time()
+        return Sample(
+            at,
+            (actor_id, term) if unexpired else None,
+            at - (informed_at or self.started),
+            max(0.0, overdue or 0.0),
+        )
 
     def enqueue_probes(self) -> None:
         client: delta.Client | None = None
@@ -141,6 +159,7 @@ class Liveness:
         promotion = sorted(c[2] for c in checked)
         section = {
             "bound_s": LIVENESS_BOUND,
+            "commit_timestamps": self.commit_timestamps,
             "samples": len(self.samples),
             "samples_checked": len(checked),
             "samples_without_lease": sum(1 for s in self.samples if s.lease is None),
