@@ -102,8 +102,8 @@ def run_ours(dsn: str, args: argparse.Namespace) -> dict[str, float]:
         p50, p99 = bench_latency(client, dsn, args.latency_jobs, args.rate)
         return {
             "bulk_jobs_per_s": bench_bulk_insert(client, dsn, args.bulk),
-            "drain_c10_jobs_per_s": bench_drain(client, dsn, args.drain, 10),
-            "drain_c100_jobs_per_s": bench_drain(client, dsn, args.drain, 100),
+            "drain_c10_jobs_per_s": bench_drain(client, dsn, args.drain, 10)[0],
+            "drain_c100_jobs_per_s": bench_drain(client, dsn, args.drain, 100)[0],
             "p50_ms": p50,
             "p99_ms": p99,
         }

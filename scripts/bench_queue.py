@@ -3,7 +3,8 @@
 Measures, each `--runs` times (median reported):
 - bulk insert: `Client.enqueue_many` of `--bulk` no-op jobs, jobs/s;
 - drain: one worker process with no-op async jobs at concurrency 10 and 100, jobs/s
-  (from the worker's first claim until its last result is written);
+  (from the worker's first claim until its last result is written), and the worker's
+  CPU per job over the same span (us);
 - latency: enqueue-to-start of single jobs enqueued at `--rate` jobs/s, p50/p99 ms.
 
 Prints a table and writes JSON (`--out`). Usage: python scripts/bench_queue.py [--quick]
@@ -134,7 +135,10 @@ def bench_bulk_insert(client: delta.Client, dsn: str, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def bench_drain(client: delta.Client, dsn: str, count: int, concurrency: int) -> float:
+def bench_drain(
+    client: delta.Client, dsn: str, count: int, concurrency: int
+) -> tuple[float, float]:
+    """Jobs/s of one drain, and the worker's CPU per job (us)."""
     reset(dsn)
     client.enqueue_many([Noop() for _ in range(count)])
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -145,7 +149,7 @@ def bench_drain(client: delta.Client, dsn: str, count: int, concurrency: int) ->
             "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FROM delta_job"
         ).fetchone()
     assert row == (count, count), f"not every job completed exactly once: {row}"
-    return count / float(result["elapsed"])
+    return count / float(result["elapsed"]), float(result["cpu"]) / count * 1e6
 
 
 def bench_latency(client: delta.Client, dsn: str, count: int, rate: float) -> tuple[float, float]:
@@ -194,14 +198,18 @@ def main() -> None:
             "bulk_insert_jobs_per_s": [],
             "drain_c10_jobs_per_s": [],
             "drain_c100_jobs_per_s": [],
+            "drain_c10_worker_cpu_us": [],
+            "drain_c100_worker_cpu_us": [],
             "latency_p50_ms": [],
             "latency_p99_ms": [],
         }
         with delta.Client.connect(dsn) as client:
             for run in range(args.runs):
                 results["bulk_insert_jobs_per_s"].append(bench_bulk_insert(client, dsn, args.bulk))
-                results["drain_c10_jobs_per_s"].append(bench_drain(client, dsn, args.drain, 10))
-                results["drain_c100_jobs_per_s"].append(bench_drain(client, dsn, args.drain, 100))
+                for concurrency in (10, 100):
+                    rate, cpu = bench_drain(client, dsn, args.drain, concurrency)
+                    results[f"drain_c{concurrency}_jobs_per_s"].append(rate)
+                    results[f"drain_c{concurrency}_worker_cpu_us"].append(cpu)
                 p50, p99 = bench_latency(client, dsn, args.latency_jobs, args.rate)
                 results["latency_p50_ms"].append(p50)
                 results["latency_p99_ms"].append(p99)
@@ -213,6 +221,8 @@ def main() -> None:
         "bulk_insert_jobs_per_s": (">=", 50_000),
         "drain_c10_jobs_per_s": ("", None),
         "drain_c100_jobs_per_s": (">=", 10_000),
+        "drain_c10_worker_cpu_us": ("", None),
+        "drain_c100_worker_cpu_us": ("", None),
         "latency_p50_ms": ("<", 3),
         "latency_p99_ms": ("<", 10),
     }

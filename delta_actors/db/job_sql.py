@@ -143,7 +143,11 @@ _FLOORS: LiteralString = (
 # resource never overlap). Nothing while the namespace is paused (one probe of a tiny
 # table, evaluated once per claim). `= ANY(ARRAY(...))` pins the update to primary-key
 # lookups; a join let the planner hash the whole table. A resource work comes back with
-# its resource as stored now, read without a lock (claims never wait on informs).
+# its resource as stored now, read without a lock (claims never wait on informs). Each row
+# carries its scheduled_at, for the floors only (queue/floors.py reads columns 6 and 7,
+# the priority and this), as seconds since the epoch (a float is cheaper to write and to
+# read than a timestamp), and not its namespace, which is the claim's own; the claimer
+# reads the rows in binary.
 def _claim(
     kinds: LiteralString,
     limit: LiteralString,
@@ -189,8 +193,7 @@ claimed AS (
         + """, claimed_by = %(actor)s
     WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id,
-              j.priority, j.scheduled_at, j.namespace, j.metadata::text AS metadata,
-              j.ctid::text AS tid
+              j.priority, j.scheduled_at, j.metadata::text AS metadata, j.ctid::text AS tid
 ),"""
         + then
         + """
@@ -201,12 +204,7 @@ resources AS MATERIALIZED (
     WHERE r.id = ANY(ARRAY(SELECT resource_id FROM claimed WHERE resource_id IS NOT NULL))
 )
 SELECT c.id, c.kind, c.args, c.attempt, c.max_attempts, c.resource_id, c.priority,
-       -- On one row per priority, its oldest (the floor goes there: queue/floors.py): a
-       -- timestamp costs the claimer more to read than the rest of a plain job's row,
-       -- and the jobs of one bulk enqueue all share theirs.
-       CASE WHEN row_number() OVER (PARTITION BY c.priority ORDER BY c.scheduled_at) = 1
-            THEN c.scheduled_at END,
-       c.namespace, c.metadata, c.tid, res.*
+       date_part('epoch', c.scheduled_at), c.metadata, c.tid, res.*
 FROM claimed AS c LEFT JOIN resources AS res ON res.id = c.resource_id
 """
     )

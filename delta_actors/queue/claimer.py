@@ -20,6 +20,9 @@ Invariants:
   claim to the next and serves other clients too: no setting is made, nothing is
   prepared, nothing replanned; each claim is planned for its parameters, as the pools'
   statements are (docs/performance.md measures the difference).
+- The rows come back in binary: no text form of a job's args (bytea) or numbers to write
+  on the server and parse here (the claim alone, on one connection: a fifth to a quarter
+  less of the client's CPU per claim; docs/performance.md, "The claim's rows").
 - A claim that failed or was interrupted leaves the connection in an unknown state: it is
   closed, and the next claim opens a new one. Connecting raises psycopg's own errors, which
   the producer already treats as a failed claim (logged, counted, retried).
@@ -101,13 +104,13 @@ class Claimer:
             cur = await conn.execute(
                 job_sql.CLAIM_JOBS,
                 {**params, "floors": self.floors.literal(UNLIMITED)},
-                prepare=self._prepare,
-            )
+                prepare=self._prepare, binary=True,
+            )  # fmt: skip
             rows = await cur.fetchall()
         except BaseException:
             await self.close()
             raise
-        self.floors.claimed(UNLIMITED, [(row[6], row[7]) for row in rows])
+        self.floors.claimed(UNLIMITED, rows)
         return rows
 
     async def claim_limited(
@@ -141,9 +144,11 @@ class Claimer:
             prepare = self._prepare
             async with conn.transaction():
                 await conn.execute(job_sql.LOCK_LIMIT, kind_params, prepare=prepare)
-                cur = await conn.execute(job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=prepare)
+                cur = await conn.execute(
+                    job_sql.CLAIM_LIMITED_JOBS, kind_params, prepare=prepare, binary=True
+                )
                 taken = await cur.fetchall()
-            self.floors.claimed(kind, [(row[6], row[7]) for row in taken])
+            self.floors.claimed(kind, taken)
             rows += taken
         if len(rows) < wanted:
             cur = await conn.execute(
@@ -152,10 +157,10 @@ class Claimer:
                     **params, "limit": wanted - len(rows), "limited": kinds,
                     "floors": self.floors.literal(UNLIMITED),
                 },
-                prepare=self._prepare,
+                prepare=self._prepare, binary=True,
             )  # fmt: skip
             taken = await cur.fetchall()
-            self.floors.claimed(UNLIMITED, [(row[6], row[7]) for row in taken])
+            self.floors.claimed(UNLIMITED, taken)
             rows += taken
         return rows
 

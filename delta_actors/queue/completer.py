@@ -205,11 +205,13 @@ class Completer:
         effects = _has_effects(works)
         async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
-                rows = await self._fenced(conn, _JOB_STATEMENTS, jobs, tids, job_params)
-                stale |= {r.id for r in jobs} - {row[0] for row in rows}
+                missing, _ = await self._fenced(conn, _JOB_STATEMENTS, jobs, tids, job_params)
+                stale |= missing
             if works:
-                rows = await self._fenced(conn, _WORK_STATEMENTS, works, tids, work_params)
-                stale |= {r.id for r in works} - {row[0] for row in rows}
+                missing, rows = await self._fenced(
+                    conn, _WORK_STATEMENTS, works, tids, work_params, rows_wanted=True
+                )
+                stale |= missing
                 follow_ups.update(row[0] for row in rows if row[2])
             if effects:
                 for result in works:
@@ -225,29 +227,41 @@ class Completer:
         batch: Sequence[_R],
         tids: dict[int, str],
         params_of: Callable[[list[_R], int], dict[str, object]],
-    ) -> list[tuple[Any, ...]]:
-        """Run one results statement for `batch` and return the rows it wrote: by the row
-        versions in `tids` (the first statement) for the results that have one, then by id
-        (the second) for the others and for those not found there (see the module
-        docstring). Prepared, so the server parses each once, but planned on every
+        *,
+        rows_wanted: bool = False,
+    ) -> tuple[set[int], list[tuple[Any, ...]]]:
+        """Run one results statement for `batch`: by the row versions in `tids` (the first
+        statement) for the results that have one, then by id (the second) for the others
+        and for those not found there (see the module docstring). Return the ids of
+        `batch` that neither wrote (stale), and, if `rows_wanted`, the rows written.
+
+        A statement returns each row it wrote once, so a row count equal to the batch's
+        means none is stale, and then the rows are not read unless wanted (as a plain
+        job's never are). Prepared, so the server parses each once, but planned on every
         execution (the pool's force_custom_plan): a generic plan of these unnest joins ran
         2.5x slower."""
         by_version, by_id = statements
         located = [r for r in batch if r.id in tids] if tids else []
-        rest = [r for r in batch if r.id not in tids] if located else list(batch)
+        rest = [] if len(located) == len(batch) else [r for r in batch if r.id not in tids]
         rows: list[tuple[Any, ...]] = []
+        missing: set[int] = set()
         if located:
             params = params_of(located, self._actor_id)
             params["tids"] = tid_literal([tids[r.id] for r in located])
             cur = await conn.execute(by_version, params, prepare=True)
-            rows = await cur.fetchall()
-            if len(rows) < len(located):
+            if rows_wanted or cur.rowcount < len(located):
+                rows = await cur.fetchall()
+            if cur.rowcount < len(located):
                 found = {row[0] for row in rows}
                 rest += [r for r in located if r.id not in found]
         if rest:
             cur = await conn.execute(by_id, params_of(rest, self._actor_id), prepare=True)
-            rows += await cur.fetchall()
-        return rows
+            if rows_wanted or cur.rowcount < len(rest):
+                written = await cur.fetchall()
+                rows += written
+                if len(written) < len(rest):
+                    missing = {r.id for r in rest} - {row[0] for row in written}
+        return missing, rows
 
 
 _R = TypeVar("_R", JobResult, WorkResult)
@@ -311,7 +325,7 @@ def array_literal(values: Sequence[int | float | enum.StrEnum | None]) -> str | 
 
 def tid_literal(tids: Sequence[str]) -> str:
     """Row versions ("(page,item)", as a claim returns them) as a PostgreSQL tid[] literal."""
-    return "{" + ",".join(f'"{tid}"' for tid in tids) + "}"
+    return '{"' + '","'.join(tids) + '"}' if tids else "{}"
 
 
 def _errors(batch: Sequence[Result]) -> list[str | None] | None:

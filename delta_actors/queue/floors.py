@@ -69,6 +69,8 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -85,6 +87,10 @@ SWEEP_SHARE = 10.0  # a sweep waits this many times as long as the last one took
 SWEEP_MAX_WAIT = 5.0  # ...but never longer than this (seconds), so it never looks stalled
 
 _START = datetime(1, 1, 2, tzinfo=UTC)  # before any scheduled_at (a day spare for zones)
+_NEVER = float("inf")
+# Where a claim's row has its priority and its scheduled_at (job_sql._claim's layout).
+_PRIORITY = itemgetter(6)
+_EPOCH = itemgetter(7)
 
 # The floors of the other kinds' claim (an app without limits has only this set).
 UNLIMITED = ""
@@ -125,19 +131,33 @@ class Floors:
         shapes = list(self._floors.values()) or [self.of()]
         return [min(floors[i] for floors in shapes) for i in range(len(PRIORITIES))]
 
-    def claimed(self, shape: str, rows: Sequence[tuple[int, datetime | None]]) -> None:
-        """Raise the floors of `shape` past what a claim took: (priority, scheduled_at),
-        the time given on the oldest row of each priority only (None on the others)."""
+    def claimed(self, shape: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Raise the floors of `shape` past what a claim took: its rows as the claim
+        statements return them (job_sql._claim), of which the floors read the priority
+        and the scheduled_at in seconds since the epoch.
+
+        Made a time again to the microsecond, nearest first, which gives back the stored
+        time exactly for any time before 2106 (a float8 holds such an epoch to a quarter
+        of a microsecond); a later time's floor may sit a microsecond high, which at
+        worst leaves a row of that very time to the sweep. A claim of one priority, the
+        usual one, is read with C's loops (map, count, min): a loop here in Python cost
+        a claim of 100 jobs 60 us, a no-op job's worker time for three of them.
+        """
+        if not rows:
+            return
+        priorities = list(map(_PRIORITY, rows))
+        first = priorities[0]
+        if priorities.count(first) == len(priorities):
+            oldest = {first: min(map(_EPOCH, rows))}
+        else:
+            oldest = {}
+            for priority, scheduled_at in zip(priorities, map(_EPOCH, rows), strict=True):
+                if scheduled_at < oldest.get(priority, _NEVER):
+                    oldest[priority] = scheduled_at
         floors = self.of(shape)
-        oldest: dict[int, datetime] = {}
-        for priority, scheduled_at in rows:
-            if scheduled_at is None:
-                continue
-            if priority not in oldest or scheduled_at < oldest[priority]:
-                oldest[priority] = scheduled_at
         for priority, scheduled_at in oldest.items():
             i = priority - 1
-            raised = scheduled_at - self._margin
+            raised = datetime.fromtimestamp(scheduled_at, UTC) - self._margin
             if raised > floors[i]:
                 floors[i] = raised
                 self._literals.pop(shape, None)

@@ -68,14 +68,11 @@ class Claim:
     max_attempts: int
     resource_id: int | None
     priority: int
-    # The oldest scheduled_at the claim took of its priority, on that claim only (else
-    # None), and the floor the claim read from (queue/floors.py).
-    scheduled_at: datetime | None
     resource: StoredRow | None  # a resource work's resource, with its object
-    namespace: str = DEFAULT_NAMESPACE
+    namespace: str = DEFAULT_NAMESPACE  # the claim's (its rows do not carry it)
     metadata: str | None = None  # the row's metadata (JSON text): what queued it, traced
     tid: str | None = None  # the row version the claim wrote, where its result looks first
-    floor_at: datetime | None = None
+    floor_at: datetime | None = None  # where the claim read its priority from (floors.py)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     deadline: float = float("inf")  # loop time after which the run counts as timed out
     timed_out: bool = False
@@ -85,12 +82,14 @@ class Claim:
     traced: bool = False
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], traced: bool = False) -> Claim:
-        """Build a Claim from a CLAIM_JOBS row: this class's fields, then a StoredRow."""
-        resource = StoredRow(*row[11:]) if row[5] is not None else None
+    def from_row(cls, row: tuple[Any, ...], namespace: str, traced: bool = False) -> Claim:
+        """Build a Claim from a CLAIM_JOBS row of a claim of `namespace`: this class's
+        fields (but its namespace; its scheduled_at is the floors' alone), then a
+        StoredRow."""
+        resource = StoredRow(*row[10:]) if row[5] is not None else None
         return cls(
-            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], resource,
-            row[8], row[9], row[10], traced=traced,
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], resource, namespace,
+            row[8], row[9], traced=traced,
         )  # fmt: skip
 
 
@@ -135,14 +134,14 @@ class Invoker:
     ) -> Coroutine[Any, Any, None]:
         """Run fn(arg) inside `chain` (middleware.py); raise HandlerTimeout after `timeout` s.
 
-        Await it in the run's task (the deadline starts now). A plain def, which hands
-        back the handler's own coroutine when there is no middleware: a no-op job's
-        whole run costs the worker some 13 us of CPU, and every coroutine layer on its
-        path a fraction of one.
+        Await it in the run's task (the deadline starts now). Without middleware it is
+        handle()'s coroutine, which a plain job's run awaits itself (JobRunner.run): a
+        no-op job's whole run costs the worker some 13 us of CPU, and every call on its
+        path (a coroutine layer, a function that hands one on, keyword arguments) a
+        fraction of one.
         """
-        claim.deadline = asyncio.get_running_loop().time() + timeout
         if not chain or call is None:
-            return self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
+            return self.handle(claim, fn, arg, is_async, timeout)
         return self._run_through(chain, call, claim, fn, arg, is_async=is_async, timeout=timeout)
 
     async def _run_through(
@@ -156,8 +155,10 @@ class Invoker:
         is_async: bool,
         timeout: float,
     ) -> None:
+        claim.deadline = asyncio.get_running_loop().time() + timeout
+
         async def run_handler() -> None:
-            await self._run_handler(claim, fn, arg, is_async=is_async, timeout=timeout)
+            await self.handle(claim, fn, arg, is_async, timeout, starts=False)
 
         try:
             await run_through(chain, call, run_handler)
@@ -168,9 +169,21 @@ class Invoker:
                 raise
             raise converted from exc
 
-    async def _run_handler(
-        self, claim: Claim, fn: Callable[[Any], Any], arg: Any, *, is_async: bool, timeout: float
+    async def handle(
+        self,
+        claim: Claim,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        is_async: bool,
+        timeout: float,
+        *,
+        starts: bool = True,
     ) -> None:
+        """fn(arg), its deadline starting now unless not `starts` (inside middleware,
+        whose chain started it); its timeout or cancel request raised as such."""
+        loop = asyncio.get_running_loop()
+        if starts:
+            claim.deadline = loop.time() + timeout
         try:
             if is_async:
                 await fn(arg)
@@ -178,7 +191,6 @@ class Invoker:
                 # The task's context goes along (copied here, inside every middleware),
                 # so a plain def sees its work_context() and what middleware set.
                 context = contextvars.copy_context()
-                loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._executor, context.run, fn, arg)
         except asyncio.CancelledError as exc:
             # Converted here, so that middleware sees the timeout as an exception.
@@ -253,17 +265,22 @@ class JobRunner(ClaimRunner):
             )
             return self._failed(claim, exc, message)
         chain = self._app.chain(claim.traced)
-        call = (
-            Call("job", claim.kind, claim.namespace, claim.attempt, job=job, job_id=claim.id,
-                 trace_context=trace_context(claim.metadata), max_attempts=claim.max_attempts)
-            if chain else None
-        )  # fmt: skip
         try:
-            await self._invoker.invoke(
-                claim, registration.handler, job,
-                is_async=registration.is_async, timeout=registration.timeout,
-                call=call, chain=chain,
-            )  # fmt: skip
+            if chain:
+                call = Call(
+                    "job", claim.kind, claim.namespace, claim.attempt, job=job,
+                    job_id=claim.id, trace_context=trace_context(claim.metadata),
+                    max_attempts=claim.max_attempts,
+                )  # fmt: skip
+                await self._invoker.invoke(
+                    claim, registration.handler, job, is_async=registration.is_async,
+                    timeout=registration.timeout, call=call, chain=chain,
+                )  # fmt: skip
+            else:
+                await self._invoker.handle(
+                    claim, registration.handler, job, registration.is_async,
+                    registration.timeout,
+                )  # fmt: skip
         except Requeue as outcome:
             self._stats.snoozed += 1
             return results.job_requeued(claim.id, claim.attempt, outcome.after)

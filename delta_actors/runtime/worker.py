@@ -437,7 +437,7 @@ class Worker:
         self.stats.claimed += len(rows)
         if rows and traced:
             tracing.record_claim(self.namespace, limit, len(rows), started)
-        claims = [Claim.from_row(row, traced) for row in rows]
+        claims = [Claim.from_row(row, self.namespace, traced) for row in rows]
         for claim in claims:
             if claim.resource_id is not None:
                 claim.floor_at = floors[shape_of(claim.kind, limits)][claim.priority - 1]

@@ -349,7 +349,7 @@ class _Session:
             else:
                 rows = await self._claimer.claim(params)
         traced = tracing.recording()
-        return [Claim.from_row(row, traced) for row in rows]
+        return [Claim.from_row(row, namespace, traced) for row in rows]
 
     async def _run(self, claim: Claim, results: Results) -> None:
         task = asyncio.create_task(self._run_claim(claim), name=f"test-runner:job:{claim.id}")

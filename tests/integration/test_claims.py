@@ -369,16 +369,19 @@ async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
     ):
         await client.enqueue(Note(n=1))
         await wait_until_async(lambda: ran == [1], 10, "the first job")
+        # This database's only: a test beside this one (pytest -n) may run a worker of
+        # the same namespace on a database of its own in the same cluster.
         cur = await admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = 'delta-claim-default'"
+            " WHERE application_name = 'delta-claim-default' AND datname = current_database()"
         )
         assert await cur.fetchone() == (1,)
         await client.enqueue(Note(n=2))
         await wait_until_async(lambda: ran == [1, 2], 10, "the job after")
         assert worker.stats.claim_failures <= 1
         cur = await admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'delta-claim-default'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'delta-claim-default' AND datname = current_database()"
         )
         assert await cur.fetchone() == (1,)
 

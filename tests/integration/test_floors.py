@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -35,6 +35,12 @@ class Note(Keyed, kind="note"):
 async def _ping_done(client: delta.AsyncClient) -> bool:
     page = await client.list_jobs(kind="ping", state=delta.JobState.COMPLETED)
     return len(page.items) == 1
+
+
+def claim_row(priority: int, epoch: float) -> tuple[Any, ...]:
+    """A row as the claim statements return it, of what the floors read: the priority
+    (column 6) and the scheduled_at in seconds since the epoch (7)."""
+    return (1, "fx-job", b"", 1, 25, None, priority, epoch, None, "(0,1)")
 
 
 def _claim_params() -> dict[str, object]:
@@ -282,16 +288,47 @@ def test_the_claims_floor_parameter_reads_as_the_floors_and_follows_them(dsn):
             assert row is not None
             return list(row[0])
 
+        def taken(priority: int, at: datetime) -> tuple[Any, ...]:
+            """A claim's row of `priority` scheduled `at`: what the floors read of it."""
+            row = conn.execute("SELECT date_part('epoch', %s::timestamptz)", (at,)).fetchone()
+            assert row is not None
+            return claim_row(priority, float(row[0]))
+
         assert read() == [start] * 4
         kept = floors.literal()
-        floors.claimed(UNLIMITED, [(2, None)])
+        floors.claimed(UNLIMITED, [])
         assert floors.literal() is kept
-        floors.claimed(UNLIMITED, [(2, at)])
+        floors.claimed(UNLIMITED, [taken(2, at + timedelta(seconds=3)), taken(2, at)])
+        assert read() == [start, at, start, start]  # the oldest, to the microsecond
+        kept = floors.literal()
+        floors.claimed(UNLIMITED, [taken(2, at - timedelta(seconds=1))])  # never down
         assert read() == [start, at, start, start]
-        floors.claimed(UNLIMITED, [(2, at - timedelta(seconds=1))])  # floors never go down
-        assert read() == [start, at, start, start]
+        assert floors.literal() is kept
+        mixed = Floors(margin=0.0)  # a claim across priorities raises each to its oldest
+        later = at + timedelta(minutes=5)
+        mixed.claimed(UNLIMITED, [taken(3, later), taken(1, later), taken(3, at), taken(1, at)])
+        assert mixed.of() == [at, start, at, start]
         floors.rewind(UNLIMITED, 2, at - timedelta(hours=1))
         assert read() == [start, at - timedelta(hours=1), start, start]
         floors.swept(UNLIMITED, 4, None, at)
         assert read() == [start, at - timedelta(hours=1), start, at]
         assert read("fx-limited") == [start] * 4  # each shape has its own
+
+
+def test_a_claims_epoch_gives_back_the_stored_time_to_the_microsecond(dsn):
+    """The claims return scheduled_at as seconds since the epoch (a float8), and the floors
+    make it a time again (Floors.claimed): exactly the stored time, for times up to 2106."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT t, date_part('epoch', t) FROM ("
+            " SELECT timestamptz '1970-01-01 00:00:00+00' + make_interval(secs => s)"
+            "        + make_interval(secs => s * 7919 % 1000000 / 1000000.0) AS t"
+            " FROM generate_series(0, 4294967295, 429497) AS s) AS times"
+        ).fetchall()
+    assert len(rows) == 10_000
+    made = []
+    for _, epoch in rows:
+        floors = Floors(margin=0.0)
+        floors.claimed(UNLIMITED, [claim_row(1, epoch)])
+        made.append(floors.of()[0])
+    assert made == [t for t, _ in rows]
