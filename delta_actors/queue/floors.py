@@ -136,12 +136,12 @@ class Floors:
         statements return them (job_sql._claim), of which the floors read the priority
         and the scheduled_at in seconds since the epoch.
 
-        Made a time again to the microsecond, nearest first, which gives back the stored
-        time exactly for any time before 2106 (a float8 holds such an epoch to a quarter
-        of a microsecond); a later time's floor may sit a microsecond high, which at
-        worst leaves a row of that very time to the sweep. A claim of one priority, the
-        usual one, is read with C's loops (map, count, min): a loop here in Python cost
-        a claim of 100 jobs 60 us, a no-op job's worker time for three of them.
+        Made a time again rounded to the microsecond, which gives back the stored time
+        exactly for any time from 1834 to 2106 (an epoch below 2^32 seconds either way,
+        which a float8 holds to within half a microsecond); a time outside may come back
+        a few microseconds high, which at worst leaves a row of that very time to the
+        sweep. A claim of one priority, the usual one, is read with C's loops (map,
+        count, min): 6 us a claim of 100 rows, where a loop in Python took 27 us.
         """
         if not rows:
             return

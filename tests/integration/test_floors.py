@@ -317,15 +317,16 @@ def test_the_claims_floor_parameter_reads_as_the_floors_and_follows_them(dsn):
 
 def test_a_claims_epoch_gives_back_the_stored_time_to_the_microsecond(dsn):
     """The claims return scheduled_at as seconds since the epoch (a float8), and the floors
-    make it a time again (Floors.claimed): exactly the stored time, for times up to 2106."""
+    make it a time again (Floors.claimed): exactly the stored time, for times from 1834 to
+    2106 (an epoch within 2^32 seconds of 1970)."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT t, date_part('epoch', t) FROM ("
             " SELECT timestamptz '1970-01-01 00:00:00+00' + make_interval(secs => s)"
             "        + make_interval(secs => s * 7919 % 1000000 / 1000000.0) AS t"
-            " FROM generate_series(0, 4294967295, 429497) AS s) AS times"
+            " FROM generate_series(-4294967295, 4294967295, 858993) AS s) AS times"
         ).fetchall()
-    assert len(rows) == 10_000
+    assert len(rows) == 10_001
     made = []
     for _, epoch in rows:
         floors = Floors(margin=0.0)
