@@ -24,28 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import with_package_of
+
 HERE = Path(__file__).resolve().parent.parent
-
-
-def tree_env(tree: Path) -> dict[str, str]:
-    """The environment of a run in `tree`: its delta_actors first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
-    return env
 
 
 def check_imports(tree: Path) -> None:
     """Fail unless a run on `tree` imports `tree`'s delta_actors: the path of `-c` from the
     scripts folder is a script's there (its folder first, then PYTHONPATH)."""
     argv = [sys.executable, "-c", "import delta_actors; print(delta_actors.__file__)"]
-    env, scripts = tree_env(tree), HERE / "scripts"
+    env, scripts = with_package_of(tree), HERE / "scripts"
     done = subprocess.run(argv, cwd=scripts, env=env, capture_output=True, text=True, check=False)
     imported = Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
     if imported is None or not imported.is_relative_to(tree):
@@ -56,7 +50,7 @@ def run_once(tree: Path, out: Path, drain: int) -> dict[str, float]:
     """One run of this checkout's `bench_queue.py --runs 1` on `tree`'s package; its medians."""
     argv = [sys.executable, str(HERE / "scripts" / "bench_queue.py"), "--runs", "1",
             "--drain", str(drain), "--out", str(out)]  # fmt: skip
-    env = tree_env(tree)
+    env = with_package_of(tree)
     done = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench_queue.py on {tree} failed:\n{done.stderr[-3000:]}")

@@ -45,7 +45,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_queue import Item, ItemController, Noop, _noop, finish_worker, reset
-from benchlib import migrated_cluster
+from benchlib import migrated_cluster, with_package_of
 
 import delta_actors as delta
 
@@ -134,10 +134,11 @@ def start_worker(
 ) -> subprocess.Popen[str]:
     """Start a benchmark worker process of `mode` and wait until it listens."""
     args = [__file__, "_worker", dsn, mode, workload, str(count)]
-    env = dict(os.environ)
     if mode == "baseline":
         assert baseline is not None
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
+        env = with_package_of(baseline)
+    else:
+        env = dict(os.environ)
     argv = [sys.executable, "-c", ABSENT_PRELUDE, *args] if mode in ("absent", "baseline") else [
         sys.executable, *args
     ]  # fmt: skip

@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: a migrated throwaway cluster, waiting for supervise."""
+"""What the benchmark scripts share: a migrated throwaway cluster, waiting for supervise, the
+environment of a process that runs another checkout's package."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +16,15 @@ import psycopg
 
 from delta_actors.db import migrations
 from delta_actors.local.cluster import throwaway_cluster
+
+
+def with_package_of(checkout: str | os.PathLike[str]) -> dict[str, str]:
+    """This process's environment with `checkout`'s delta_actors first on the path (for a
+    script or `-c`; `-c` also puts its working directory first, so start it elsewhere or
+    in `checkout`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    return env
 
 
 def exit_cleanly_on_sigterm() -> None:
