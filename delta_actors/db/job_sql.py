@@ -141,13 +141,19 @@ _FLOORS: LiteralString = (
 # Never more rows than free slots (LIMIT), skipping rows other claimers hold, and skipping
 # the queued work of a resource whose previous work still runs (coalescing: runs of one
 # resource never overlap). Nothing while the namespace is paused (one probe of a tiny
-# table, evaluated once per claim). `= ANY(ARRAY(...))` pins the update to primary-key
-# lookups; a join let the planner hash the whole table. A resource work comes back with
-# its resource as stored now, read without a lock (claims never wait on informs). Each row
-# carries its scheduled_at, for the floors only (queue/floors.py reads columns 6 and 7,
-# the priority and this), as seconds since the epoch (a float is cheaper to write and to
-# read than a timestamp), and not its namespace, which is the claim's own; the claimer
-# reads the rows in binary.
+# table, evaluated once per claim). The update finds the locked rows by their row
+# versions (`ctid = ANY(ARRAY(...))`, a TID scan), not by id: no index descent per row
+# (a claim of 100 rows executed in 2.28 against 2.44 ms, of 10 in 0.55 against 0.57);
+# a join let the planner hash the whole table. A locked row cannot move before the
+# update. A row another transaction updated after this statement's snapshot, and left
+# available, is locked at its newer version, which this snapshot does not see: the
+# update skips it, and it stays available for the next claim, or below the floors for
+# the sweep (queue/floors.py). A resource work comes back with its resource as stored
+# now, read without a lock (claims never wait on informs). Each row carries its
+# scheduled_at, for the floors only (queue/floors.py reads columns 6 and 7, the priority
+# and this), as seconds since the epoch (a float is cheaper to write and to read than a
+# timestamp), and not its namespace, which is the claim's own; the claimer reads the
+# rows in binary.
 def _claim(
     kinds: LiteralString,
     limit: LiteralString,
@@ -160,11 +166,11 @@ def _claim(
 WITH """
         + first
         + """locked AS (
-    SELECT l.id FROM """
+    SELECT l.tid FROM """
         + _FLOORS
         + """
     CROSS JOIN LATERAL (
-        SELECT j.id FROM delta_job AS j
+        SELECT j.ctid AS tid FROM delta_job AS j
         WHERE """
         + _AVAILABLE_IN_QUEUE
         + """
@@ -191,7 +197,7 @@ claimed AS (
     SET state = 'running', attempt = j.attempt + 1, attempted_at = """
         + clock
         + """, claimed_by = %(actor)s
-    WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM locked))
     RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.resource_id,
               j.priority, j.scheduled_at, j.metadata::text AS metadata, j.ctid::text AS tid
 ),"""

@@ -25,9 +25,10 @@ at its floor (one index descent) and never sees the dead entries below it.
   within a second) be found by the next claim. The floor never moves down on a claim.
 - What can still lie below a floor, claimable: a row committed more than `margin` after
   its transaction started; a row another producer had locked (SKIP LOCKED) whose claim
-  then failed; a resource's queued work that was skipped while its previous work ran
-  (coalescing); a row handed back or rescued, or enqueued with a scheduled_at in the
-  past, which keeps its old time. So:
+  then failed; a row a claim locked but did not take (another transaction updated it
+  during the claim, job_sql._claim); a resource's queued work that was skipped while its
+  previous work ran (coalescing); a row handed back or rescued, or enqueued with a
+  scheduled_at in the past, which keeps its old time. So:
   - when a resource work's result is written here and its resource has a work queued
     and available (COMPLETE_WORKS says so of each row it writes), the floor of its
     priority moves down to where that work's claim read from (`rewind`): a follow-up
