@@ -30,7 +30,8 @@ What it does:
    backends killed with pg_terminate_backend: 8 at random, or, for a burst of 2-6 s
    every 0.2-0.5 s, all backends of one component, picked by the `application_name` its
    connections carry (KILL_CONNS: the leader's pool, the lease connection, a namespace's
-   claim connection, its pool (the completer), its LISTEN connection).
+   claim connection, its pool and its results connection (the completer), its LISTEN
+   connection).
    With `--hosts N` each supervisor runs as a host of its own: a network namespace on a
    veth pair, TCP to PostgreSQL (chaos_hosts.py), and the deck adds network faults on one
    host at a time, one host always left whole: a partition past the rescue TTL, a one-way

@@ -41,14 +41,15 @@ FROM (SELECT convert_from(args, 'UTF8')::jsonb AS a FROM delta_job
       WHERE kind = 'chaos-echo' AND resource_id IS NULL) AS echo
 """
 
-# Connection kills, one fault kind per component: the application_name its connections
-# carry (delta_actors.database.component_conninfo); {namespace} is drawn per burst.
+# Connection kills, one fault kind per component: the application_names its connections
+# carry (delta_actors.db.connection.component_conninfo); {namespace} is drawn per burst.
+# The completer's are the worker's pool and its own connection for plain jobs' results.
 KILL_CONNS = {
-    "kill_conns_leader_pool": "delta-leader",
-    "kill_conns_lease": "delta-lease",
-    "kill_conns_claim": "delta-claim-{namespace}",
-    "kill_conns_completer": "delta-worker-{namespace}",
-    "kill_conns_listener": "delta-listen-{namespace}",
+    "kill_conns_leader_pool": ("delta-leader",),
+    "kill_conns_lease": ("delta-lease",),
+    "kill_conns_claim": ("delta-claim-{namespace}",),
+    "kill_conns_completer": ("delta-worker-{namespace}", "delta-results-{namespace}"),
+    "kill_conns_listener": ("delta-listen-{namespace}",),
 }
 # Bursts on the leader's own connections may stop its duties while they last; the
 # duties must be back within the bound after a burst ends.

@@ -37,7 +37,7 @@ NET_FAULT_SECONDS = {
 }
 KILL_BACKENDS = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND application_name = %s"
+    " WHERE datname = current_database() AND application_name = ANY(%s)"
     " AND pid <> pg_backend_pid()"
 )
 
@@ -162,19 +162,20 @@ class FaultInjection:
 
     def start_burst(self, kind: str, now: float) -> Fault:
         """Kill one component's backends again and again for a few seconds, in a thread."""
-        name = KILL_CONNS[kind].format(namespace=self.rng.choice(sorted(app.namespaces)))
+        namespace = self.rng.choice(sorted(app.namespaces))
+        names = [name.format(namespace=namespace) for name in KILL_CONNS[kind]]
         length, every = self.rng.uniform(2.0, 6.0), self.rng.uniform(0.2, 0.5)
-        detail = f"pg_terminate_backend of {name} every {every:.2f}s for {length:.1f}s"
+        detail = f"pg_terminate_backend of {', '.join(names)} every {every:.2f}s for {length:.1f}s"
         fault = Fault(kind, now, detail, until=now + length)
-        burst = threading.Thread(target=self._burst, args=(fault, name, every), daemon=True)
+        burst = threading.Thread(target=self._burst, args=(fault, names, every), daemon=True)
         burst.start()
         self.bursts.append(burst)
         return fault
 
-    def _burst(self, fault: Fault, application_name: str, every: float) -> None:
+    def _burst(self, fault: Fault, application_names: list[str], every: float) -> None:
         while time.time() < fault.until:
             with contextlib.suppress(psycopg.OperationalError):
-                fault.killed += self.query(KILL_BACKENDS, (application_name,))[0][0]
+                fault.killed += self.query(KILL_BACKENDS, (application_names,))[0][0]
             time.sleep(every)
 
     def _resume(self, pid: int) -> None:

@@ -216,6 +216,53 @@ def component_conninfo(dsn: str, component: str) -> str:
     return psycopg.conninfo.make_conninfo(conninfo, **options)
 
 
+class OwnConnection:
+    """A component's connection of its own, for a statement it runs often in one shape,
+    whose plan is made once (the claim, queue/claimer.py; plain jobs' results,
+    queue/completer.py): a pool's connections plan every execution (PLAN_CACHE_MODE).
+
+    Opened on first use, named `component` (component_conninfo), with `settings` made
+    on it. Behind a transaction pooler (db/pooler.py) `prepares` is False: the server
+    changes from one transaction to the next and serves other clients too, so no setting
+    is made, and the owner prepares nothing. An owner whose statement failed or was
+    interrupted calls `close()`: the connection's state is unknown, and the next `get()`
+    opens a new one. Connecting raises psycopg's own errors, which owners already treat
+    as a failed statement.
+    """
+
+    def __init__(self, dsn: str, component: str, settings: LiteralString) -> None:
+        self._conninfo = component_conninfo(dsn, component)
+        given = target(dsn)
+        self._connect_kwargs = given.connect_kwargs
+        self.prepares = given.keeps_sessions
+        self._settings = settings
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.opened = 0  # connections opened so far (an owner may reset state on a new one)
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        """The open connection, or a new one."""
+        if self._conn is None or self._conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, **self._connect_kwargs
+            )
+            try:
+                if self.prepares:
+                    await conn.execute(self._settings)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+            self.opened += 1
+        return self._conn
+
+    async def close(self) -> None:
+        """Close the connection, if open; the next get() opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+
 # Healing pools. PostgreSQL can end idle connections (a restart, pg_terminate_backend, a
 # pooler or firewall timing out); psycopg_pool only finds out when it hands one to a
 # caller, which then fails. Without help every idle connection fails one caller in turn,

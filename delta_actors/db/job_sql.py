@@ -304,6 +304,10 @@ CLAIM_CONNECTION_SETTINGS: LiteralString = (
 )
 REPLAN_CLAIM: LiteralString = "DISCARD PLANS"
 
+# The completer's own connection (queue/completer.py): plain jobs' results by row
+# version, a plan made once; its by-id statement is sent unprepared, planned each time.
+RESULTS_CONNECTION_SETTINGS: LiteralString = "SET plan_cache_mode = force_generic_plan"
+
 
 # Fenced on the claim (resource_sql.CLAIM_FENCE, which says why it reads as it does), the
 # rows found by `found`: COMPLETE_JOBS by id, COMPLETE_CLAIMED_JOBS by the row versions

@@ -55,14 +55,12 @@ at the next poll).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import psycopg
 
 from delta_actors.db import job_sql
-from delta_actors.db.connection import component_conninfo
-from delta_actors.db.pooler import target
+from delta_actors.db.connection import OwnConnection
 from delta_actors.model.limits import Limit
 from delta_actors.queue.floors import UNLIMITED, Floors
 
@@ -81,13 +79,13 @@ class Claimer:
     ):
         # Named, so operators can tell it apart in pg_stat_activity; a black-holed server
         # fails the claim after a while (as a pool's checkout would) instead of hanging it.
-        self._conninfo = component_conninfo(dsn, f"delta-claim-{namespace}")
-        given = target(dsn)
-        self._connect_kwargs = given.connect_kwargs
-        self._prepare = given.keeps_sessions  # behind a transaction pooler: nothing prepared
+        self._own = OwnConnection(
+            dsn, f"delta-claim-{namespace}", job_sql.CLAIM_CONNECTION_SETTINGS
+        )
+        self._prepare = self._own.prepares  # behind a transaction pooler: nothing prepared
         self._replan_interval = replan_interval
-        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._replan_at = 0.0
+        self._opened = 0  # the connection whose plans _replan_at is for
         self.replans = 0  # plans dropped to be remade (tests read it)
         self._turn = 0
         self.floors = floors or Floors()
@@ -165,22 +163,12 @@ class Claimer:
         return rows
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
-                await conn.close()
+        await self._own.close()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, **self._connect_kwargs
-            )
-            try:
-                if self._prepare:
-                    await conn.execute(job_sql.CLAIM_CONNECTION_SETTINGS)
-            except BaseException:
-                await conn.close()
-                raise
-            self._conn = conn
+        conn = await self._own.get()
+        if self._own.opened != self._opened:
+            # A new connection has no plan yet: the first is made at its first claim.
+            self._opened = self._own.opened
             self._replan_at = asyncio.get_running_loop().time() + self._replan_interval
-        return self._conn
+        return conn

@@ -6,7 +6,8 @@ Components (each a named task in one TaskGroup; the first to fail stops the work
   is no listener and the producer polls every POLL_INTERVAL_WITHOUT_LISTEN seconds;
 - producer: claims jobs, at most the free slots, one claim in flight at a time, on a
   connection of its own where the claim's plan is made once (see queue/claimer.py);
-- completer: writes results in fenced batches;
+- completer: writes results in fenced batches, plain jobs' on a connection of its own
+  where their statement has a plan made once (queue/completer.py);
 - promoter (optional, `run_scheduler`): promotes due scheduled/retryable jobs;
 - sweep: finds claimable jobs below the producer's claim floors (queue/floors.py);
 - heartbeat: keeps this worker's row in `delta_actor` fresh, so rescue knows it lives;
@@ -250,6 +251,8 @@ class Worker:
             max_pending=max(64, 4 * self.max_workers),
             on_written=self._results_written,
             progress=self.progress["results"],
+            dsn=self._dsn,
+            namespace=self.namespace,
         )
         invoker = Invoker(self.max_workers, f"delta-{self.namespace}", lambda: self._cancelling)
         self._invoker = invoker

@@ -27,12 +27,13 @@ from tests.waiting import wait_until
 APP = "tests.e2e.apps:liveness_app"
 ACTORS = 2  # one worker (default), one leader candidate
 # Everything of ours but the lease: the leader's pool, the worker's pool (completer and
-# heartbeat), its claim connection and its LISTEN connection.
+# heartbeat), its claim connection, its results connection and its LISTEN connection.
 KILL_BACKENDS = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
   AND (application_name = 'delta-leader' OR application_name LIKE 'delta-worker-%%'
-       OR application_name LIKE 'delta-claim-%%' OR application_name LIKE 'delta-listen-%%')
+       OR application_name LIKE 'delta-claim-%%' OR application_name LIKE 'delta-results-%%'
+       OR application_name LIKE 'delta-listen-%%')
 """
 
 

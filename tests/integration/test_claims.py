@@ -7,6 +7,8 @@ import collections
 import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -287,8 +289,7 @@ async def test_claims_whose_reply_was_lost_are_handed_back_and_run(dsn):
 
 async def _claim_plan(claimer: Claimer) -> str:
     """The plan the claimer's prepared claim runs now, as EXPLAIN prints it."""
-    conn = claimer._conn
-    assert conn is not None
+    conn = await claimer._own.get()
     cur = await conn.execute("SELECT name FROM pg_prepared_statements")
     (name,) = [row[0] for row in await cur.fetchall()]
     floors = "{" + ",".join(at.isoformat() for at in Floors().of()) + "}"
@@ -311,6 +312,7 @@ async def test_the_claim_plan_stays_on_indexes_and_is_remade(dsn):
             assert "Seq Scan" not in plan, plan
             assert "on delta_resource_pkey" in plan, plan
             assert "using delta_job_claim_idx" in plan, plan
+            assert "Tid Scan on delta_job" in plan, plan  # the update, by row version
             await conn.execute(
                 "INSERT INTO delta_resource (kind, object_id, namespace, object, hash,"
                 " max_attempts) SELECT 'gizmo', 'g' || i, 'default', '{}', '', 5"
@@ -353,10 +355,11 @@ async def test_queues_whose_hashes_collide_claim_only_their_own_jobs(dsn):
     assert states == {"running": 6, "available": 12}, states
 
 
-async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
-    """Terminating the producer's own connection costs one failed claim at most: the next
-    claim opens a new connection, and the jobs enqueued meanwhile run."""
-    ran: list[int] = []
+@contextlib.asynccontextmanager
+async def _noting_worker(
+    dsn: str, ran: list[int]
+) -> AsyncIterator[tuple[delta.AsyncClient, delta.Worker, psycopg.AsyncConnection[Any]]]:
+    """A client, a worker whose notes append their n to `ran`, and an admin connection."""
 
     async def note(job: Note) -> None:
         ran.append(job.n)
@@ -367,6 +370,14 @@ async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
         running_worker(app, dsn, poll_interval=0.1) as worker,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
     ):
+        yield client, worker, admin
+
+
+async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
+    """Terminating the producer's own connection costs one failed claim at most: the next
+    claim opens a new connection, and the jobs enqueued meanwhile run."""
+    ran: list[int] = []
+    async with _noting_worker(dsn, ran) as (client, worker, admin):
         await client.enqueue(Note(n=1))
         await wait_until_async(lambda: ran == [1], 10, "the first job")
         # This database's only: a test beside this one (pytest -n) may run a worker of
@@ -384,6 +395,56 @@ async def test_a_worker_replaces_its_claim_connection_when_it_dies(dsn):
             " WHERE application_name = 'delta-claim-default' AND datname = current_database()"
         )
         assert await cur.fetchone() == (1,)
+
+
+async def _results_backends(admin: psycopg.AsyncConnection[Any], terminate: bool = False) -> int:
+    """The completer's own connections to this database, terminated if `terminate`."""
+    count = "pg_terminate_backend(pid)" if terminate else "*"
+    cur = await admin.execute(
+        f"SELECT count({count}) FROM pg_stat_activity"
+        " WHERE application_name = 'delta-results-default' AND datname = current_database()"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_plain_jobs_results_run_a_generic_plan_on_a_connection_of_their_own(dsn):
+    """The completer writes plain jobs' results on its own connection, where the statement
+    by row version is prepared once with a generic plan (never planned per batch), and
+    the statement by id is not prepared (it is planned for its parameters)."""
+    ran: list[int] = []
+    async with _noting_worker(dsn, ran) as (client, worker, admin):
+        for n in range(3):
+            await client.enqueue(Note(n=n))
+            await wait_until_async(
+                lambda n=n: job_states(dsn) == {"completed": n + 1}, 10, "a result written"
+            )
+        assert await _results_backends(admin) == 1
+        assert worker._completer is not None and worker._completer._own is not None
+        conn = await worker._completer._own.get()  # idle now: every result is written
+        cur = await conn.execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        ((statement, generic, custom),) = await cur.fetchall()
+        assert "j.ctid = ANY" in statement
+        assert (generic, custom) == (3, 0)
+    assert job_states(dsn) == {"completed": 3}
+
+
+async def test_a_worker_replaces_its_results_connection_when_it_dies(dsn):
+    """Terminating the completer's own connection costs one failed write at most, which is
+    retried on a new connection: no result is lost, none is counted stale."""
+    ran: list[int] = []
+    async with _noting_worker(dsn, ran) as (client, worker, admin):
+        await client.enqueue(Note(n=1))
+        await wait_until_async(lambda: worker.stats.completed == 1, 10, "the first result")
+        assert await _results_backends(admin, terminate=True) == 1
+        await client.enqueue_many([Note(n=2), Note(n=3)])
+        await wait_until_async(lambda: worker.stats.completed == 3, 10, "the results after")
+        await wait_until_async(lambda: job_states(dsn) == {"completed": 3}, 10, "written")
+        assert worker.stats.stale == 0
+        assert await _results_backends(admin) == 1
 
 
 def _held_until(release: asyncio.Event) -> delta.App:
