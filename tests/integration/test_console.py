@@ -299,7 +299,20 @@ def test_a_dsn_that_does_not_connect_stops_the_start_in_one_redacted_line():
 
 def end_console_connections(conn: psycopg.Connection) -> None:
     """Terminate every connection of the console's pool, as a failover or an operator would,
-    and wait until PostgreSQL has ended them."""
+    and wait until PostgreSQL has ended them.
+
+    First wait until the pool opens none: a connection whose backend ended while the pool
+    was still setting it up joins the pool after the pool's check of its idle ones (the
+    check that the first broken connection starts), and then fails one request more."""
+
+    def settled() -> bool:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE state IS DISTINCT FROM 'idle') FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'delta-web'"
+        ).fetchone()
+        return row == (0,)
+
+    wait_until(settled, 10, "the console's pool to settle")
     rows = conn.execute(
         "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = current_database() AND application_name = 'delta-web'"
