@@ -47,11 +47,10 @@ deadline, or when a claim's reply was lost.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 
 from delta_actors.model.job_row import JobState
@@ -60,8 +59,12 @@ from delta_actors.model.resource import State
 UNKNOWN_KIND_DELAY = 60.0  # seconds before a claim nobody here can run is offered again
 
 
-@dataclass(frozen=True, slots=True)
-class JobResult:
+# The results are frozen msgspec Structs, not frozen dataclasses: one is made for every
+# run, and a frozen dataclass sets each field through object.__setattr__ (a JobResult took
+# 0.8 us to make, a tenth of a no-op job's whole run in the worker; as a Struct 0.15 us).
+
+
+class JobResult(msgspec.Struct, frozen=True):
     """The outcome of one plain job's claim, to be written (job_sql.COMPLETE_JOBS)."""
 
     id: int
@@ -80,8 +83,7 @@ class Effect(Protocol):
     async def write(self, conn: psycopg.AsyncConnection[Any]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class WorkResult:
+class WorkResult(msgspec.Struct, frozen=True):
     """The outcome of one resource work, to be written (resource_sql.COMPLETE_WORKS)."""
 
     id: int
@@ -111,7 +113,7 @@ def with_effects(
     them, else `result` as it is."""
     if not effects or result.ending not in _KEEPS_EFFECTS:
         return result
-    return dataclasses.replace(result, effects=tuple(effects), finalized=finalized)
+    return msgspec.structs.replace(result, effects=tuple(effects), finalized=finalized)
 
 
 # ---------------------------------------------------------------- plain jobs
