@@ -108,6 +108,7 @@ class Floors:
     def __init__(self, margin: float = FLOOR_MARGIN) -> None:
         self._margin = timedelta(seconds=margin)
         self._floors: dict[str, list[datetime]] = {}
+        self._texts: dict[str, list[str]] = {}  # each floor's text in its shape's literal
         self._literals: dict[str, str] = {}  # of shapes whose floors have not moved since
 
     def of(self, shape: str = UNLIMITED) -> list[datetime]:
@@ -115,17 +116,26 @@ class Floors:
         floors = self._floors.get(shape)
         if floors is None:
             floors = self._floors[shape] = [_START] * len(PRIORITIES)
+            self._texts[shape] = [_START.isoformat()] * len(PRIORITIES)
         return floors
 
     def literal(self, shape: str = UNLIMITED) -> str:
         """The floors of `shape` as a PostgreSQL array literal: the claim statements'
-        parameter. Kept until a floor moves: psycopg takes 16 us to dump the list of
-        timestamps, against 1 us for the text."""
+        parameter. Kept until a floor moves, and then made of each floor's text, made
+        when that floor moved: psycopg takes 16 us to dump the list of timestamps, a text
+        of the four 3.4 us, the text of one 0.8 us, joining them 0.2 us."""
         literal = self._literals.get(shape)
         if literal is None:
-            literal = "{" + ",".join(f.isoformat() for f in self.of(shape)) + "}"
+            self.of(shape)
+            literal = "{" + ",".join(self._texts[shape]) + "}"
             self._literals[shape] = literal
         return literal
+
+    def _move(self, shape: str, i: int, floor: datetime) -> None:
+        """Set floor `i` of `shape` (made by of()): the one place a floor changes."""
+        self._floors[shape][i] = floor
+        self._texts[shape][i] = floor.isoformat()
+        self._literals.pop(shape, None)
 
     def lowest(self) -> list[datetime]:
         """The lowest floor of each priority over every shape."""
@@ -160,27 +170,25 @@ class Floors:
             i = priority - 1
             raised = datetime.fromtimestamp(scheduled_at, UTC) - self._margin
             if raised > floors[i]:
-                floors[i] = raised
-                self._literals.pop(shape, None)
+                self._move(shape, i, raised)
 
     def rewind(self, shape: str, priority: int, floor_at: datetime) -> None:
         """Lower the floor of `priority` in `shape` to `floor_at`, where a claim read from."""
-        floors = self.of(shape)
-        if floor_at < floors[priority - 1]:
-            floors[priority - 1] = floor_at
-            self._literals.pop(shape, None)
+        if floor_at < self.of(shape)[priority - 1]:
+            self._move(shape, priority - 1, floor_at)
 
     def swept(self, shape: str, priority: int, oldest: datetime | None, now: datetime) -> bool:
         """Set a floor from a sweep: to the oldest claimable row, or with none to `now`
         less the margin; return whether the floor went down (a row below it)."""
         floors = self.of(shape)
         i = priority - 1
-        self._literals.pop(shape, None)
         if oldest is None:
-            floors[i] = max(floors[i], now - self._margin)
+            if now - self._margin > floors[i]:
+                self._move(shape, i, now - self._margin)
             return False
         lowered = oldest < floors[i]
-        floors[i] = oldest
+        if oldest != floors[i]:
+            self._move(shape, i, oldest)
         return lowered
 
 
