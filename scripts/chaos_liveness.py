@@ -81,6 +81,11 @@ class Liveness:
         self.dsn = dsn
         self.samples: list[Sample] = []
         self.probes_enqueued = 0
+        # The sampler's and the prober's loops survive any exception. The database's
+        # errors are the faults at work (reconnect, try again); any other is the
+        # harness's own bug, kept here and reported as a violation.
+        self.database_errors = {"sampler": 0, "prober": 0}
+        self.harness_errors: list[str] = []
         self.commit_timestamps: bool | None = None  # known once the sampler connected
         self.started = time.time()
         self.stop = threading.Event()
@@ -108,7 +113,8 @@ class Liveness:
                         application_name="chaos-sampler",
                     )  # fmt: skip
                 self.samples.append(self.read(conn))
-            except psycopg.OperationalError:
+            except Exception as exc:  # noqa: BLE001 (counted or reported; the loop goes on)
+                self._failed("sampler", exc)
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -139,11 +145,18 @@ class Liveness:
             try:
                 client = client or delta.Client.connect(self.dsn, app=app)
                 client.enqueue(Probe(due.timestamp()), namespace="alpha", scheduled_at=due)
-            except delta.DatabaseError:
+            except Exception as exc:  # noqa: BLE001 (counted or reported; the loop goes on)
+                self._failed("prober", exc)
                 continue  # the next one comes in a second
             self.probes_enqueued += 1
         if client is not None:
             client.close()
+
+    def _failed(self, loop: str, exc: Exception) -> None:
+        if isinstance(exc, (psycopg.Error, delta.DatabaseError)):
+            self.database_errors[loop] += 1
+        else:
+            self.harness_errors.append(f"{loop}: {exc!r}")
 
     def check(self, faults: list[Fault], query: Any) -> tuple[dict[str, Any], list[str]]:
         """The liveness section of the report, and its violations."""
@@ -151,6 +164,7 @@ class Liveness:
         bursts = [(f.at, f.end) for f in faults if f.kind in LEADER_CONNS]
         checked = _checked_samples(self.samples, outages, bursts)
         violations = _liveness_violations(checked, faults)
+        violations += [f"liveness {error}" for error in self.harness_errors]
         probes = [
             started - due
             for due, started in query("SELECT due_at, started_at FROM chaos_probe_run")
@@ -179,6 +193,8 @@ class Liveness:
             "probes_enqueued": self.probes_enqueued,
             "probe_runs": len(probes),
             **_spread("probe_start_delay", sorted(probes)),
+            "database_errors": dict(self.database_errors),
+            "harness_errors": list(self.harness_errors),
             "violations": len(violations),
         }
         return section, violations

@@ -83,3 +83,41 @@ def test_a_due_job_is_overdue_from_its_commit_and_stays_overdue_until_promoted(t
         delay = liveness.read(reader).promotion_delay
         assert WAITED <= delay < WAITED + 1.0
         assert scheduled_at.read(reader).promotion_delay >= HELD_OPEN - DUE_IN + WAITED
+
+
+def test_the_sampler_survives_any_error_and_reports_its_own_bugs_as_violations(delta_dsn):
+    """A database error (a fault at work) is counted and the sampler reconnects; any other
+    exception is the harness's own bug: the loop goes on, and the report names it."""
+    with psycopg.connect(delta_dsn, autocommit=True) as conn:
+        for table in PROBE_TABLES:
+            conn.execute(table)  # type: ignore[arg-type]
+    liveness = Liveness(delta_dsn)
+    liveness.commit_timestamps = False
+    read = liveness.read
+    failures = [psycopg.OperationalError("the link is cut"), RuntimeError("a sampler bug")]
+
+    def failing_read(conn: psycopg.Connection) -> object:
+        if failures:
+            raise failures.pop(0)
+        return read(conn)
+
+    liveness.read = failing_read  # type: ignore[method-assign,assignment]
+    liveness.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(liveness.samples) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        liveness.join()
+    assert len(liveness.samples) >= 2  # it went on sampling after both
+    assert liveness.database_errors["sampler"] == 1
+    assert liveness.harness_errors == ["sampler: RuntimeError('a sampler bug')"]
+
+    def query(sql: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(delta_dsn, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+    section, violations = liveness.check([], query)
+    assert violations == ["liveness sampler: RuntimeError('a sampler bug')"]
+    assert section["harness_errors"] == ["sampler: RuntimeError('a sampler bug')"]
+    assert section["database_errors"]["sampler"] == 1
