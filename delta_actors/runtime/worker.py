@@ -424,6 +424,11 @@ class Worker:
             for claim in claims:
                 self._running[claim.id] = claim
                 claim.task = asyncio.create_task(self._run_job(claim), name=f"job:{claim.id}")
+            if claims:
+                # The runs start first, then the floors rise past this claim (before the
+                # next claim or any other look at them: Floors.settle).
+                await asyncio.sleep(0)
+                self._floors.settle()
 
     async def _claim(self, limit: int) -> list[Claim]:
         params = {"namespace": self.namespace, "limit": limit, "actor": self.actor_id}

@@ -333,3 +333,32 @@ def test_a_claims_epoch_gives_back_the_stored_time_to_the_microsecond(dsn):
         floors.claimed(UNLIMITED, [claim_row(1, epoch)])
         made.append(floors.of()[0])
     assert made == [t for t, _ in rows]
+
+
+def test_a_claims_raise_is_made_later_yet_every_look_sees_it_made_first():
+    """A claim's raise waits for settle() (the worker settles once the runs started), but
+    every read and every other change settles first: a rewind or a sweep after a claim
+    acts on the floors that claim raised, as if the raise had been made at once."""
+    at = datetime(2026, 12, 3, 15, 0, 0, 123456, tzinfo=UTC)
+    before = at - timedelta(hours=1)
+
+    rewound = Floors(margin=0.0)
+    rewound.claimed(UNLIMITED, [claim_row(1, at.timestamp())])
+    rewound.rewind(UNLIMITED, 1, before)  # a work claimed earlier read from `before`
+    assert rewound.of()[0] == before  # not raised back past it afterwards
+
+    swept = Floors(margin=0.0)
+    swept.claimed(UNLIMITED, [claim_row(2, at.timestamp())])
+    assert swept.swept(UNLIMITED, 2, before, at) is True  # below the claim's raise: down
+    assert swept.of()[1] == before
+
+    settled = Floors(margin=0.0)
+    start = settled.of()[0]
+    settled.claimed(UNLIMITED, [claim_row(3, at.timestamp())])
+    settled.settle()
+    assert settled.of() == [start, start, at, start]
+    assert settled.literal() == "{" + ",".join(f.isoformat() for f in settled.of()) + "}"
+    read_first = Floors(margin=0.0)
+    read_first.claimed(UNLIMITED, [claim_row(3, at.timestamp())])
+    assert read_first.literal() == settled.literal()  # the claims' parameter, too
+    assert read_first.lowest() == settled.lowest()
