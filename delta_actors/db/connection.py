@@ -268,9 +268,13 @@ class OwnConnection:
 # caller, which then fails. Without help every idle connection fails one caller in turn,
 # for as long as the pool has dead ones (seconds of failed heartbeats after a fault).
 # So the first connection that comes back broken makes the pool test all its idle ones
-# (`check()`: one empty query each) and replace the dead, at once and in the background.
-# That costs nothing while connections work, unlike a `check=` on every checkout, which
-# adds a round trip to every completion batch (docs/performance.md has both measured).
+# (`check()`: one empty query each) and replace the dead, at once, before that caller
+# goes on: the next checkout gets a live connection. That costs nothing while
+# connections work, unlike a `check=` on every checkout, which adds a round trip to
+# every completion batch (docs/performance.md has both measured).
+
+
+HEAL_WAIT = 1.0  # seconds a caller that returned a broken connection waits for the check
 
 
 class HealingConnectionPool(ConnectionPool):
@@ -288,7 +292,12 @@ class HealingConnectionPool(ConnectionPool):
 
 
 class HealingAsyncConnectionPool(AsyncConnectionPool):
-    """Async twin of HealingConnectionPool; the check runs as a task the pool owns."""
+    """Async twin of HealingConnectionPool. The check runs as a task the pool owns, which
+    every caller that returned a broken connection meanwhile waits for, HEAL_WAIT seconds
+    at most (shielded: a caller that stops waiting, cancelled or out of time, leaves the
+    check running); so, as with the sync pool, a request that failed on a dead connection
+    is answered once none is left idle, and a check that a silent server stalls holds
+    its callers one second, not as long as the server is silent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -296,11 +305,16 @@ class HealingAsyncConnectionPool(AsyncConnectionPool):
         self.heals = 0  # checks run after a broken connection came back (tests read it)
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Return `conn`; when it broke, start discarding every idle one that broke too."""
+        """Return `conn`; when it broke, discard every idle one that broke too, and wait
+        until that is done."""
         broken = conn.broken
         await super().putconn(conn)
-        if broken and not self.closed and (self._healing is None or self._healing.done()):
+        if not broken or self.closed:
+            return
+        if self._healing is None or self._healing.done():
             self._healing = asyncio.create_task(self._heal(), name=f"pool:{self.name}:heal")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._healing), HEAL_WAIT)
 
     async def _heal(self) -> None:
         self.heals += 1

@@ -438,7 +438,8 @@ async def test_a_worker_replaces_its_results_connection_when_it_dies(dsn):
     ran: list[int] = []
     async with _noting_worker(dsn, ran) as (client, worker, admin):
         await client.enqueue(Note(n=1))
-        await wait_until_async(lambda: worker.stats.completed == 1, 10, "the first result")
+        # Written, not only run: the completer opens its connection for its first write.
+        await wait_until_async(lambda: job_states(dsn) == {"completed": 1}, 10, "written")
         assert await _results_backends(admin, terminate=True) == 1
         await client.enqueue_many([Note(n=2), Note(n=3)])
         await wait_until_async(lambda: worker.stats.completed == 3, 10, "the results after")
