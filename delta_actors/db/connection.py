@@ -294,10 +294,11 @@ class HealingConnectionPool(ConnectionPool):
 class HealingAsyncConnectionPool(AsyncConnectionPool):
     """Async twin of HealingConnectionPool. The check runs as a task the pool owns, which
     every caller that returned a broken connection meanwhile waits for, HEAL_WAIT seconds
-    at most (shielded: a caller that stops waiting, cancelled or out of time, leaves the
-    check running); so, as with the sync pool, a request that failed on a dead connection
-    is answered once none is left idle, and a check that a silent server stalls holds
-    its callers one second, not as long as the server is silent."""
+    at most: a caller that stops waiting (cancelled, or out of time) leaves the check
+    running, and the pool's close cancelling the check ends no caller's wait as
+    cancelled. So, as with the sync pool, a request that failed on a dead connection is
+    answered once none is left idle, and a check that a silent server stalls holds its
+    callers one second, not as long as the server is silent."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -313,8 +314,9 @@ class HealingAsyncConnectionPool(AsyncConnectionPool):
             return
         if self._healing is None or self._healing.done():
             self._healing = asyncio.create_task(self._heal(), name=f"pool:{self.name}:heal")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._healing), HEAL_WAIT)
+        # asyncio.wait, not wait_for: neither this caller's timeout or cancellation nor
+        # the pool's close cancelling the check reaches the other side.
+        await asyncio.wait([self._healing], timeout=HEAL_WAIT)
 
     async def _heal(self) -> None:
         self.heals += 1
