@@ -268,13 +268,13 @@ class OwnConnection:
 # caller, which then fails. Without help every idle connection fails one caller in turn,
 # for as long as the pool has dead ones (seconds of failed heartbeats after a fault).
 # So the first connection that comes back broken makes the pool test all its idle ones
-# (`check()`: one empty query each) and replace the dead, at once, before that caller
-# goes on: the next checkout gets a live connection. That costs nothing while
+# (`check()`: one empty query each) and replace the dead, at once (the console's pool
+# before that caller goes on: its next request works). That costs nothing while
 # connections work, unlike a `check=` on every checkout, which adds a round trip to
 # every completion batch (docs/performance.md has both measured).
 
 
-HEAL_WAIT = 1.0  # seconds a caller that returned a broken connection waits for the check
+HEAL_WAIT = 1.0  # seconds the console's callers wait for the check (make_async_pool)
 
 
 class HealingConnectionPool(ConnectionPool):
@@ -292,22 +292,24 @@ class HealingConnectionPool(ConnectionPool):
 
 
 class HealingAsyncConnectionPool(AsyncConnectionPool):
-    """Async twin of HealingConnectionPool. The check runs as a task the pool owns, which
-    every caller that returned a broken connection meanwhile waits for, HEAL_WAIT seconds
-    at most: a caller that stops waiting (cancelled, or out of time) leaves the check
-    running, and the pool's close cancelling the check ends no caller's wait as
-    cancelled. So, as with the sync pool, a request that failed on a dead connection is
-    answered once none is left idle, and a check that a silent server stalls holds its
-    callers one second, not as long as the server is silent."""
+    """Async twin of HealingConnectionPool. The check runs as a task the pool owns. With
+    `heal_wait`, every caller that returned a broken connection meanwhile waits for it,
+    that many seconds at most: a caller that stops waiting (cancelled, or out of time)
+    leaves the check running, and the pool's close cancelling the check ends no caller's
+    wait as cancelled. So a request that failed on a dead connection is answered once
+    none is left idle (the console's pool: the next request works). Without it (0, the
+    components' pools) the caller goes on at once: a duty on a flapping link must not
+    stall on a check the silent server holds up."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, heal_wait: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._heal_wait = heal_wait
         self._healing: asyncio.Task[None] | None = None
         self.heals = 0  # checks run after a broken connection came back (tests read it)
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Return `conn`; when it broke, discard every idle one that broke too, and wait
-        until that is done."""
+        """Return `conn`; when it broke, discard every idle one that broke too, waiting
+        until that is done for `heal_wait` seconds at most."""
         broken = conn.broken
         await super().putconn(conn)
         if not broken or self.closed:
@@ -316,7 +318,8 @@ class HealingAsyncConnectionPool(AsyncConnectionPool):
             self._healing = asyncio.create_task(self._heal(), name=f"pool:{self.name}:heal")
         # asyncio.wait, not wait_for: neither this caller's timeout or cancellation nor
         # the pool's close cancelling the check reaches the other side.
-        await asyncio.wait([self._healing], timeout=HEAL_WAIT)
+        if self._heal_wait > 0:
+            await asyncio.wait([self._healing], timeout=self._heal_wait)
 
     async def _heal(self) -> None:
         self.heals += 1
@@ -348,12 +351,14 @@ def make_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> Connectio
     )  # fmt: skip
 
 
-def make_async_pool(dsn: str, *, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
-    """Async twin of make_pool."""
+def make_async_pool(
+    dsn: str, *, min_size: int, max_size: int, name: str, heal_wait: float = 0.0
+) -> AsyncConnectionPool:
+    """Async twin of make_pool; `heal_wait`: see HealingAsyncConnectionPool."""
     check_dsn(dsn)
     given = target(dsn)
     return HealingAsyncConnectionPool(
-        component_conninfo(dsn, name), min_size=min_size, max_size=max_size,
+        component_conninfo(dsn, name), min_size=min_size, max_size=max_size, heal_wait=heal_wait,
         kwargs={"autocommit": True, **given.connect_kwargs},
         configure=_configure_async if given.keeps_sessions else None, open=False, name=name,
     )  # fmt: skip

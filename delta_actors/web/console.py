@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from delta_actors.client import AsyncClient
 from delta_actors.db import status_sql
 from delta_actors.db.connection import (
+    HEAL_WAIT,
     connect_async,
     make_async_pool,
     redact_dsn,
@@ -57,7 +58,9 @@ class Console:
             async with await connect_async(self.dsn, action="open the console") as probe:
                 with translate_errors("open the console", self.dsn):
                     await check_schema_async(probe)
-            pool = make_async_pool(self.dsn, min_size=1, max_size=POOL_SIZE, name="delta-web")
+            pool = make_async_pool(
+                self.dsn, min_size=1, max_size=POOL_SIZE, name="delta-web", heal_wait=HEAL_WAIT
+            )
             with translate_errors("open the console's pool", self.dsn):
                 await pool.open(wait=True, timeout=30)
             self._pool = pool

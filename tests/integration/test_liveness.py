@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import delta_actors as delta
-from delta_actors.db.connection import make_async_pool, make_pool
+from delta_actors.db.connection import HEAL_WAIT, make_async_pool, make_pool
 from delta_actors.health import ComponentHealth, Progress
 from delta_actors.leader import duties as leader_module
 from delta_actors.leader.duties import Leader
@@ -285,7 +285,9 @@ async def test_leader_health_reaches_status_and_a_stall_shows(dsn):
 
 async def test_an_async_pool_discards_all_dead_idle_connections_after_one_failure(dsn):
     size = 3
-    pool = make_async_pool(dsn, min_size=size, max_size=size, name="delta-test-heal")
+    pool = make_async_pool(
+        dsn, min_size=size, max_size=size, name="delta-test-heal", heal_wait=HEAL_WAIT
+    )
     await pool.open(wait=True)
     try:
         await wait_until_async(lambda: pool.get_stats()["pool_available"] == size, 5, "idle")
@@ -297,7 +299,7 @@ async def test_an_async_pool_discards_all_dead_idle_connections_after_one_failur
         with pytest.raises(psycopg.OperationalError):
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")
-        # The failed caller came back only once the check was done (HEAL_WAIT), so every
+        # The failed caller came back only once the check was done (heal_wait), so every
         # connection the pool hands out next works: all three at once.
         assert pool._healing is not None and pool._healing.done()  # type: ignore[attr-defined]
         async with pool.connection() as a, pool.connection() as b, pool.connection() as c:
