@@ -10,9 +10,10 @@ import msgspec
 
 
 class ClaimOfActor(msgspec.Struct, frozen=True):
-    """A row of SELECT_CLAIMS_OF_ACTOR: a running job an actor holds."""
+    """A row of SELECT_CLAIMS_OF_ACTORS: a running job an actor holds."""
 
     job_id: int
+    actor: int  # the actor that holds it
     attempt: int
     max_attempts: int
     resource_id: int | None  # None: a plain job
@@ -52,13 +53,14 @@ LIMIT %(limit)s
 # Deleting the row first tells a paused actor that resumes that it was declared dead.
 DELETE_ACTORS: LiteralString = "DELETE FROM delta_actor WHERE id = ANY(%s)"
 
-# In the order of ClaimOfActor's fields.
-SELECT_CLAIMS_OF_ACTOR: LiteralString = """
-SELECT j.id AS job_id, j.attempt, j.max_attempts, j.resource_id, r.generation,
-       r.deletion_requested_at IS NOT NULL AS deleting
+# The claims of any number of actors, in one statement (rescue's round trips do not
+# grow with the number of dead actors). In the order of ClaimOfActor's fields.
+SELECT_CLAIMS_OF_ACTORS: LiteralString = """
+SELECT j.id AS job_id, j.claimed_by AS actor, j.attempt, j.max_attempts, j.resource_id,
+       r.generation, r.deletion_requested_at IS NOT NULL AS deleting
 FROM delta_job AS j
 LEFT JOIN delta_resource AS r ON r.id = j.resource_id
-WHERE j.state = 'running' AND j.claimed_by = %s
+WHERE j.state = 'running' AND j.claimed_by = ANY(%s::bigint[])
 ORDER BY j.id
 LIMIT %s
 """

@@ -8,7 +8,13 @@ from typing import Final, LiteralString
 
 import msgspec
 
-from delta_actors.db.resource_sql import BY_ID, BY_ROW_VERSION, CLAIM_FENCE, resource_columns
+from delta_actors.db.resource_sql import (
+    BY_ID,
+    BY_ROW_VERSION,
+    CLAIM_FENCE,
+    CLAIMS_OF_ACTORS_FENCE,
+    resource_columns,
+)
 
 
 class InsertedJob(msgspec.Struct, frozen=True):
@@ -314,7 +320,7 @@ RESULTS_CONNECTION_SETTINGS: LiteralString = "SET plan_cache_mode = force_generi
 # the claims wrote (resource_sql.BY_ROW_VERSION). Arrays of numbers and labels come as
 # literals (completer.array_literal); errors, when a batch has any, as a binary array,
 # else NULL (unnest pads it with NULLs).
-def _complete_jobs(found: LiteralString) -> LiteralString:
+def _complete_jobs(found: LiteralString, fence: LiteralString = CLAIM_FENCE) -> LiteralString:
     return (
         """
 UPDATE delta_job AS j
@@ -333,7 +339,7 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[], %(states)s::delta_job_s
 WHERE """
         + found
         + """ AND j.id = u.id AND """
-        + CLAIM_FENCE
+        + fence
         + """
 RETURNING j.id
 """
@@ -342,23 +348,30 @@ RETURNING j.id
 
 COMPLETE_JOBS: LiteralString = _complete_jobs(BY_ID)
 COMPLETE_CLAIMED_JOBS: LiteralString = _complete_jobs(BY_ROW_VERSION)
+COMPLETE_JOBS_OF_ACTORS: LiteralString = _complete_jobs(BY_ID, CLAIMS_OF_ACTORS_FENCE)
+
 
 # A stopping worker returns what it could not finish: no attempt counted, and other
 # workers of the queue are woken to take it.
-HAND_BACK_JOBS: LiteralString = (
-    """
+def _hand_back_jobs(fence: LiteralString) -> LiteralString:
+    return (
+        """
 WITH returned AS (
     UPDATE delta_job AS j
     SET state = 'available', attempt = j.attempt - 1, claimed_by = NULL
     FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[]) AS u(id, attempt)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND """
-    + CLAIM_FENCE
-    + """
+        + fence
+        + """
     RETURNING j.id, j.namespace
 )
 SELECT r.id, pg_notify('delta_jobs', r.namespace) FROM returned AS r
 """
-)
+    )
+
+
+HAND_BACK_JOBS: LiteralString = _hand_back_jobs(CLAIM_FENCE)
+HAND_BACK_JOBS_OF_ACTORS: LiteralString = _hand_back_jobs(CLAIMS_OF_ACTORS_FENCE)
 
 PROMOTE_DUE_JOBS: LiteralString = """
 WITH due AS (

@@ -117,6 +117,16 @@ CLAIM_FENCE: LiteralString = (
     "CASE WHEN j.state = 'running' AND j.attempt = u.attempt"
     " AND j.claimed_by = %(actor)s THEN true END"
 )
+# Rescue's fence (leader/rescue.py, the *_OF_ACTORS statements): the claim is still
+# held, at that attempt, by one of the dead actors in `actors`, so that one statement
+# finishes the claims of them all, in as many round trips for one dead actor as for
+# fifty (on a leader 200 ms from its server, a pass per actor ran past its deadline). A
+# claim taken since by a live actor, or finished, matches nothing; one handed back and
+# taken again at the same attempt by another of these dead actors is theirs to rescue.
+CLAIMS_OF_ACTORS_FENCE: LiteralString = (
+    "CASE WHEN j.state = 'running' AND j.attempt = u.attempt"
+    " AND j.claimed_by = ANY(%(actors)s::bigint[]) THEN true END"
+)
 
 # Where a results statement finds its rows, `j`. BY_ID: one primary-key descent per id.
 # BY_ROW_VERSION: the row versions the claims wrote (the claim returns each one's ctid),
@@ -140,7 +150,7 @@ BY_ROW_VERSION: LiteralString = "j.ctid = ANY(%(tids)s::tid[])"
 # Each written row says whether its resource has a work queued and available (an
 # inform's, while this one ran): the worker then moves its claim floor back to where
 # this work's claim read from (queue/floors.py), and only then.
-def _complete_works(found: LiteralString) -> LiteralString:
+def _complete_works(found: LiteralString, fence: LiteralString = CLAIM_FENCE) -> LiteralString:
     return (
         """
 WITH u AS (
@@ -159,7 +169,7 @@ finished AS (
     WHERE """
         + found
         + """ AND j.id = u.id AND """
-        + CLAIM_FENCE
+        + fence
         + """
     RETURNING j.id, j.resource_id, j.attempted_at
 ),
@@ -245,6 +255,7 @@ FROM finished AS f
 
 COMPLETE_WORKS: LiteralString = _complete_works(BY_ID)
 COMPLETE_CLAIMED_WORKS: LiteralString = _complete_works(BY_ROW_VERSION)
+COMPLETE_WORKS_OF_ACTORS: LiteralString = _complete_works(BY_ID, CLAIMS_OF_ACTORS_FENCE)
 
 # Resource rows carry metadata as text: decoded by msgspec, ten times cheaper than
 # psycopg's jsonb loader (json.loads).

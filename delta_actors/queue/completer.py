@@ -327,8 +327,9 @@ def _transaction_if(
     return conn.transaction() if wanted else nullcontext()
 
 
-def job_params(batch: list[JobResult], actor_id: int) -> dict[str, object]:
-    """Parameters of COMPLETE_JOBS for results of claims held by `actor_id`."""
+def job_params(batch: list[JobResult], actor: int | list[int]) -> dict[str, object]:
+    """Parameters of COMPLETE_JOBS for results of claims held by `actor` (a list of
+    actors: COMPLETE_JOBS_OF_ACTORS, rescue's)."""
     return {
         "ids": array_literal([r.id for r in batch]),
         "attempts": array_literal([r.attempt for r in batch]),
@@ -336,12 +337,13 @@ def job_params(batch: list[JobResult], actor_id: int) -> dict[str, object]:
         "delays": array_literal([r.delay for r in batch]),
         "errors": _errors(batch),
         "counts_attempts": array_literal([r.counts_attempt for r in batch]),
-        "actor": actor_id,
+        **fence_params(actor),
     }
 
 
-def work_params(batch: list[WorkResult], actor_id: int) -> dict[str, object]:
-    """Parameters of COMPLETE_WORKS for results of claims held by `actor_id`."""
+def work_params(batch: list[WorkResult], actor: int | list[int]) -> dict[str, object]:
+    """Parameters of COMPLETE_WORKS for results of claims held by `actor` (a list of
+    actors: COMPLETE_WORKS_OF_ACTORS, rescue's)."""
     return {
         "ids": array_literal([r.id for r in batch]),
         "attempts": array_literal([r.attempt for r in batch]),
@@ -351,8 +353,16 @@ def work_params(batch: list[WorkResult], actor_id: int) -> dict[str, object]:
         "counts_attempts": array_literal([r.counts_attempt for r in batch]),
         "delays": array_literal([r.delay for r in batch]),
         "errors": _errors(batch),
-        "actor": actor_id,
+        **fence_params(actor),
     }
+
+
+def fence_params(actor: int | list[int]) -> dict[str, object]:
+    """The fence's parameter: one actor (resource_sql.CLAIM_FENCE) or several
+    (resource_sql.CLAIMS_OF_ACTORS_FENCE)."""
+    if isinstance(actor, list):
+        return {"actors": array_literal(actor)}
+    return {"actor": actor}
 
 
 def array_literal(values: Sequence[int | float | enum.StrEnum | None]) -> str | None:

@@ -455,7 +455,7 @@ class Worker:
         """Hand back the claims the table gives this actor but this process never saw."""
         assert self._completer is not None
         async with self._pool.connection() as conn:
-            cur = await conn.execute(actor_sql.SELECT_CLAIMS_OF_ACTOR, (self.actor_id, 100_000))
+            cur = await conn.execute(actor_sql.SELECT_CLAIMS_OF_ACTORS, ([self.actor_id], 100_000))
             rows = [ClaimOfActor(*row) for row in await cur.fetchall()]
         known = self._running.keys() | self._completer.unwritten
         unknown = [claim for claim in rows if claim.job_id not in known]

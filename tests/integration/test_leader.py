@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -12,8 +12,10 @@ from psycopg_pool import AsyncConnectionPool
 
 import delta_actors as delta
 from delta_actors.db import job_sql, leader_sql, resource_sql
+from delta_actors.db.connection import Rows, Statement, drive_async
 from delta_actors.leader.election import Elector
 from delta_actors.leader.maintenance import Cleaner, Expirer, Rescuer
+from delta_actors.leader.rescue import rescue_actors
 from delta_actors.queue.floors import Floors
 from delta_actors.resources.informers import InformerScheduler
 from tests.waiting import wait_until_async
@@ -340,6 +342,107 @@ async def test_rescue_looks_for_claims_of_actors_without_a_row_at_once_then_less
         for job in jobs:
             row = await client.get_job(job.id)
             assert row is not None and row.state is delta.JobState.AVAILABLE
+
+
+async def _dead_actors_holding_claims(
+    conn: psycopg.AsyncConnection, client: delta.AsyncClient, count: int, tag: str
+) -> tuple[list[int], list[int], list[int]]:
+    """`count` dead actors, each holding two plain jobs and one resource work; return
+    the actors, the jobs and the works."""
+    actors, jobs, works = [], [], []
+    for i in range(count):
+        cur = await conn.execute(
+            "INSERT INTO delta_actor (host, pid, namespace, role, heartbeat_at) VALUES"
+            " ('gone', %s, 'default', 'worker', now() - interval '1 minute') RETURNING id",
+            (i,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        actors.append(row[0])
+        held = [job.id for job in await client.enqueue_many([Plain(n=i), Plain(n=i)])]
+        await client.inform(Cached(key=f"{tag}{i}"))
+        cur = await conn.execute(
+            "SELECT j.id FROM delta_job AS j JOIN delta_resource AS r ON r.id = j.resource_id"
+            " WHERE r.object_id = %s",
+            (f"{tag}{i}",),
+        )
+        work = await cur.fetchone()
+        assert work is not None
+        await conn.execute(
+            "UPDATE delta_job SET state = 'running', attempt = 1, claimed_by = %s,"
+            " attempted_at = now() WHERE id = ANY(%s)",
+            (row[0], [*held, work[0]]),
+        )
+        jobs += held
+        works.append(work[0])
+    return actors, jobs, works
+
+
+async def test_a_rescue_costs_as_many_statements_for_many_dead_actors_as_for_one(dsn):
+    """Rescue finishes the claims of every dead actor at once: on a leader 200 ms from
+    its server, a statement per actor made a pass of ten dead actors outlast its
+    deadline, pass after pass. The claims of a live actor are left alone; counted or
+    handed back, each dead actor's claims go back to work."""
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        client = delta.AsyncClient(pool)
+        async with pool.connection() as conn:
+            live, live_jobs, live_works = await _dead_actors_holding_claims(conn, client, 1, "l")
+            await conn.execute("UPDATE delta_actor SET heartbeat_at = now()")
+            statements: dict[tuple[int, bool], list[str]] = {}
+            for count, counted in ((1, True), (12, True), (1, False), (12, False)):
+                dead, jobs, works = await _dead_actors_holding_claims(
+                    conn, client, count, f"{count}{counted}"
+                )
+                seen = statements[count, counted] = []
+                async with conn.transaction():
+                    rescued = await drive_async(
+                        conn, _recording(rescue_actors(dead, "died", counted=counted), seen)
+                    )
+                assert rescued == 3 * count
+                cur = await conn.execute(
+                    "SELECT state::text, attempt, claimed_by FROM delta_job WHERE id = ANY(%s)",
+                    (jobs,),
+                )
+                attempt = 1 if counted else 0
+                assert await cur.fetchall() == [("available", attempt, None)] * len(jobs)
+                cur = await conn.execute(
+                    "SELECT count(*) FROM delta_job WHERE id = ANY(%s) AND state = %s",
+                    (works, "discarded" if counted else "cancelled"),
+                )
+                assert await cur.fetchone() == (count,)
+                cur = await conn.execute(  # each resource's next work, queued
+                    "SELECT count(*) FROM delta_job AS q JOIN delta_job AS w"
+                    " ON q.resource_id = w.resource_id AND q.id <> w.id"
+                    " WHERE w.id = ANY(%s) AND q.state = 'available'",
+                    (works,),
+                )
+                assert await cur.fetchone() == (count,)
+                cur = await conn.execute(
+                    "SELECT count(*) FROM delta_actor WHERE id = ANY(%s)", (dead,)
+                )
+                assert await cur.fetchone() == (0,)
+            cur = await conn.execute(
+                "SELECT count(*) FROM delta_job WHERE id = ANY(%s) AND state = 'running'"
+                " AND claimed_by = %s",
+                ([*live_jobs, *live_works], live[0]),
+            )
+            assert await cur.fetchone() == (3,)
+        assert statements[1, True] == statements[12, True]
+        assert statements[1, False] == statements[12, False]
+        assert len(statements[12, True]) == 4
+
+
+def _recording(
+    steps: Generator[Statement, Rows, int], seen: list[str]
+) -> Generator[Statement, Rows, int]:
+    """`steps`, noting each statement it yields in `seen`."""
+    try:
+        statement = next(steps)
+        while True:
+            seen.append(statement[0])
+            statement = steps.send((yield statement))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 class Cached(delta.Object, kind="cached"):

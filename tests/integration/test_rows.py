@@ -28,7 +28,7 @@ def test_resource_rows_are_named_as_the_server_names_their_columns(conn):
 
 
 def test_claim_and_insert_rows_are_named_as_the_server_names_their_columns(conn):
-    assert described(conn, actor_sql.SELECT_CLAIMS_OF_ACTOR, (1, 10)) == fields(
+    assert described(conn, actor_sql.SELECT_CLAIMS_OF_ACTORS, ([1], 10)) == fields(
         actor_sql.ClaimOfActor
     )
     live = described(conn, job_sql.SELECT_LIVE_UNIQUE_JOBS, (["k"], ["key"]))
