@@ -41,6 +41,7 @@ NOT_PREPARED = {
     "_RESOURCE_FILTER": "a condition spliced into statements",
     "_RESOURCE_MATCHES": "a condition spliced into statements",
     "CLAIM_FENCE": "the results' fence, a condition spliced into statements",
+    "CLAIMS_OF_ACTORS_FENCE": "rescue's fence, a condition spliced into statements",
     "BY_ID": "where the results find their rows, a condition spliced into statements",
     "BY_ROW_VERSION": "where the results find their rows, a condition spliced into statements",
     "_JOB_FILTER": "a condition spliced into statements",
