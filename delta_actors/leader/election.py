@@ -15,7 +15,9 @@ Invariants:
 - The leader trusts its lease only until `attempt start + ttl - margin` on its own
   monotonic clock: time spent before the row was written and clock drift are covered
   by the margin, and a process paused past that moment (SIGSTOP, GC, swap) sees it expired
-  on waking, before it does anything.
+  on waking, before it does anything. A renewal still unanswered at that moment (a
+  server gone silent, a lock on the row) loses the lease then, not when the statement
+  ends, which may be never; a win answered after it is resigned, its duties never started.
 - Losing the lease (a renewal that matches no row, or the trust deadline passing) stops
   leader duties at once: `on_lost` cancels them. Leader-only writes that a stale leader
   could harm also check the lease in SQL (the `fence` statements).
@@ -40,11 +42,12 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
-from delta_actors.cancellation import raise_if_cancelling
+from delta_actors.cancellation import cancel_once, raise_if_cancelling
 from delta_actors.db import leader_sql
 from delta_actors.db.connection import component_conninfo
 from delta_actors.db.pooler import target
@@ -157,7 +160,8 @@ class Elector:
             raise
 
     async def _attempt(self, conn: psycopg.AsyncConnection) -> None:
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         cur = await conn.execute(
             leader_sql.ATTEMPT_ELECTION,
             {"actor": self.actor_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -165,6 +169,14 @@ class Elector:
         )  # fmt: skip
         row = await cur.fetchone()
         if row is None:
+            return
+        if loop.time() >= started + self.ttl - self.margin:
+            # Won, but the answer came too late to trust the lease: give it back.
+            self._resign_term = int(row[0])
+            logger.warning(
+                "won the lease (term %d) too late to trust it; resigning it", row[0],
+                extra={"event": "election.won_late"},
+            )  # fmt: skip
             return
         self.term = int(row[0])
         self.trusted_until = started + self.ttl - self.margin
@@ -175,11 +187,31 @@ class Elector:
         await self._on_elected(self.term)
 
     async def _renew(self, conn: psycopg.AsyncConnection) -> None:
-        started = asyncio.get_running_loop().time()
-        cur = await conn.execute(
-            leader_sql.RENEW_LEASE, {"ttl": self.ttl, "term": self.term, "actor": self.actor_id}
-        )
-        if await cur.fetchone() is None:
+        """Renew the lease; if no answer comes by the trust deadline, lose it then.
+
+        A renewal the server does not answer (a one-way cut, a lock on the row) can wait
+        for as long as TCP does, and psycopg's cancellation for up to ten seconds more:
+        the lease is lost at its deadline, while the statement is still out, and the
+        connection (its state unknown) is given up once the statement ends.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        renewal = asyncio.create_task(
+            _fetch_one(conn, leader_sql.RENEW_LEASE,
+                       {"ttl": self.ttl, "term": self.term, "actor": self.actor_id}),
+            name="leader:renewal",
+        )  # fmt: skip
+        try:
+            await asyncio.wait({renewal}, timeout=max(0.0, self.trusted_until - started))
+        except asyncio.CancelledError:
+            cancel_once(renewal)  # stopping: the resignation waits for it on the connection
+            raise
+        if not renewal.done():
+            await self._lose("the lease was not renewed in time: no answer from PostgreSQL")
+            cancel_once(renewal)
+            await asyncio.wait({renewal})  # psycopg bounds its cancellation; not cancelled twice
+            raise TimeoutError("the lease's renewal got no answer by the lease's deadline")
+        if renewal.result() is None:  # a failed statement raises here, as it always did
             await self._lose("the lease was taken over")
             return
         self.trusted_until = started + self.ttl - self.margin
@@ -224,3 +256,10 @@ class Elector:
         with contextlib.suppress(psycopg.Error, OSError):
             await conn.execute(leader_sql.RESIGN_LEASE, {"term": term, "actor": self.actor_id})
             logger.info("resigned leadership (term %d)", term, extra={"event": "election.resigned"})
+
+
+async def _fetch_one(
+    conn: psycopg.AsyncConnection, statement: LiteralString, params: dict[str, object]
+) -> tuple[Any, ...] | None:
+    cur = await conn.execute(statement, params)
+    return await cur.fetchone()

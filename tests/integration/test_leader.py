@@ -137,6 +137,38 @@ async def test_lease_is_not_trusted_past_its_deadline(dsn):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_renewal_that_gets_no_answer_loses_the_lease_at_its_deadline(dsn):
+    """A renewal the server does not answer (here: another session locks the lease row;
+    a one-way cut does the same) ends the leader's duties at the trust deadline, while
+    the statement is still waiting; once the row is free the elector leads again."""
+    elector, seen = make_elector(dsn, 1)
+    task = asyncio.create_task(elector.run())
+    try:
+        await wait_until_async(lambda: _true(elector.is_leader), 5, "leadership")
+        async with await psycopg.AsyncConnection.connect(dsn) as blocker:
+            await blocker.execute("SELECT 1 FROM delta_leader FOR UPDATE")
+            # Held for three times the lease: before, the renewal waited all that time
+            # and on_lost came only after it.
+            await wait_until_async(lambda: _true(seen.lost == 1), 3 * FAST["ttl"], "the loss")
+            assert not elector.is_leader
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as look:
+
+                async def renewal_gone() -> bool:  # cancelled, not left waiting
+                    cur = await look.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND application_name = 'delta-lease'"
+                    )
+                    return await cur.fetchone() == (0,)
+
+                await wait_until_async(renewal_gone, 5, "the renewal cancelled")
+            await blocker.rollback()
+        await wait_until_async(lambda: _true(len(seen.terms) == 2), 10, "leading again")
+        assert seen.terms[1] > seen.terms[0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class Listing(delta.Object, kind="listing"):
     key: str
     created: datetime | None = None
