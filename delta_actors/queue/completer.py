@@ -32,7 +32,9 @@ planning it for every batch, as the pools do, took 0.25 ms of a 10-row batch's 0
 The statement by id is sent there unprepared: planned for its parameters, as on a pool.
 A write that failed or was interrupted closes that connection; the retry opens a new one.
 Works' results, and every result of a batch with effects (one transaction), go through
-the pool. Behind a transaction pooler (db/pooler.py) there is no such connection.
+the pool. Behind a transaction pooler (db/pooler.py) there is no such connection. A batch
+of both commits twice, so a failure of its works' write leaves its plain jobs' results
+written: those are reported written (PartlyWritten), and only the works are retried.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ from delta_actors.queue.results import JobResult, Result, WorkResult
 from delta_actors.queue.runner import error_entry
 
 logger = logging.getLogger(__name__)
+
+
+class PartlyWritten(Exception):  # noqa: N818 (not an error of its own: `cause` is)
+    """A batch's write failed after its plain jobs' results committed on the completer's
+    own connection: `written` (of which `stale` were found stale) is not to be retried."""
+
+    def __init__(self, cause: Exception, written: Sequence[Result], stale: set[int]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.written = list(written)
+        self.stale = stale
 
 
 class Completer:
@@ -160,6 +173,13 @@ class Completer:
             try:
                 stale, follow_ups = await self._write(batch, tids)
             except Exception as exc:  # noqa: BLE001 (results are never dropped here)
+                if isinstance(exc, PartlyWritten):
+                    # Its plain jobs' results committed on their own connection: they
+                    # are written, and written again they would only be found stale.
+                    self._on_written(exc.written, exc.stale, set())
+                    done = {r.id for r in exc.written}
+                    batch = [r for r in batch if r.id not in done]
+                    exc = exc.cause
                 # Keep the batch, in front of what came since, and try again.
                 self._pending = batch + self._pending
                 self._tids.update(tids)  # none of these ids came again: their claims run on
@@ -230,9 +250,25 @@ class Completer:
         effects = _has_effects(works)
         if jobs and self._own is not None and not effects:
             stale |= await self._write_jobs_on_own(jobs, tids)
-            jobs = []
             if not works:
                 return stale
+            try:
+                return stale | await self._write_works(works, tids, follow_ups)
+            except Exception as exc:
+                raise PartlyWritten(exc, jobs, stale) from exc
+        return stale | await self._write_works(works, tids, follow_ups, jobs)
+
+    async def _write_works(
+        self,
+        works: list[WorkResult],
+        tids: dict[int, str],
+        follow_ups: set[int],
+        jobs: list[JobResult] | None = None,
+    ) -> set[int]:
+        """Write `works` and, given, `jobs` through the pool (one transaction if the works
+        have effects); return their stale ids (follow-ups: see _write_batch)."""
+        stale: set[int] = set()
+        effects = _has_effects(works)
         async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
                 missing, _ = await self._fenced(conn, _JOB_STATEMENTS, jobs, tids, job_params)

@@ -18,7 +18,7 @@ from delta_actors.db import actor_sql, job_sql
 from delta_actors.queue.claimer import Claimer
 from delta_actors.queue.completer import Completer
 from delta_actors.queue.floors import Floors
-from delta_actors.queue.results import job_done
+from delta_actors.queue.results import job_done, work_synced
 from tests.integration.job_table import get_job, is_state, job_states, running_count
 from tests.integration.workers import running_worker
 from tests.waiting import wait_until_async
@@ -514,3 +514,63 @@ async def test_results_take_no_other_row_than_their_own_where_their_claim_was(ds
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute("SELECT id, state::text FROM delta_job ORDER BY id")
         assert await cur.fetchall() == [(a, "completed"), (b, "running"), (c, "completed")]
+
+
+class Tracked(delta.Object, kind="tracked"):
+    key: str
+
+    def id(self) -> str:
+        return self.key
+
+
+async def test_a_batch_whose_works_fail_after_its_jobs_committed_retries_only_the_works(
+    dsn, caplog
+):
+    """A batch of a plain job's result and a work's: the job's commits on the completer's
+    own connection, the work's write then fails (a lock held past the pool's statement
+    timeout). The job's result is reported written at once and not written again (it
+    would be found stale: a false warning, a wrong count); the work's is retried."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "INSERT INTO delta_job (kind, namespace, args, state, attempt, max_attempts,"
+            " claimed_by, attempted_at) VALUES ('note', 'default', '\\x', 'running', 1, 5,"
+            " 7, now()) RETURNING id"
+        )
+        (job,) = await cur.fetchone() or ()
+    async with AsyncConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        await delta.AsyncClient(pool).inform(Tracked(key="t"))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "UPDATE delta_job SET state = 'running', attempt = 1, claimed_by = 7,"
+            " attempted_at = now() WHERE resource_id IS NOT NULL RETURNING id"
+        )
+        (work,) = await cur.fetchone() or ()
+    written: list[tuple[list[int], set[int]]] = []
+    timeout = {"options": "-c statement_timeout=300"}
+    async with (
+        AsyncConnectionPool(dsn, kwargs={"autocommit": True, **timeout}) as pool,
+        await psycopg.AsyncConnection.connect(dsn) as blocker,
+    ):
+        await blocker.execute("SELECT 1 FROM delta_job WHERE id = %s FOR UPDATE", (work,))
+        completer = Completer(
+            pool, 7, max_pending=10, dsn=dsn,
+            on_written=lambda results, stale, _f: written.append(([r.id for r in results], stale)),
+        )  # fmt: skip
+        await completer.add(job_done(job, 1))
+        await completer.add(work_synced(work, 1, 1))
+        running = asyncio.create_task(completer.run())
+        await wait_until_async(
+            lambda: any(
+                getattr(r, "event", None) == "completer.retry"
+                for r in caplog.records
+            ),
+            10, "the works' write failed",
+        )  # fmt: skip
+        await blocker.rollback()
+        try:
+            assert await completer.flush(10)
+        finally:
+            running.cancel()  # run() closes its own connection on the way out
+            await asyncio.gather(running, return_exceptions=True)
+    assert written == [([job], set()), ([work], set())]
+    assert job_states(dsn) == {"completed": 2}
