@@ -246,29 +246,29 @@ class Completer:
         (an over-count if the transaction then fails: a floor moved back costs a read)."""
         jobs = [r for r in batch if isinstance(r, JobResult)]
         works = [r for r in batch if isinstance(r, WorkResult)]
-        stale: set[int] = set()
         effects = _has_effects(works)
-        if jobs and self._own is not None and not effects:
-            stale |= await self._write_jobs_on_own(jobs, tids)
-            if not works:
-                return stale
-            try:
-                return stale | await self._write_works(works, tids, follow_ups)
-            except Exception as exc:
-                raise PartlyWritten(exc, jobs, stale) from exc
-        return stale | await self._write_works(works, tids, follow_ups, jobs)
+        if not jobs or self._own is None or effects:
+            return await self._write_through_pool(jobs, works, tids, follow_ups, effects)
+        stale = await self._write_jobs_on_own(jobs, tids)
+        if not works:
+            return stale
+        try:
+            return stale | await self._write_through_pool([], works, tids, follow_ups, False)
+        except Exception as exc:
+            raise PartlyWritten(exc, jobs, stale) from exc
 
-    async def _write_works(
+    async def _write_through_pool(
         self,
+        jobs: list[JobResult],
         works: list[WorkResult],
         tids: dict[int, str],
         follow_ups: set[int],
-        jobs: list[JobResult] | None = None,
+        effects: bool,
     ) -> set[int]:
-        """Write `works` and, given, `jobs` through the pool (one transaction if the works
-        have effects); return their stale ids (follow-ups: see _write_batch)."""
+        """Write `jobs` and `works` on a connection of the pool, in one transaction if
+        `effects` (the works have some); return their stale ids (`follow_ups`: see
+        _write_batch)."""
         stale: set[int] = set()
-        effects = _has_effects(works)
         async with self._pool.connection() as conn, _transaction_if(conn, effects):
             if jobs:
                 missing, _ = await self._fenced(conn, _JOB_STATEMENTS, jobs, tids, job_params)
