@@ -204,13 +204,19 @@ class Elector:
         try:
             await asyncio.wait({renewal}, timeout=max(0.0, self.trusted_until - started))
         except asyncio.CancelledError:
-            cancel_once(renewal)  # stopping: the resignation waits for it on the connection
+            # Stopping: the resignation waits for it on the connection; how it ended
+            # (cancelled, or the connection closed by psycopg) no longer matters.
+            renewal.add_done_callback(lambda task: task.cancelled() or task.exception())
+            cancel_once(renewal)
             raise
         if not renewal.done():
             await self._lose("the lease was not renewed in time: no answer from PostgreSQL")
             cancel_once(renewal)
             await asyncio.wait({renewal})  # psycopg bounds its cancellation; not cancelled twice
-            raise TimeoutError("the lease's renewal got no answer by the lease's deadline")
+            ended = None if renewal.cancelled() else renewal.exception()
+            raise TimeoutError(
+                "the lease's renewal got no answer by the lease's deadline"
+            ) from ended
         if renewal.result() is None:  # a failed statement raises here, as it always did
             await self._lose("the lease was taken over")
             return
